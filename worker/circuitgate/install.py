@@ -1,0 +1,22 @@
+"""The one call that puts circuitgate into a Celery app."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .breaker_step import BreakerStep
+from .gate import ConsumptionGate
+
+__all__ = ("install",)
+
+
+def install(app: Celery) -> Celery:
+    """Add the shared breaker and the consumption gate to ``app``'s workers.
+
+    Call it where the app is defined, next to ``app.config_from_object``; settings are
+    the ``circuitgate_*`` keys of ``app.conf`` and are checked when a worker starts.
+    Producers are unaffected: nothing happens until ``celery worker`` runs.
+    """
+    app.steps["worker"].add(BreakerStep)
+    app.steps["consumer"].add(ConsumptionGate)
+    return app

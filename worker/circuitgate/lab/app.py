@@ -1,0 +1,112 @@
+"""The lab's Celery app: a GPU-like task that takes a while when healthy and fails fast when broken.
+
+Everything is set through environment variables, so one module serves every worker of a
+scenario (``celery -A circuitgate.lab.app worker``):
+
+- ``CIRCUITGATE_LAB_BROKER``: JSON of `Broker.celery_config()`;
+- ``CIRCUITGATE_LAB_MODE``: ``circuitgate`` (default), ``naive`` (a pybreaker per pool
+  process) or ``none``;
+- ``CIRCUITGATE_LAB_CONF``: JSON of extra ``app.conf`` keys (``circuitgate_*`` among them);
+- ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken;
+- ``CIRCUITGATE_LAB_LOG``: a path; every execution appends one JSON line to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import pybreaker
+from celery import Celery
+
+import circuitgate
+
+__all__ = ("DeviceFault", "app", "infer")
+
+
+class DeviceFault(RuntimeError):
+    """What a broken GPU looks like to the task."""
+
+
+app = Celery("lab")
+app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_BROKER", "{}")))
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_CONF", "{}")))
+
+MODE = os.environ.get("CIRCUITGATE_LAB_MODE", "circuitgate")
+if MODE == "circuitgate":
+    circuitgate.install(app)
+
+# The naive approach: one in-memory pybreaker per pool process, no gate on the fetch.
+_naive_breaker = pybreaker.CircuitBreaker(
+    fail_max=int(app.conf.get("circuitgate_fail_max", 5)),
+    reset_timeout=float(app.conf.get("circuitgate_reset_timeout", 60)),
+)
+
+
+def _log(**record: Any) -> None:
+    path = os.environ.get("CIRCUITGATE_LAB_LOG")
+    if path:
+        line = json.dumps(record) + "\n"
+        # One O_APPEND write per line: lines from many processes never interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def _work(work_s: float, fail_s: float, poison: bool) -> str:
+    fault = os.environ.get("CIRCUITGATE_LAB_FAULT")
+    if poison:
+        time.sleep(fail_s)
+        raise ValueError("poison message: this input fails everywhere")
+    if fault and os.path.exists(fault):
+        time.sleep(fail_s)
+        raise DeviceFault("CUDA error: device unavailable")
+    time.sleep(work_s)
+    return "ok"
+
+
+@app.task(bind=True, name="lab.infer")
+def infer(
+    self: Any, n: int, work_s: float = 1.0, fail_s: float = 0.02, poison: bool = False
+) -> str:
+    """Pretend to run inference on item ``n``."""
+    started = time.time()
+    worker = self.request.hostname or socket.gethostname()
+    try:
+        if MODE == "naive":
+            result: str = _naive_breaker.call(_work, work_s, fail_s, poison)
+        else:
+            result = _work(work_s, fail_s, poison)
+    except Exception as exc:
+        _log(
+            id=self.request.id,
+            n=n,
+            worker=worker,
+            pid=os.getpid(),
+            outcome="failure",
+            error=type(exc).__name__,
+            start=started,
+            end=time.time(),
+        )
+        raise
+    _log(
+        id=self.request.id,
+        n=n,
+        worker=worker,
+        pid=os.getpid(),
+        outcome="success",
+        start=started,
+        end=time.time(),
+    )
+    return result

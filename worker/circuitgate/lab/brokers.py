@@ -1,0 +1,119 @@
+"""Start a real broker on a free loopback port: moto's SQS server or redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ("Broker", "BrokerUnavailable", "free_port", "redis_broker", "sqs_broker")
+
+
+class BrokerUnavailable(RuntimeError):
+    """A broker could not be installed or started; the message says why."""
+
+
+@dataclass
+class Broker:
+    """How workers and producers reach a running broker."""
+
+    transport: str
+    url: str
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+    def celery_config(self) -> dict[str, Any]:
+        """The ``app.conf`` keys that point a Celery app at this broker."""
+        return {"broker_url": self.url, "broker_transport_options": self.transport_options}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerUnavailable(f"{what} exited with code {process.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise BrokerUnavailable(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], port: int, what: str, log: str) -> Iterator[None]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for_port(port, process, what, timeout=30)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def redis_broker(*, visibility_timeout: float = 3600) -> Iterator[Broker]:
+    """A throwaway ``redis-server`` with no persistence.
+
+    ``visibility_timeout`` is how long an unacknowledged message stays with a worker that
+    died before another worker restores it (kombu's Redis transport option).
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BrokerUnavailable("redis-server is not installed (make setup installs it)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="circuitgate-redis-") as tmp:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
+        with _process(argv, port, "redis-server", os.path.join(tmp, "redis.log")):
+            yield Broker(
+                transport="redis",
+                url=f"redis://127.0.0.1:{port}/0",
+                transport_options={"visibility_timeout": visibility_timeout},
+            )
+
+
+@contextlib.contextmanager
+def sqs_broker(*, visibility_timeout: int = 30) -> Iterator[Broker]:
+    """moto's SQS in server mode: a real HTTP SQS endpoint on loopback."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        raise BrokerUnavailable(f"moto[server] is not installed: {exc}") from exc
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="circuitgate-sqs-") as tmp:
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        with _process(argv, port, "moto SQS server", os.path.join(tmp, "moto.log")):
+            yield Broker(
+                transport="sqs",
+                url=f"sqs://lab:lab@127.0.0.1:{port}",
+                transport_options={
+                    "region": "us-east-1",
+                    "is_secure": False,
+                    "visibility_timeout": visibility_timeout,
+                    "wait_time_seconds": 1,
+                    "polling_interval": 0.1,
+                },
+            )

@@ -1,0 +1,160 @@
+"""Run real ``celery worker`` processes of the lab app, and read what they did."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .brokers import Broker
+
+__all__ = ("Execution", "ExecutionLog", "LabWorker")
+
+
+@dataclass
+class LabWorker:
+    """One ``celery -A circuitgate.lab.app worker`` process."""
+
+    name: str
+    broker: Broker
+    workdir: Path
+    mode: str = "circuitgate"
+    concurrency: int = 1
+    pool: str = "prefork"
+    queues: str = "celery"
+    conf: dict[str, Any] = field(default_factory=dict)
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@lab"
+
+    @property
+    def fault_file(self) -> Path:
+        """While this file exists the worker's device is broken."""
+        return self.workdir / f"{self.name}.fault"
+
+    @property
+    def logfile(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def break_device(self) -> None:
+        self.fault_file.touch()
+
+    def repair_device(self) -> None:
+        self.fault_file.unlink(missing_ok=True)
+
+    def start(self, *, wait: bool = True) -> LabWorker:
+        env = {
+            **os.environ,
+            "CIRCUITGATE_LAB_BROKER": json.dumps(self.broker.celery_config()),
+            "CIRCUITGATE_LAB_MODE": self.mode,
+            "CIRCUITGATE_LAB_CONF": json.dumps(self.conf),
+            "CIRCUITGATE_LAB_FAULT": str(self.fault_file),
+            "CIRCUITGATE_LAB_LOG": str(self.workdir / "executions.jsonl"),
+        }
+        argv = [
+            sys.executable, "-m", "celery", "-A", "circuitgate.lab.app", "worker",
+            "-P", self.pool, "-c", str(self.concurrency), "-n", self.hostname, "-Q", self.queues,
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-l", "INFO", "--logfile", str(self.logfile), *self.extra_args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the worker logs that it consumes, or fail with its error output."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited at start:\n{self.output()}")
+            if self.logfile.exists() and " ready." in self.logfile.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the worker wrote to its log and its stderr."""
+        text = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+        if self.process is not None and self.process.poll() is not None and self.process.stderr:
+            text += self.process.stderr.read().decode(errors="replace")
+        return text
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` (SIGTERM: warm shutdown) and wait; SIGKILL the group if it hangs."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return process.returncode if process else 0
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool at once, as the OOM killer or a node loss would."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass(frozen=True)
+class Execution:
+    id: str
+    n: int
+    worker: str
+    pid: int
+    outcome: str
+    start: float
+    end: float
+
+
+class ExecutionLog:
+    """The lab app's record of every task execution, one JSON line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> list[Execution]:
+        if not self.path.exists():
+            return []
+        executions = []
+        for line in self.path.read_text().splitlines():
+            record = json.loads(line)
+            executions.append(Execution(**{k: record[k] for k in Execution.__dataclass_fields__}))
+        return executions
+
+    def successes_per_task(self) -> Counter[str]:
+        return Counter(e.id for e in self.read() if e.outcome == "success")
+
+    def by_worker(self) -> dict[str, list[Execution]]:
+        grouped: dict[str, list[Execution]] = defaultdict(list)
+        for execution in self.read():
+            grouped[execution.worker].append(execution)
+        return dict(grouped)
+
+    def wait_for_successes(self, ids: set[str], timeout: float) -> Counter[str]:
+        """Wait until every id has succeeded somewhere (or the timeout); return the counts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.successes_per_task()
+            if ids <= counts.keys() or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.1)

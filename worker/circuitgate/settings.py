@@ -1,0 +1,170 @@
+"""The ``circuitgate_*`` keys of ``app.conf``, read once and validated at worker start."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from celery.exceptions import ImproperlyConfigured
+from kombu.utils.imports import symbol_by_name
+
+from .shared_state import MAX_WINDOW
+
+__all__ = ("PREFIX", "InvalidSetting", "Settings", "load_settings")
+
+PREFIX = "circuitgate_"
+
+
+class InvalidSetting(ImproperlyConfigured):
+    """A ``circuitgate_*`` setting has a value the breaker cannot work with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every knob of the worker side, with its default. Field name = key without prefix."""
+
+    enabled: bool = True
+    """Install the breaker and the consumption gate in this worker."""
+    fail_max: int = 5
+    """Consecutive counted failures that open the circuit."""
+    failure_rate_threshold: float | None = None
+    """Also open when this share of the last `window_size` calls failed (None: off)."""
+    window_size: int = 20
+    """Calls in the sliding window used by `failure_rate_threshold`."""
+    min_calls: int = 10
+    """Calls the window needs before the failure rate is judged."""
+    reset_timeout: float = 60.0
+    """Seconds the circuit stays open after the first trip."""
+    backoff_multiplier: float = 2.0
+    """Each consecutive trip multiplies the open period by this."""
+    max_reset_timeout: float = 600.0
+    """The open period never grows past this many seconds."""
+    jitter: float = 0.1
+    """The open period varies by up to this share either way, so workers do not retry in step."""
+    trial_timeout: float = 600.0
+    """Seconds after which a half-open trial that never reported is given up on."""
+    count_exceptions: tuple[type[BaseException], ...] = ()
+    """Only these exceptions count against the breaker (empty: every exception counts)."""
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    """These exceptions never count against the breaker."""
+    handback: bool = True
+    """Hand a task whose failure counted back to the queue for another worker."""
+    max_deliveries: int = 3
+    """Deliveries after which a failing message is poison: it fails normally, uncounted."""
+    guard_all_tasks: bool = True
+    """Guard every task unless it sets ``circuitgate=False`` (else only ``circuitgate=True``)."""
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("true or false")
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], int]:
+    allowed = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(allowed)
+        if value < low or (high is not None and value > high):
+            raise ValueError(allowed)
+        return value
+
+    return check
+
+
+def _number(
+    *, low: float, high: float | None = None, low_open: bool = False
+) -> Callable[[Any], float]:
+    bound = f"> {low}" if low_open else f">= {low}"
+    allowed = f"a number {bound}" + (f" and <= {high}" if high is not None else "")
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(allowed)
+        number = float(value)
+        if number < low or (low_open and number == low) or (high is not None and number > high):
+            raise ValueError(allowed)
+        return number
+
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def optional(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise ValueError(f"None or {exc}") from None
+
+    return optional
+
+
+def _exceptions(value: Any) -> tuple[type[BaseException], ...]:
+    allowed = "a list of exception classes or their dotted import paths"
+    if isinstance(value, str | type) or not isinstance(value, Iterable):
+        raise ValueError(allowed)
+    classes = []
+    for item in value:
+        try:
+            cls = symbol_by_name(item) if isinstance(item, str) else item  # type: ignore[no-untyped-call]
+        except (ImportError, AttributeError, ValueError):
+            raise ValueError(f"{allowed} (cannot import {item!r})") from None
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ValueError(f"{allowed} ({item!r} is not one)")
+        classes.append(cls)
+    return tuple(classes)
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "enabled": _bool,
+    "fail_max": _int_at_least(1),
+    "failure_rate_threshold": _optional(_number(low=0, high=1, low_open=True)),
+    "window_size": _int_at_least(1, MAX_WINDOW),
+    "min_calls": _int_at_least(1, MAX_WINDOW),
+    "reset_timeout": _number(low=0, low_open=True),
+    "backoff_multiplier": _number(low=1),
+    "max_reset_timeout": _number(low=0, low_open=True),
+    "jitter": _number(low=0, high=0.99),
+    "trial_timeout": _number(low=0, low_open=True),
+    "count_exceptions": _exceptions,
+    "ignore_exceptions": _exceptions,
+    "handback": _bool,
+    "max_deliveries": _int_at_least(1),
+    "guard_all_tasks": _bool,
+}
+
+
+def load_settings(conf: Mapping[str, Any]) -> Settings:
+    """Read and check every ``circuitgate_*`` key; raise `InvalidSetting` naming the bad one."""
+    known = {PREFIX + field.name for field in dataclasses.fields(Settings)}
+    unknown = sorted(key for key in conf if key.startswith(PREFIX) and key not in known)
+    if unknown:
+        raise InvalidSetting(
+            f"unknown setting {unknown[0]}; known settings: {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = {}
+    for name, check in _CHECKS.items():
+        key = PREFIX + name
+        if key not in conf:
+            continue
+        try:
+            values[name] = check(conf[key])
+        except ValueError as exc:
+            raise InvalidSetting(f"{key}={conf[key]!r} is invalid: allowed is {exc}") from None
+    settings = Settings(**values)
+    if settings.min_calls > settings.window_size:
+        raise InvalidSetting(
+            f"{PREFIX}min_calls={settings.min_calls} is invalid: allowed is an integer"
+            f" <= {PREFIX}window_size ({settings.window_size})"
+        )
+    if settings.max_reset_timeout < settings.reset_timeout:
+        raise InvalidSetting(
+            f"{PREFIX}max_reset_timeout={settings.max_reset_timeout} is invalid: allowed is a"
+            f" number >= {PREFIX}reset_timeout ({settings.reset_timeout})"
+        )
+    return settings

@@ -1,0 +1,74 @@
+"""pybreaker's storage interface over the shared page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pybreaker
+
+from .shared_state import SharedBreakerState, State
+
+__all__ = ("SharedMemoryStorage",)
+
+_NAMES = {
+    State.CLOSED: pybreaker.STATE_CLOSED,
+    State.OPEN: pybreaker.STATE_OPEN,
+    State.HALF_OPEN: pybreaker.STATE_HALF_OPEN,
+}
+_STATES = {name: state for state, name in _NAMES.items()}
+
+
+class SharedMemoryStorage(pybreaker.CircuitBreakerStorage):
+    """A `pybreaker.CircuitBreakerStorage` whose every read and write is the shared page.
+
+    So pybreaker's own accessors (``current_state``, ``fail_counter``) and any code written
+    against pybreaker see what every process of the worker sees.
+    """
+
+    def __init__(self, shared: SharedBreakerState) -> None:
+        super().__init__("shared-memory")
+        self.shared = shared
+
+    @property
+    def state(self) -> str:
+        state, _ = self.shared.gate_view()
+        return _NAMES[state]
+
+    @state.setter
+    def state(self, state: str) -> None:
+        with self.shared.transaction() as fields:
+            fields.state = _STATES[state]
+
+    def increment_counter(self) -> None:
+        with self.shared.transaction() as fields:
+            fields.fail_counter += 1
+
+    def reset_counter(self) -> None:
+        with self.shared.transaction() as fields:
+            fields.fail_counter = 0
+
+    def increment_success_counter(self) -> None:
+        with self.shared.transaction() as fields:
+            fields.success_counter += 1
+
+    def reset_success_counter(self) -> None:
+        with self.shared.transaction() as fields:
+            fields.success_counter = 0
+
+    @property
+    def counter(self) -> int:
+        return self.shared.snapshot().fail_counter
+
+    @property
+    def success_counter(self) -> int:
+        return self.shared.snapshot().success_counter
+
+    @property
+    def opened_at(self) -> datetime | None:
+        opened_at = self.shared.snapshot().opened_at
+        return datetime.fromtimestamp(opened_at, UTC) if opened_at else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        with self.shared.transaction() as fields:
+            fields.opened_at = value.timestamp()
