@@ -47,6 +47,7 @@ CONTROLLERS = (
 )
 
 _PR_SET_PDEATHSIG = 1
+_WORKDIR_PREFIX = "circuitgate-cp-"
 
 
 class ControlPlaneUnavailable(RuntimeError):
@@ -91,6 +92,21 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: SIGKILL it if the test process dies without cleanup."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _remove_orphaned_workdirs() -> None:
+    """Delete work folders left by test runs that were killed before they could clean up."""
+    for workdir in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*"):
+        try:
+            owner = int((workdir / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(workdir, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -173,7 +189,9 @@ class ControlPlane:
                 "build them with `make control-plane` (bash hack/build-control-plane.sh)"
             )
         began = time.monotonic()
-        self.workdir = Path(tempfile.mkdtemp(prefix="circuitgate-cp-"))
+        _remove_orphaned_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
         atexit.register(self.stop)
         try:
             self._write_pki()

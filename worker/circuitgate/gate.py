@@ -81,6 +81,7 @@ def _gate_strategy(
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
             # message is pushed back; it is not a failure and does not run here.
             message.reject_log_error(logger, errors, requeue=True)
+            logger.info("circuit %s is open: handed %s back unexecuted", breaker.name, token)
             return None
         return strategy(message, body, ack, reject, *args, **kwargs)
 

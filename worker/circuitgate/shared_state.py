@@ -11,8 +11,9 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ("MAX_WINDOW", "BreakerFields", "BreakerSnapshot", "SharedBreakerState", "State")
 
@@ -20,6 +21,8 @@ MAX_WINDOW = 1024
 """Largest sliding window of call outcomes the shared page can hold."""
 
 _TRIAL_ID_SIZE = 64
+_SPINS = 10_000
+T = TypeVar("T")
 
 
 class State(enum.IntEnum):
@@ -105,6 +108,31 @@ def _visible(f: BreakerFields) -> tuple[int, ...]:
     return (f.state, f.fail_counter, f.trips, f.window_failures)
 
 
+def _gate_fields(f: BreakerFields) -> tuple[State, float]:
+    return State(f.state), f.open_until
+
+
+def _snapshot(f: BreakerFields) -> BreakerSnapshot:
+    return BreakerSnapshot(
+        version=f.version,
+        state=State(f.state),
+        fail_counter=f.fail_counter,
+        success_counter=f.success_counter,
+        trips=f.trips,
+        consecutive_trips=f.consecutive_trips,
+        opened_at=f.opened_at or None,
+        open_period=f.open_period,
+        open_until=f.open_until,
+        trial_id=f.trial_id.decode() or None,
+        window_calls=f.window_len,
+        window_failures=f.window_failures,
+        successes_total=f.successes_total,
+        failures_total=f.failures_total,
+        refused_total=f.refused_total,
+        handed_back_total=f.handed_back_total,
+    )
+
+
 _instances: weakref.WeakSet[SharedBreakerState] = weakref.WeakSet()
 
 
@@ -145,6 +173,8 @@ class SharedBreakerState:
         with self._thread_lock:
             fcntl.lockf(self._fd, fcntl.LOCK_EX)
             fields = self._fields
+            if fields.seq & 1:
+                fields.seq += 1  # a writer was killed inside; its writes stand, finish them
             before = _visible(fields)
             fields.seq += 1
             try:
@@ -155,43 +185,30 @@ class SharedBreakerState:
                 fields.seq += 1
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
+    def _consistent(self, read: Callable[[BreakerFields], T]) -> T:
+        """``read(fields)`` from a moment when no writer was inside, without taking the lock.
+
+        After many tries the writer is taken to be dead (SIGKILLed mid-write); reading
+        under the lock then repairs the page.
+        """
+        fields = self._fields
+        for _ in range(_SPINS):
+            seq = fields.seq
+            if not seq & 1:
+                value = read(fields)
+                if fields.seq == seq:
+                    return value
+            os.sched_yield()
+        with self.transaction() as locked:
+            return read(locked)
+
     def gate_view(self) -> tuple[State, float]:
         """State and end of the open period: all that the per-poll gate check reads."""
-        fields = self._fields
-        while True:
-            seq = fields.seq
-            state, open_until = fields.state, fields.open_until
-            if not seq & 1 and fields.seq == seq:
-                return State(state), open_until
-            os.sched_yield()
+        return self._consistent(_gate_fields)
 
     def snapshot(self) -> BreakerSnapshot:
         """Every field, read consistently without blocking writers."""
-        fields = self._fields
-        while True:
-            seq = fields.seq
-            if not seq & 1:
-                snapshot = BreakerSnapshot(
-                    version=fields.version,
-                    state=State(fields.state),
-                    fail_counter=fields.fail_counter,
-                    success_counter=fields.success_counter,
-                    trips=fields.trips,
-                    consecutive_trips=fields.consecutive_trips,
-                    opened_at=fields.opened_at or None,
-                    open_period=fields.open_period,
-                    open_until=fields.open_until,
-                    trial_id=fields.trial_id.decode() or None,
-                    window_calls=fields.window_len,
-                    window_failures=fields.window_failures,
-                    successes_total=fields.successes_total,
-                    failures_total=fields.failures_total,
-                    refused_total=fields.refused_total,
-                    handed_back_total=fields.handed_back_total,
-                )
-                if fields.seq == seq:
-                    return snapshot
-            os.sched_yield()
+        return self._consistent(_snapshot)
 
     def close(self) -> None:
         """Unmap the page; the memory goes away with the last process that maps it."""

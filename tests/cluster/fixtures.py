@@ -1,7 +1,8 @@
 """Fixtures for tests against a real control plane: ``control_plane``, ``crds``, ``namespace``.
 
-Test folders outside tests/cluster get them by listing this module in ``pytest_plugins`` of
-tests/conftest.py.
+A pytest plugin, listed in ``pytest_plugins`` of tests/conftest.py, so every test folder shares
+one control plane per session. It cannot be a conftest.py as well: pytest refuses to register
+one module both as a conftest and as a plugin.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     try:
         plane.start()
     except ControlPlaneUnavailable as error:
-        where = "CI=true: `make test` builds the control plane first" if _in_ci() else ""
-        pytest.fail(f"{error}\n{where}".strip(), pytrace=False)
+        unavailable = str(error)
+    else:
+        unavailable = ""
+    if unavailable:
+        if _in_ci():
+            unavailable += "\nCI=true: `make test` builds the control plane before the tests"
+        pytest.fail(unavailable, pytrace=False)
     try:
         request.config.stash[_startup_key] = (
             f"control plane {plane.bin_dir.name}: /readyz after {plane.startup_seconds:.1f} s"

@@ -1,0 +1,95 @@
+"""Real brokers and real ``celery worker`` processes for the integration tests.
+
+Nothing here skips: when redis-server or moto cannot start, the test fails and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from circuitgate.lab.brokers import Broker, redis_broker, sqs_broker
+from circuitgate.lab.workers import ExecutionLog, LabWorker
+
+BROKERS = {"sqs": sqs_broker, "redis": redis_broker}
+
+
+class Lab:
+    """One test's broker, workers, producer and execution log."""
+
+    def __init__(self, broker: Broker, workdir: Path) -> None:
+        self.broker = broker
+        self.workdir = workdir
+        self.workers: list[LabWorker] = []
+        self.log = ExecutionLog(workdir / "executions.jsonl")
+        self.producer = Celery("producer", set_as_current=False)
+        self.producer.conf.update(broker.celery_config())
+
+    def worker(
+        self, name: str, *, broken: bool = False, start: bool = True, **options: Any
+    ) -> LabWorker:
+        worker = LabWorker(name, self.broker, self.workdir, **options)
+        if broken:
+            worker.break_device()
+        self.workers.append(worker)
+        return worker.start() if start else worker
+
+    def send(self, count: int, **kwargs: Any) -> list[str]:
+        """Publish ``count`` lab tasks; return their ids in order."""
+        return [
+            self.producer.send_task("lab.infer", args=(n,), kwargs=kwargs).id for n in range(count)
+        ]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop(timeout=20)
+        self.producer.close()
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+    """Start a broker of a given kind (with options) and return a Lab around it."""
+    with contextlib.ExitStack() as stack:
+
+        def make(kind: str, **broker_options: Any) -> Lab:
+            broker = stack.enter_context(BROKERS[kind](**broker_options))
+            lab = Lab(broker, tmp_path)
+            stack.callback(lab.close)
+            return lab
+
+        yield make
+
+
+_LINE = re.compile(r"^\[(?P<at>[\d-]+ [\d:,]+): (?P<level>\w+)/(?P<process>[^\]]+)\] (?P<text>.*)$")
+
+
+def log_events(worker: LabWorker, pattern: str) -> list[float]:
+    """Unix times of the worker's log lines that match ``pattern``."""
+    times = []
+    for line in worker.logfile.read_text(errors="replace").splitlines():
+        match = _LINE.match(line)
+        if match and re.search(pattern, match["text"]):
+            at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f")
+            times.append(at.timestamp())
+    return times
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)

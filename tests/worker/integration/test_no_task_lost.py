@@ -1,0 +1,33 @@
+"""Killing or stopping a worker mid-task loses nothing (acks-late semantics)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Lab, log_events, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("how", ["sigkill", "warm-shutdown"])
+def test_a_worker_stopped_mid_task_loses_nothing(
+    make_lab: Callable[..., Lab], broker_kind: str, how: str
+) -> None:
+    # Messages of a SIGKILLed worker come back after the visibility timeout (SQS) or are
+    # restored by the next worker (Redis); keep it short so the test does not wait long.
+    lab = make_lab(broker_kind, visibility_timeout=5)
+    first = lab.worker("first", concurrency=2)
+    ids = lab.send(8, work_s=2.0)
+    wait_until(lambda: len(log_events(first, r"received")) >= 2, 30, "tasks to start")
+    if how == "sigkill":
+        first.kill()
+    else:
+        assert first.stop(signal.SIGTERM) == 0
+    lab.worker("second", concurrency=2)
+
+    successes = lab.log.wait_for_successes(set(ids), timeout=120)
+
+    assert {task_id: successes[task_id] for task_id in ids} == dict.fromkeys(ids, 1)

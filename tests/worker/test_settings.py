@@ -1,0 +1,70 @@
+"""Settings: every bad value is refused with the setting's name and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from circuitgate.settings import InvalidSetting, Settings, load_settings
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    assert load_settings({}) == Settings()
+
+
+def test_values_are_read_and_exceptions_imported_by_name() -> None:
+    settings = load_settings(
+        {
+            "circuitgate_fail_max": 3,
+            "circuitgate_failure_rate_threshold": 0.5,
+            "circuitgate_count_exceptions": ["builtins.RuntimeError", OSError],
+            "circuitgate_handback": False,
+        }
+    )
+    assert settings.fail_max == 3
+    assert settings.failure_rate_threshold == 0.5
+    assert settings.count_exceptions == (RuntimeError, OSError)
+    assert settings.handback is False
+
+
+@pytest.mark.parametrize(
+    ("conf", "named", "allowed"),
+    [
+        ({"circuitgate_fail_max": 0}, "circuitgate_fail_max", "integer >= 1"),
+        ({"circuitgate_fail_max": "5"}, "circuitgate_fail_max", "integer >= 1"),
+        ({"circuitgate_fail_max": True}, "circuitgate_fail_max", "integer >= 1"),
+        ({"circuitgate_reset_timeout": 0}, "circuitgate_reset_timeout", "number > 0"),
+        ({"circuitgate_jitter": 1.5}, "circuitgate_jitter", "<= 0.99"),
+        ({"circuitgate_backoff_multiplier": 0.5}, "circuitgate_backoff_multiplier", ">= 1"),
+        (
+            {"circuitgate_failure_rate_threshold": 0},
+            "circuitgate_failure_rate_threshold",
+            "None or",
+        ),
+        ({"circuitgate_window_size": 5000}, "circuitgate_window_size", "<= 1024"),
+        ({"circuitgate_handback": "yes"}, "circuitgate_handback", "true or false"),
+        ({"circuitgate_max_deliveries": 0}, "circuitgate_max_deliveries", "integer >= 1"),
+        ({"circuitgate_count_exceptions": "ValueError"}, "circuitgate_count_exceptions", "list"),
+        (
+            {"circuitgate_ignore_exceptions": ["no.such.Error"]},
+            "circuitgate_ignore_exceptions",
+            "cannot import",
+        ),
+        ({"circuitgate_ignore_exceptions": [int]}, "circuitgate_ignore_exceptions", "is not one"),
+        ({"circuitgate_min_calls": 30}, "circuitgate_min_calls", "circuitgate_window_size"),
+        (
+            {"circuitgate_reset_timeout": 100, "circuitgate_max_reset_timeout": 10},
+            "circuitgate_max_reset_timeout",
+            "circuitgate_reset_timeout",
+        ),
+        ({"circuitgate_fail_maxx": 3}, "circuitgate_fail_maxx", "known settings"),
+    ],
+)
+def test_invalid_settings_name_the_setting_and_the_allowed_values(
+    conf: dict[str, Any], named: str, allowed: str
+) -> None:
+    with pytest.raises(InvalidSetting) as raised:
+        load_settings(conf)
+    assert named in str(raised.value)
+    assert allowed in str(raised.value)
