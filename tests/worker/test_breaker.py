@@ -226,3 +226,37 @@ def test_exactly_one_process_wins_the_half_open_trial() -> None:
     winners = [token for token, admission in outcomes if admission == "trial"]
     assert len(winners) == 1
     assert breaker.snapshot().trial_id == winners[0]
+
+
+def test_forced_open_drains_until_reset_and_forced_closed_never_trips() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    breaker.force(State.FORCED_OPEN)
+    clock.now += 10_000
+    assert not breaker.fetch_allowed()
+    assert breaker.admit("t") is Admission.REFUSE
+    assert breaker.snapshot().paused_seconds >= 0
+    breaker.force(State.FORCED_CLOSED)
+    for i in range(10):
+        fail(breaker, f"f{i}")
+    assert breaker.snapshot().state is State.FORCED_CLOSED
+    assert breaker.fetch_allowed()
+    breaker.force(None)
+    assert breaker.snapshot().state is State.CLOSED
+    assert breaker.fail_counter == 0
+    with pytest.raises(ValueError, match="only FORCED_OPEN or FORCED_CLOSED"):
+        breaker.force(State.OPEN)
+
+
+def test_trial_outcomes_are_counted() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    for i in range(3):
+        fail(breaker, f"t{i}")
+    clock.now += 10
+    fail(breaker, "trial1")
+    clock.now += 20
+    assert breaker.admit("trial2") is Admission.TRIAL
+    breaker.record_success("trial2")
+    snapshot = breaker.snapshot()
+    assert (snapshot.trial_failures, snapshot.trial_successes) == (1, 1)

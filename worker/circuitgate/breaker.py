@@ -27,7 +27,14 @@ T = TypeVar("T")
 NEVER_COUNTED: tuple[type[BaseException], ...] = (Retry, Reject, Ignore)
 """Celery's control-flow exceptions say nothing about the worker's health."""
 
-_NAMES = {State.CLOSED: "closed", State.OPEN: "open", State.HALF_OPEN: "half-open"}
+# pybreaker knows three states; a forced state looks to it like the one it forces.
+_PYBREAKER_NAMES = {
+    State.CLOSED: pybreaker.STATE_CLOSED,
+    State.OPEN: pybreaker.STATE_OPEN,
+    State.HALF_OPEN: pybreaker.STATE_HALF_OPEN,
+    State.FORCED_OPEN: pybreaker.STATE_OPEN,
+    State.FORCED_CLOSED: pybreaker.STATE_CLOSED,
+}
 Transitions = list[tuple[State, State]]
 
 
@@ -113,10 +120,11 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         """Whether the consumer may fetch now. Runs on every poll: one shared read, one clock.
 
         Open: not until the open period ends. Half-open: not while the trial is out, unless
-        it is overdue (``open_until`` holds the trial's deadline then).
+        it is overdue (``open_until`` holds the trial's deadline then). Forced open: never
+        (``open_until`` is infinite).
         """
         state, open_until = self.shared.gate_view()
-        return state is State.CLOSED or self._clock() >= open_until
+        return state.flowing or self._clock() >= open_until
 
     def counts(self, exc: BaseException) -> bool:
         """Whether this exception is evidence that the worker is broken."""
@@ -132,9 +140,9 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         """
         state, open_until = self.shared.gate_view()
         now = self._clock()
-        if state is State.CLOSED:
+        if state.flowing:
             return Admission.RUN
-        if state is State.OPEN and now < open_until:
+        if state is not State.HALF_OPEN and now < open_until:
             with self.shared.transaction() as fields:
                 fields.refused_total += 1
             return Admission.REFUSE
@@ -145,7 +153,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         return admission
 
     def _admit(self, f: BreakerFields, token: bytes, now: float, changes: Transitions) -> Admission:
-        if f.state == State.CLOSED:
+        if State(f.state).flowing:
             return Admission.RUN
         if f.state == State.HALF_OPEN and f.trial_id == token:
             return Admission.TRIAL
@@ -166,6 +174,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         with self.shared.transaction() as f:
             f.successes_total += 1
             if f.state == State.HALF_OPEN and f.trial_id == token.encode()[:64]:
+                f.trial_successes += 1
                 self._close(f, changes)
             elif f.state == State.CLOSED:
                 f.fail_counter = 0
@@ -180,11 +189,13 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         with self.shared.transaction() as f:
             f.failures_total += 1
             if f.state == State.HALF_OPEN and f.trial_id == token.encode()[:64]:
+                f.trial_failures += 1
                 self._trip(f, changes)
-            elif f.state == State.CLOSED:
+            elif State(f.state).flowing:
                 f.fail_counter += 1
                 self._push_outcome(f, failed=True)
-                if f.fail_counter >= self.fail_max or self._rate_exceeded(f):
+                tripped = f.fail_counter >= self.fail_max or self._rate_exceeded(f)
+                if tripped and f.state == State.CLOSED:  # forced closed never trips
                     self._trip(f, changes)
             # Failures of tasks that started before the trip change nothing more.
         self._announce(changes)
@@ -198,6 +209,30 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 f.state = State.OPEN
                 f.trial_id = b""
                 f.open_until = self._clock()
+
+    def force(self, state: State | None) -> None:
+        """Hold the circuit open or closed by hand, or (None) give it back to the rules.
+
+        Forced open drains the worker for maintenance: nothing is fetched and whatever
+        arrives goes back to the queue. Back to automatic starts closed, with no history.
+        """
+        changes: Transitions = []
+        with self.shared.transaction() as f:
+            if state is State.FORCED_OPEN and f.state != State.FORCED_OPEN:
+                changes.append((State(f.state), State.FORCED_OPEN))
+                f.state = State.FORCED_OPEN
+                f.trial_id = b""
+                f.opened_at = self._wall_clock()
+                f.open_until = float("inf")
+            elif state is State.FORCED_CLOSED and f.state != State.FORCED_CLOSED:
+                self._close(f, changes)
+                changes[-1] = (changes[-1][0], State.FORCED_CLOSED)
+                f.state = State.FORCED_CLOSED
+            elif state is None and f.state != State.CLOSED:
+                self._close(f, changes)
+            elif state not in (None, State.FORCED_OPEN, State.FORCED_CLOSED):
+                raise ValueError(f"cannot force {state!r}: only FORCED_OPEN or FORCED_CLOSED")
+        self._announce(changes)
 
     def note_handed_back(self) -> None:
         """Count a message this worker gave back to the queue after a counted failure."""
@@ -255,8 +290,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             log(
                 "circuit %s: %s -> %s (failures=%d, trips=%d, open for %.1fs)",
                 self.name,
-                _NAMES[old],
-                _NAMES[new],
+                old.name.lower(),
+                new.name.lower(),
                 snapshot.fail_counter,
                 snapshot.trips,
                 snapshot.open_period if new is State.OPEN else 0.0,
@@ -264,8 +299,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             for listener in self.listeners:
                 listener.state_change(
                     self,
-                    self._create_new_state(_NAMES[old]),
-                    self._create_new_state(_NAMES[new]),
+                    self._create_new_state(_PYBREAKER_NAMES[old]),
+                    self._create_new_state(_PYBREAKER_NAMES[new]),
                 )
 
     # -- pybreaker's public face ---------------------------------------------------------
@@ -306,7 +341,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._announce(changes)
 
     def half_open(self) -> None:
-        """End the open period now, so the next task is the trial."""
+        """End the open period now, so the next task is the trial (forced open stays)."""
         with self.shared.transaction() as f:
             if f.state == State.OPEN:
                 f.open_until = self._clock()

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from celery import Celery
 
+from . import control  # noqa: F401  (registers the circuit_* remote-control commands)
 from .breaker_step import BreakerStep
+from .endpoint_step import EndpointStep
 from .gate import ConsumptionGate
 
 __all__ = ("install",)
 
 
 def install(app: Celery) -> Celery:
-    """Add the shared breaker and the consumption gate to ``app``'s workers.
+    """Add the shared breaker, the consumption gate and the endpoint to ``app``'s workers.
 
     Call it where the app is defined, next to ``app.config_from_object``; settings are
     the ``circuitgate_*`` keys of ``app.conf`` and are checked when a worker starts.
     Producers are unaffected: nothing happens until ``celery worker`` runs.
     """
     app.steps["worker"].add(BreakerStep)
+    app.steps["worker"].add(EndpointStep)
     app.steps["consumer"].add(ConsumptionGate)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,12 +55,30 @@ class Settings:
     """Deliveries after which a failing message is poison: it fails normally, uncounted."""
     guard_all_tasks: bool = True
     """Guard every task unless it sets ``circuitgate=False`` (else only ``circuitgate=True``)."""
+    endpoint_enabled: bool = True
+    """Serve /circuit, /healthz, /readyz and /metrics from the worker's main process."""
+    endpoint_host: str = "0.0.0.0"
+    """Address the endpoint listens on (the pod IP must reach it for the operator)."""
+    endpoint_port: int = 9808
+    """Port of the endpoint (0: any free port, logged at start)."""
+    endpoint_max_connections: int = 256
+    """Connections served at once; more are answered 503 at once."""
+    endpoint_max_wait: float = 60.0
+    """Longest long-poll, in seconds."""
 
 
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError("true or false")
+
+
+def _host(value: Any) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("an IP address such as 0.0.0.0 or 127.0.0.1") from None
+    return str(value)
 
 
 def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], int]:
@@ -136,6 +155,11 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "handback": _bool,
     "max_deliveries": _int_at_least(1),
     "guard_all_tasks": _bool,
+    "endpoint_enabled": _bool,
+    "endpoint_host": _host,
+    "endpoint_port": _int_at_least(0, 65535),
+    "endpoint_max_connections": _int_at_least(1, 10_000),
+    "endpoint_max_wait": _number(low=0, high=3600, low_open=True),
 }
 
 

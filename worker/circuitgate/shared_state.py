@@ -10,6 +10,7 @@ import mmap
 import os
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,11 +27,20 @@ T = TypeVar("T")
 
 
 class State(enum.IntEnum):
-    """The breaker's automatic states, as stored in shared memory."""
+    """The breaker's states, as stored in shared memory; names as in the contract."""
 
     CLOSED = 0
     OPEN = 1
     HALF_OPEN = 2
+    FORCED_OPEN = 3
+    """Set by a person (``celery control circuit_open``): stays open until reset."""
+    FORCED_CLOSED = 4
+    """Set by a person: runs everything, never trips, until reset."""
+
+    @property
+    def flowing(self) -> bool:
+        """Whether the worker fetches freely in this state."""
+        return self in (State.CLOSED, State.FORCED_CLOSED)
 
 
 class BreakerFields(ctypes.Structure):
@@ -54,6 +64,10 @@ class BreakerFields(ctypes.Structure):
         ("window_pos", ctypes.c_uint32),
         ("window_failures", ctypes.c_uint32),
         ("window", ctypes.c_uint8 * MAX_WINDOW),
+        ("paused_since", ctypes.c_double),  # time.monotonic() when fetching last stopped
+        ("paused_seconds", ctypes.c_double),  # completed pauses, summed
+        ("trial_successes", ctypes.c_uint64),
+        ("trial_failures", ctypes.c_uint64),
         ("successes_total", ctypes.c_uint64),
         ("failures_total", ctypes.c_uint64),
         ("refused_total", ctypes.c_uint64),
@@ -75,6 +89,10 @@ class BreakerFields(ctypes.Structure):
     window_pos: int
     window_failures: int
     window: ctypes.Array[ctypes.c_uint8]
+    paused_since: float
+    paused_seconds: float
+    trial_successes: int
+    trial_failures: int
     successes_total: int
     failures_total: int
     refused_total: int
@@ -97,6 +115,10 @@ class BreakerSnapshot:
     trial_id: str | None
     window_calls: int
     window_failures: int
+    paused_seconds: float
+    """Seconds spent not fetching, including the pause going on now."""
+    trial_successes: int
+    trial_failures: int
     successes_total: int
     failures_total: int
     refused_total: int
@@ -126,11 +148,23 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         trial_id=f.trial_id.decode() or None,
         window_calls=f.window_len,
         window_failures=f.window_failures,
+        paused_seconds=f.paused_seconds
+        + (0.0 if State(f.state).flowing else time.monotonic() - f.paused_since),
+        trial_successes=f.trial_successes,
+        trial_failures=f.trial_failures,
         successes_total=f.successes_total,
         failures_total=f.failures_total,
         refused_total=f.refused_total,
         handed_back_total=f.handed_back_total,
     )
+
+
+def _account_pause(f: BreakerFields, *, was_flowing: bool) -> None:
+    flowing = State(f.state).flowing
+    if was_flowing and not flowing:
+        f.paused_since = time.monotonic()
+    elif flowing and not was_flowing:
+        f.paused_seconds += time.monotonic() - f.paused_since
 
 
 _instances: weakref.WeakSet[SharedBreakerState] = weakref.WeakSet()
@@ -182,6 +216,7 @@ class SharedBreakerState:
             finally:
                 if _visible(fields) != before:
                     fields.version += 1
+                    _account_pause(fields, was_flowing=State(before[0]).flowing)
                 fields.seq += 1
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
@@ -201,6 +236,10 @@ class SharedBreakerState:
             os.sched_yield()
         with self.transaction() as locked:
             return read(locked)
+
+    def version(self) -> int:
+        """The change counter alone: one aligned 64-bit read, cheap enough to poll."""
+        return self._fields.version
 
     def gate_view(self) -> tuple[State, float]:
         """State and end of the open period: all that the per-poll gate check reads."""

@@ -14,8 +14,14 @@ _NAMES = {
     State.CLOSED: pybreaker.STATE_CLOSED,
     State.OPEN: pybreaker.STATE_OPEN,
     State.HALF_OPEN: pybreaker.STATE_HALF_OPEN,
+    State.FORCED_OPEN: pybreaker.STATE_OPEN,
+    State.FORCED_CLOSED: pybreaker.STATE_CLOSED,
 }
-_STATES = {name: state for state, name in _NAMES.items()}
+_STATES = {
+    pybreaker.STATE_CLOSED: State.CLOSED,
+    pybreaker.STATE_OPEN: State.OPEN,
+    pybreaker.STATE_HALF_OPEN: State.HALF_OPEN,
+}
 
 
 class SharedMemoryStorage(pybreaker.CircuitBreakerStorage):

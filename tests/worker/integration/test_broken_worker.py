@@ -40,11 +40,11 @@ def test_consumption_stops_within_one_poll_and_one_trial_per_half_open(
             "circuitgate_backoff_multiplier": 1.0}  # fmt: skip
     bad = lab.worker("bad", broken=True, concurrency=2, conf=conf)
     lab.send(40, work_s=0.3)
-    wait_until(lambda: len(log_events(bad, r"half-open -> open")) >= 2, 60, "two failed trials")
+    wait_until(lambda: len(log_events(bad, r"half_open -> open")) >= 2, 60, "two failed trials")
     bad.stop()
 
     trips = log_events(bad, r"-> open \(")
-    half_opens = log_events(bad, r"open -> half-open")
+    half_opens = log_events(bad, r"open -> half_open")
     received = log_events(bad, r"Task lab\.infer\[.*\] received")
     handed_back = log_events(bad, r"handed .* back unexecuted")
     starts = sorted(e.start for e in lab.log.read())
@@ -72,7 +72,7 @@ def test_the_worker_recovers_when_the_fault_clears(
     assert {task_id: successes[task_id] for task_id in first + rest} == dict.fromkeys(
         first + rest, 1
     )
-    assert log_events(bad, r"half-open -> closed")
+    assert log_events(bad, r"half_open -> closed")
 
 
 @pytest.mark.parametrize(

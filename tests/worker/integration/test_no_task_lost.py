@@ -1,4 +1,4 @@
-"""Killing or stopping a worker mid-task loses nothing (acks-late semantics)."""
+"""Killing or stopping a worker mid-task loses nothing (acks-late: at least once)."""
 
 from __future__ import annotations
 
@@ -30,4 +30,11 @@ def test_a_worker_stopped_mid_task_loses_nothing(
 
     successes = lab.log.wait_for_successes(set(ids), timeout=120)
 
-    assert {task_id: successes[task_id] for task_id in ids} == dict.fromkeys(ids, 1)
+    assert all(successes[task_id] >= 1 for task_id in ids), "a task was lost"
+    # At least once, as acks-late promises. A second run is allowed only for a task that
+    # finished on the stopped worker whose ack was cut off by the shutdown (celery#3802,
+    # Redis warm shutdown); everything else ran exactly once.
+    finished_on_first = {e.id for e in lab.log.read() if e.worker == first.hostname}
+    twice = {task_id for task_id in ids if successes[task_id] > 1}
+    assert twice <= finished_on_first
+    assert all(successes[task_id] <= 2 for task_id in ids)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .brokers import Broker
+from .brokers import Broker, free_port
 
 __all__ = ("Execution", "ExecutionLog", "LabWorker")
 
@@ -32,7 +32,14 @@ class LabWorker:
     queues: str = "celery"
     conf: dict[str, Any] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
+    endpoint_host: str = "127.0.0.1"
+    endpoint_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the worker's breaker endpoint."""
+        return f"http://{self.endpoint_host}:{self.endpoint_port}"
 
     @property
     def hostname(self) -> str:
@@ -58,7 +65,13 @@ class LabWorker:
             **os.environ,
             "CIRCUITGATE_LAB_BROKER": json.dumps(self.broker.celery_config()),
             "CIRCUITGATE_LAB_MODE": self.mode,
-            "CIRCUITGATE_LAB_CONF": json.dumps(self.conf),
+            "CIRCUITGATE_LAB_CONF": json.dumps(
+                {
+                    "circuitgate_endpoint_host": self.endpoint_host,
+                    "circuitgate_endpoint_port": self.endpoint_port,
+                    **self.conf,
+                }
+            ),
             "CIRCUITGATE_LAB_FAULT": str(self.fault_file),
             "CIRCUITGATE_LAB_LOG": str(self.workdir / "executions.jsonl"),
         }

@@ -1,0 +1,162 @@
+"""The breaker endpoint, served for real on loopback, with a real shared breaker behind it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuitgate.breaker import SharedCircuitBreaker
+from circuitgate.endpoint import BadQuery, BreakerEndpoint, CircuitQuery, parse_circuit_query
+from circuitgate.metrics import render_metrics
+from circuitgate.report import describe_worker
+from circuitgate.settings import Settings
+from circuitgate.shared_state import State
+
+
+@pytest.fixture
+def breaker() -> SharedCircuitBreaker:
+    return SharedCircuitBreaker(Settings(fail_max=1, reset_timeout=30), name="gpu")
+
+
+@pytest.fixture
+def endpoint(breaker: SharedCircuitBreaker) -> Iterator[BreakerEndpoint]:
+    server = BreakerEndpoint(
+        document=lambda: describe_worker("w@lab", [breaker], ["celery"]),
+        sequence=breaker.shared.version,
+        metrics=render_metrics(lambda: [breaker]),
+        host="127.0.0.1",
+        port=0,
+        max_connections=8,
+        max_wait=5,
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def get(endpoint: BreakerEndpoint, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    host, port = endpoint.address
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def raw(endpoint: BreakerEndpoint, request: bytes) -> bytes:
+    with socket.create_connection(endpoint.address, timeout=5) as sock:
+        sock.sendall(request)
+        return sock.recv(4096)
+
+
+def test_circuit_serves_the_document(endpoint: BreakerEndpoint) -> None:
+    status, body = get(endpoint, "/circuit")
+    assert status == 200
+    document = json.loads(body)
+    assert document["worker"] == "w@lab"
+    assert document["breakers"][0]["state"] == "closed"
+
+
+def test_health_never_depends_on_the_breaker_and_readiness_does(
+    endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker
+) -> None:
+    assert get(endpoint, "/readyz")[0] == 200
+    breaker.record_failure("t", RuntimeError())
+    assert get(endpoint, "/healthz") == (200, b"ok\n")
+    assert get(endpoint, "/readyz")[0] == 503
+    breaker.half_open()
+    breaker.admit("trial")
+    assert get(endpoint, "/readyz")[0] == 200  # half-open: ready for its trial
+    breaker.force(State.FORCED_OPEN)
+    assert get(endpoint, "/readyz")[0] == 503
+    assert get(endpoint, "/healthz")[0] == 200
+
+
+def test_a_long_poll_answers_as_soon_as_the_sequence_moves(
+    endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker
+) -> None:
+    since = json.loads(get(endpoint, "/circuit")[1])["sequence"]
+    threading.Timer(0.3, lambda: breaker.record_failure("t", RuntimeError())).start()
+    started = time.monotonic()
+    status, body = get(endpoint, f"/circuit?since={since}&wait=5")
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert json.loads(body)["breakers"][0]["state"] == "open"
+    assert 0.25 < elapsed < 4  # woke on the change, not at the timeout
+
+
+def test_a_long_poll_with_no_change_answers_at_the_timeout(endpoint: BreakerEndpoint) -> None:
+    since = json.loads(get(endpoint, "/circuit")[1])["sequence"]
+    status, body = get(endpoint, f"/circuit?since={since}&wait=0.3")
+    assert status == 200
+    assert json.loads(body)["sequence"] == since
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/circuit?since=-1", "/circuit?wait=3", "/circuit?since=1&wait=x", "/circuit?foo=1",
+     "/circuit?since=1&since=2", "/healthz?x=1"],
+)  # fmt: skip
+def test_bad_queries_get_400(endpoint: BreakerEndpoint, path: str) -> None:
+    assert get(endpoint, path)[0] == 400
+
+
+def test_unknown_paths_get_404_and_garbage_gets_400(endpoint: BreakerEndpoint) -> None:
+    assert get(endpoint, "/nope")[0] == 404
+    assert raw(endpoint, b"\x00\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert raw(endpoint, b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 414")
+    assert raw(endpoint, b"POST /circuit HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").startswith(
+        b"HTTP/1.1 501"
+    )
+    assert get(endpoint, "/healthz")[0] == 200  # still serving
+
+
+def test_connections_past_the_bound_are_refused_at_once(endpoint: BreakerEndpoint) -> None:
+    since = json.loads(get(endpoint, "/circuit")[1])["sequence"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        pollers = [pool.submit(get, endpoint, f"/circuit?since={since}&wait=2") for _ in range(8)]
+        time.sleep(0.5)  # let all eight hold their slot
+        assert get(endpoint, "/healthz")[0] == 503
+        assert all(f.result()[0] == 200 for f in pollers)
+    assert get(endpoint, "/healthz")[0] == 200
+
+
+def test_metrics_expose_state_trips_and_handed_back_messages(
+    endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker
+) -> None:
+    breaker.record_failure("t", RuntimeError())
+    breaker.admit("refused")
+    status, body = get(endpoint, "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'circuitgate_breaker_state{breaker="gpu",state="open"} 1.0' in text
+    assert 'circuitgate_trips_total{breaker="gpu"} 1.0' in text
+    assert 'circuitgate_handed_back_messages_total{breaker="gpu",reason="open"} 1.0' in text
+    assert "circuitgate_paused_seconds_total" in text
+
+
+@given(since=st.integers(0, 10**18), wait=st.floats(0, 1e6, allow_nan=False))
+def test_valid_queries_parse_and_wait_is_capped(since: int, wait: float) -> None:
+    query = parse_circuit_query(f"since={since}&wait={wait!r}", max_wait=60)
+    assert query == CircuitQuery(since=since, wait=min(wait, 60))
+
+
+@given(st.text(max_size=200))
+def test_any_query_string_parses_or_raises_bad_query(text: str) -> None:
+    try:
+        query = parse_circuit_query(text, max_wait=60)
+    except BadQuery:
+        return
+    assert query.since is None or query.since >= 0
+    assert 0 <= query.wait <= 60

@@ -1,0 +1,114 @@
+"""The breaker-state document: the one thing the worker and the operator share.
+
+Defined twice on purpose and tested to agree: these dataclasses (what the worker writes)
+and ``schemas/breaker-state.v1.json`` (what any reader validates against; the operator
+ships an identical copy so it never imports this Celery-side package).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Literal
+
+__all__ = (
+    "SCHEMA_ID",
+    "BreakerDocument",
+    "StateName",
+    "WorkerDocument",
+    "load_schema",
+)
+
+SCHEMA_ID = "circuitgate.io/breaker-state/v1"
+
+StateName = Literal["closed", "open", "half_open", "forced_open", "forced_closed"]
+
+
+def _timestamp(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerDocument:
+    """One breaker, as a watcher sees it. Times are Unix seconds here, RFC 3339 in JSON."""
+
+    name: str
+    state: StateName
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    trips: int
+    opened_at: float | None
+    may_close_at: float | None
+    consumption_paused: bool
+    queues: tuple[str, ...] = ()
+    paused_queues: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["opened_at"] = _timestamp(self.opened_at)
+        data["may_close_at"] = _timestamp(self.may_close_at)
+        data["queues"] = list(self.queues)
+        data["paused_queues"] = list(self.paused_queues)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BreakerDocument:
+        return cls(
+            **{
+                **data,
+                "opened_at": _parse_time(data["opened_at"]),
+                "may_close_at": _parse_time(data["may_close_at"]),
+                "queues": tuple(data["queues"]),
+                "paused_queues": tuple(data["paused_queues"]),
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerDocument:
+    """Everything ``GET /circuit`` answers."""
+
+    worker: str
+    sequence: int
+    generated_at: float
+    breakers: tuple[BreakerDocument, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_ID,
+            "worker": self.worker,
+            "sequence": self.sequence,
+            "generated_at": _timestamp(self.generated_at),
+            "breakers": [breaker.to_json() for breaker in self.breakers],
+        }
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerDocument:
+        generated_at = _parse_time(data["generated_at"])
+        return cls(
+            worker=data["worker"],
+            sequence=data["sequence"],
+            generated_at=generated_at if generated_at is not None else 0.0,
+            breakers=tuple(BreakerDocument.from_json(b) for b in data["breakers"]),
+        )
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of the document, as shipped inside the package."""
+    text = resources.files("circuitgate").joinpath("schemas/breaker-state.v1.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -1,0 +1,273 @@
+"""The worker's local HTTP endpoint: breaker state, health, readiness and metrics.
+
+Served from the worker's main process only, on threads of its own, so a saturated pool
+or a busy consumer never delays an answer, and an answer never delays the consumer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .contract import WorkerDocument
+
+__all__ = ("BadQuery", "BreakerEndpoint", "CircuitQuery", "parse_circuit_query")
+
+logger = logging.getLogger(__name__)
+
+MAX_URL = 2048
+
+
+class BadQuery(ValueError):
+    """A ``/circuit`` query string that cannot be honoured; the message says why."""
+
+
+@dataclass(frozen=True)
+class CircuitQuery:
+    """``GET /circuit?since=SEQ&wait=SECONDS``: answer once the sequence passes ``since``."""
+
+    since: int | None = None
+    wait: float = 0.0
+
+
+def parse_circuit_query(query: str, *, max_wait: float) -> CircuitQuery:
+    """Parse and check the query; ``wait`` is capped at ``max_wait``."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise BadQuery("malformed query string") from None
+    unknown = sorted(set(params) - {"since", "wait"})
+    if unknown:
+        raise BadQuery(f"unknown parameter {unknown[0]!r}; allowed: since, wait")
+    if any(len(values) > 1 for values in params.values()):
+        raise BadQuery("each parameter may be given once")
+    since = None
+    if "since" in params:
+        text = params["since"][0]
+        if not text.isascii() or not text.isdigit() or len(text) > 20:
+            raise BadQuery("since must be a non-negative integer")
+        since = int(text)
+    wait = 0.0
+    if "wait" in params:
+        try:
+            wait = float(params["wait"][0])
+        except ValueError:
+            raise BadQuery("wait must be a number of seconds") from None
+        if not 0 <= wait < float("inf"):
+            raise BadQuery("wait must be a non-negative number of seconds")
+        if since is None:
+            raise BadQuery("wait needs since")
+    return CircuitQuery(since=since, wait=min(wait, max_wait))
+
+
+class _ChangeNotifier:
+    """Wakes long-pollers when the sequence moves.
+
+    The breakers change in pool children, so the main process learns of a change by
+    reading the shared page: every ``interval`` seconds, and only while someone waits.
+    """
+
+    def __init__(self, sequence: Callable[[], int], interval: float) -> None:
+        self._sequence = sequence
+        self._interval = interval
+        self._changed = threading.Condition()
+        self._waiters = 0
+        self._someone_waits = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="circuitgate-notifier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._someone_waits.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join(5)
+
+    def wait_past(self, since: int, timeout: float) -> None:
+        """Return when the sequence exceeds ``since``, the timeout passes, or we stop."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._waiters += 1
+            self._someone_waits.set()
+            try:
+                while self._sequence() <= since and not self._stopped.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._changed.wait(remaining)
+            finally:
+                self._waiters -= 1
+                if not self._waiters:
+                    self._someone_waits.clear()
+
+    def _run(self) -> None:
+        last = self._sequence()
+        while not self._stopped.is_set():
+            self._someone_waits.wait()
+            current = self._sequence()
+            if current != last:
+                last = current
+                with self._changed:
+                    self._changed.notify_all()
+            time.sleep(self._interval)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], endpoint: BreakerEndpoint) -> None:
+        self.endpoint = endpoint
+        self.slots = threading.BoundedSemaphore(endpoint.max_connections)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            # Over the connection bound: answer at once instead of queueing a thread.
+            with contextlib.suppress(OSError):
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                    b"Retry-After: 1\r\nConnection: close\r\n\r\n"
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("circuitgate endpoint: error serving %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # so even a garbled request gets a status line
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain"
+    timeout = 10  # a client that sends no complete request in time is dropped
+    server_version = "circuitgate"
+
+    def do_GET(self) -> None:
+        endpoint = self.server.endpoint
+        if len(self.path) > MAX_URL:
+            return self._send(HTTPStatus.REQUEST_URI_TOO_LONG, b"request line too long\n")
+        if self.headers.get("Content-Length", "0") not in ("", "0"):
+            return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"GET takes no body\n")
+        url = urlsplit(self.path)
+        if url.path == "/circuit":
+            return self._circuit(endpoint, url.query)
+        if url.query:
+            return self._send(HTTPStatus.BAD_REQUEST, b"no query string here\n")
+        if url.path == "/healthz":
+            # Never depends on the breaker: an open circuit must not get the pod restarted.
+            return self._send(HTTPStatus.OK, b"ok\n")
+        if url.path == "/readyz":
+            ready = not any(
+                b.state in ("open", "forced_open") for b in endpoint.document().breakers
+            )
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            return self._send(status, b"ready\n" if ready else b"circuit open\n")
+        if url.path == "/metrics":
+            return self._send(
+                HTTPStatus.OK, endpoint.metrics(), "text/plain; version=0.0.4; charset=utf-8"
+            )
+        return self._send(HTTPStatus.NOT_FOUND, b"not found: try /circuit\n")
+
+    def _circuit(self, endpoint: BreakerEndpoint, query: str) -> None:
+        try:
+            parsed = parse_circuit_query(query, max_wait=endpoint.max_wait)
+        except BadQuery as exc:
+            body = json.dumps({"error": str(exc)}).encode()
+            return self._send(HTTPStatus.BAD_REQUEST, body, "application/json")
+        if parsed.since is not None and parsed.wait > 0:
+            endpoint.wait_past(parsed.since, parsed.wait)
+        return self._send(HTTPStatus.OK, endpoint.document().dumps(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed requests (bad request line, too many headers, other methods): a short
+        # answer and a closed connection, never a traceback.
+        self.close_connection = True
+        super().send_error(code, message, explain)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("circuitgate endpoint: " + format, *args)
+
+
+class BreakerEndpoint:
+    """``/circuit`` (with long-poll), ``/healthz``, ``/readyz`` and ``/metrics`` on one port."""
+
+    def __init__(
+        self,
+        *,
+        document: Callable[[], WorkerDocument],
+        sequence: Callable[[], int],
+        metrics: Callable[[], bytes],
+        host: str = "0.0.0.0",
+        port: int = 9808,
+        max_connections: int = 256,
+        max_wait: float = 60.0,
+        poll_interval: float = 0.005,
+    ) -> None:
+        self.document = document
+        self.metrics = metrics
+        self.max_connections = max_connections
+        self.max_wait = max_wait
+        self._address = (host, port)
+        self._notifier = _ChangeNotifier(sequence, poll_interval)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where it listens (the real port once started, if 0 was asked for)."""
+        if self._server is None:
+            return self._address
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def wait_past(self, since: int, timeout: float) -> None:
+        self._notifier.wait_past(since, timeout)
+
+    def start(self) -> None:
+        self._server = _Server(self._address, self)
+        self._server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._notifier.start()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="circuitgate-endpoint", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._notifier.stop()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)

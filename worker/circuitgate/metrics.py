@@ -1,0 +1,70 @@
+"""Prometheus metrics of the worker's breakers, read from shared memory at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .breaker import SharedCircuitBreaker
+from .shared_state import State
+
+__all__ = ("BreakerCollector", "render_metrics")
+
+
+class BreakerCollector(Collector):
+    """Reads every breaker's snapshot when scraped: nothing to update on the task path."""
+
+    def __init__(self, breakers: Callable[[], Sequence[SharedCircuitBreaker]]) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            "circuitgate_breaker_state",
+            "1 for the breaker's current state.",
+            labels=["breaker", "state"],
+        )
+        failures = GaugeMetricFamily(
+            "circuitgate_consecutive_failures", "Counted failures in a row.", labels=["breaker"]
+        )
+        outcomes = CounterMetricFamily(
+            "circuitgate_calls", "Guarded task outcomes.", labels=["breaker", "outcome"]
+        )
+        trips = CounterMetricFamily(
+            "circuitgate_trips", "Times the circuit opened.", labels=["breaker"]
+        )
+        paused = CounterMetricFamily(
+            "circuitgate_paused_seconds", "Seconds the worker did not fetch.", labels=["breaker"]
+        )
+        handed_back = CounterMetricFamily(
+            "circuitgate_handed_back_messages",
+            "Messages given back to the queue: 'open' unexecuted, 'failed' after a counted fault.",
+            labels=["breaker", "reason"],
+        )
+        trials = CounterMetricFamily(
+            "circuitgate_trials", "Half-open trial outcomes.", labels=["breaker", "outcome"]
+        )
+        for breaker in self._breakers():
+            name = breaker.name or "default"
+            snapshot = breaker.snapshot()
+            for candidate in State:
+                state.add_metric([name, candidate.name.lower()], float(snapshot.state is candidate))
+            failures.add_metric([name], snapshot.fail_counter)
+            outcomes.add_metric([name, "success"], snapshot.successes_total)
+            outcomes.add_metric([name, "failure"], snapshot.failures_total)
+            trips.add_metric([name], snapshot.trips)
+            paused.add_metric([name], snapshot.paused_seconds)
+            handed_back.add_metric([name, "open"], snapshot.refused_total)
+            handed_back.add_metric([name, "failed"], snapshot.handed_back_total)
+            trials.add_metric([name, "success"], snapshot.trial_successes)
+            trials.add_metric([name, "failure"], snapshot.trial_failures)
+        yield from (state, failures, outcomes, trips, paused, handed_back, trials)
+
+
+def render_metrics(breakers: Callable[[], Sequence[SharedCircuitBreaker]]) -> Callable[[], bytes]:
+    """A function that renders the Prometheus exposition of ``breakers`` on each call."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BreakerCollector(breakers))
+    return lambda: generate_latest(registry)

@@ -1,0 +1,53 @@
+"""Turn the breakers' shared state into the contract's document."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .breaker import SharedCircuitBreaker
+from .contract import BreakerDocument, StateName, WorkerDocument
+from .shared_state import BreakerSnapshot, State
+
+__all__ = ("describe_breaker", "describe_worker")
+
+
+def describe_breaker(
+    name: str, snapshot: BreakerSnapshot, queues: Sequence[str], worker_queues: Sequence[str]
+) -> BreakerDocument:
+    """One breaker's entry. ``queues`` empty means it gates all of ``worker_queues``."""
+    paused = not snapshot.state.flowing
+    open_ = snapshot.state in (State.OPEN, State.HALF_OPEN, State.FORCED_OPEN)
+    may_close_at = None
+    if snapshot.state in (State.OPEN, State.HALF_OPEN) and snapshot.opened_at is not None:
+        may_close_at = snapshot.opened_at + snapshot.open_period
+    state: StateName = snapshot.state.name.lower()  # type: ignore[assignment]
+    return BreakerDocument(
+        name=name,
+        state=state,
+        consecutive_failures=snapshot.fail_counter,
+        window_calls=snapshot.window_calls,
+        window_failures=snapshot.window_failures,
+        trips=snapshot.trips,
+        opened_at=snapshot.opened_at if open_ else None,
+        may_close_at=may_close_at,
+        consumption_paused=paused,
+        queues=tuple(queues),
+        paused_queues=tuple(queues or worker_queues) if paused else (),
+    )
+
+
+def describe_worker(
+    hostname: str, breakers: Sequence[SharedCircuitBreaker], worker_queues: Sequence[str]
+) -> WorkerDocument:
+    """The whole ``GET /circuit`` document; its sequence grows with any breaker's version."""
+    snapshots = [(breaker, breaker.snapshot()) for breaker in breakers]
+    return WorkerDocument(
+        worker=hostname,
+        sequence=sum(snapshot.version for _, snapshot in snapshots),
+        generated_at=time.time(),
+        breakers=tuple(
+            describe_breaker(breaker.name or "default", snapshot, (), worker_queues)
+            for breaker, snapshot in snapshots
+        ),
+    )
