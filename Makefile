@@ -30,8 +30,8 @@ control-plane:
 	bash hack/build-control-plane.sh
 
 lint:
-	$(VENV)/bin/ruff check worker operator tests bench hack
-	$(VENV)/bin/ruff format --check worker operator tests bench hack
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 typecheck:
 	$(VENV)/bin/mypy

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import readme_sections
+from readme_sections import README, REPO
+
 CRD = REPO / "crds" / "circuitpolicies.circuitgate.io.yaml"
-README = REPO / "README.md"
-BEGIN = "<!-- BEGIN policy-reference -->"
-END = "<!-- END policy-reference -->"
+SECTION = "policy-reference"
 HEADING = "## CircuitPolicy reference"
 
 Schema = dict[str, Any]
@@ -135,22 +135,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def update(readme_text: str, table: str) -> str:
-    """README text with the table between the markers, adding the section if missing."""
-    block = f"{BEGIN}\n{table}{END}"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    if pattern.search(readme_text):
-        return pattern.sub(lambda _: block, readme_text, count=1)
-    if readme_text and not readme_text.endswith("\n"):
-        readme_text += "\n"
-    separator = "\n" if readme_text else ""
-    return f"{readme_text}{separator}{HEADING}\n\n{block}\n"
-
-
 def check(readme: Path = README, crd_path: Path = CRD) -> bool:
     """True if the README's reference matches the CRD."""
-    current = readme.read_text() if readme.exists() else ""
-    return update(current, render(crd_path)) == current
+    return readme_sections.is_current(SECTION, render(crd_path), HEADING, readme)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print("README.md policy reference is stale: run python hack/gen_crd_reference.py")
         return 1
-    current = README.read_text() if README.exists() else ""
-    updated = update(current, render())
-    if updated != current:
-        README.write_text(updated)
+    if readme_sections.write(SECTION, render(), HEADING):
         print(f"updated {README.relative_to(REPO)}")
     return 0
 

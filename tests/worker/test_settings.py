@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from circuitgate.settings import InvalidSetting, Settings, load_settings
+
+GENERATOR = Path(__file__).resolve().parents[2] / "hack" / "gen_settings_reference.py"
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -68,3 +72,11 @@ def test_invalid_settings_name_the_setting_and_the_allowed_values(
         load_settings(conf)
     assert named in str(raised.value)
     assert allowed in str(raised.value)
+
+
+def test_the_readme_settings_reference_is_generated_from_this_dataclass() -> None:
+    spec = importlib.util.spec_from_file_location("gen_settings_reference", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.check(), "README.md is stale: run python hack/gen_settings_reference.py"

@@ -1,0 +1,70 @@
+"""Render the worker settings reference in README.md from `circuitgate.settings.Settings`.
+
+    python hack/gen_settings_reference.py           rewrite the text between the markers
+    python hack/gen_settings_reference.py --check   exit 1 if README.md is stale
+
+Reads the dataclass's source (names, types, defaults, and the docstring under each field),
+so the reference and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import readme_sections
+from readme_sections import README, REPO
+
+SOURCE = REPO / "worker" / "circuitgate" / "settings.py"
+SECTION = "settings-reference"
+HEADING = "### Worker settings reference"
+
+
+def render(source: Path = SOURCE) -> str:
+    """One row per ``circuitgate_*`` key."""
+    tree = ast.parse(source.read_text())
+    (settings,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
+    lines = [
+        f"Generated from `{source.relative_to(REPO)}` by `python hack/gen_settings_reference.py`;"
+        " do not edit by hand.",
+        "",
+        "| `app.conf` key | Type | Default | Meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    body = settings.body
+    for node, following in zip(body, [*body[1:], None], strict=True):
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        doc = ""
+        if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            doc = " ".join(str(following.value.value).split())
+        default = ast.unparse(node.value) if node.value is not None else ""
+        cells = [f"`circuitgate_{node.target.id}`", f"`{ast.unparse(node.annotation)}`"]
+        cells += [f"`{default}`", doc]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def check(readme: Path = README) -> bool:
+    """True if the README's settings reference matches the code."""
+    return readme_sections.is_current(SECTION, render(), HEADING, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    if parser.parse_args(argv).check:
+        if check():
+            return 0
+        print("README.md settings reference is stale: run python hack/gen_settings_reference.py")
+        return 1
+    if readme_sections.write(SECTION, render(), HEADING):
+        print(f"updated {README.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
