@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from circuitgate.breaker import SharedCircuitBreaker
+from circuitgate.breaker_set import BreakerSet
 from circuitgate.contract import BreakerDocument, WorkerDocument, load_schema
 from circuitgate.report import describe_worker
 from circuitgate.settings import Settings
@@ -50,8 +50,9 @@ def test_any_document_validates_and_round_trips(document: WorkerDocument) -> Non
 
 
 def test_the_workers_document_validates_in_every_state() -> None:
-    breaker = SharedCircuitBreaker(Settings(fail_max=1), name="gpu")
-    documents = [describe_worker("w@host", [breaker], ["celery"]).to_json()]
+    breakers = BreakerSet(Settings(fail_max=1))
+    breaker = breakers.default
+    documents = [describe_worker("w@host", breakers, ["celery"]).to_json()]
     for step in (
         lambda: breaker.record_failure("t", RuntimeError()),
         lambda: (breaker.half_open(), breaker.admit("trial")),
@@ -59,7 +60,7 @@ def test_the_workers_document_validates_in_every_state() -> None:
         lambda: breaker.force(State.FORCED_CLOSED),
     ):
         step()
-        documents.append(describe_worker("w@host", [breaker], ["celery"]).to_json())
+        documents.append(describe_worker("w@host", breakers, ["celery"]).to_json())
     for data in documents:
         validator.validate(data)
     assert [d["breakers"][0]["state"] for d in documents] == [s.name.lower() for s in State]
@@ -68,11 +69,11 @@ def test_the_workers_document_validates_in_every_state() -> None:
 
 
 def test_a_document_missing_a_field_or_with_an_unknown_state_is_invalid() -> None:
-    data = describe_worker("w@host", [SharedCircuitBreaker(Settings())], ["celery"]).to_json()
+    data = describe_worker("w@host", BreakerSet(Settings()), ["celery"]).to_json()
     del data["breakers"][0]["trips"]
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(data)
-    data = describe_worker("w@host", [SharedCircuitBreaker(Settings())], ["celery"]).to_json()
+    data = describe_worker("w@host", BreakerSet(Settings()), ["celery"]).to_json()
     data["breakers"][0]["state"] = "ajar"
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(data)

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitgate.breaker import SharedCircuitBreaker
+from circuitgate.breaker_set import BreakerSet
 from circuitgate.endpoint import BadQuery, BreakerEndpoint, CircuitQuery, parse_circuit_query
 from circuitgate.metrics import render_metrics
 from circuitgate.report import describe_worker
@@ -23,16 +24,21 @@ from circuitgate.shared_state import State
 
 
 @pytest.fixture
-def breaker() -> SharedCircuitBreaker:
-    return SharedCircuitBreaker(Settings(fail_max=1, reset_timeout=30), name="gpu")
+def breakers() -> BreakerSet:
+    return BreakerSet(Settings(fail_max=1, reset_timeout=30))
 
 
 @pytest.fixture
-def endpoint(breaker: SharedCircuitBreaker) -> Iterator[BreakerEndpoint]:
+def breaker(breakers: BreakerSet) -> SharedCircuitBreaker:
+    return breakers.default
+
+
+@pytest.fixture
+def endpoint(breakers: BreakerSet, breaker: SharedCircuitBreaker) -> Iterator[BreakerEndpoint]:
     server = BreakerEndpoint(
-        document=lambda: describe_worker("w@lab", [breaker], ["celery"]),
+        document=lambda: describe_worker("w@lab", breakers, ["celery"]),
         sequence=breaker.shared.version,
-        metrics=render_metrics(lambda: [breaker]),
+        metrics=render_metrics(lambda: list(breakers)),
         host="127.0.0.1",
         port=0,
         max_connections=8,
@@ -140,9 +146,9 @@ def test_metrics_expose_state_trips_and_handed_back_messages(
     status, body = get(endpoint, "/metrics")
     text = body.decode()
     assert status == 200
-    assert 'circuitgate_breaker_state{breaker="gpu",state="open"} 1.0' in text
-    assert 'circuitgate_trips_total{breaker="gpu"} 1.0' in text
-    assert 'circuitgate_handed_back_messages_total{breaker="gpu",reason="open"} 1.0' in text
+    assert 'circuitgate_breaker_state{breaker="default",state="open"} 1.0' in text
+    assert 'circuitgate_trips_total{breaker="default"} 1.0' in text
+    assert 'circuitgate_handed_back_messages_total{breaker="default",reason="open"} 1.0' in text
     assert "circuitgate_paused_seconds_total" in text
 
 

@@ -17,6 +17,19 @@ def test_defaults_when_nothing_is_set() -> None:
     assert load_settings({}) == Settings()
 
 
+def test_named_breakers_override_the_worker_settings() -> None:
+    settings = load_settings(
+        {
+            "circuitgate_fail_max": 7,
+            "circuitgate_breakers": {"gpu": {"queues": ["gpu", "gpu-hi"], "fail_max": 2}},
+        }
+    )
+    (gpu,) = settings.breakers
+    assert (gpu.name, gpu.queues, gpu.settings.fail_max) == ("gpu", ("gpu", "gpu-hi"), 2)
+    assert gpu.settings.reset_timeout == settings.reset_timeout
+    assert settings.fail_max == 7
+
+
 def test_values_are_read_and_exceptions_imported_by_name() -> None:
     settings = load_settings(
         {
@@ -63,6 +76,26 @@ def test_values_are_read_and_exceptions_imported_by_name() -> None:
             "circuitgate_reset_timeout",
         ),
         ({"circuitgate_fail_maxx": 3}, "circuitgate_fail_maxx", "known settings"),
+        ({"circuitgate_breakers": ["gpu"]}, "circuitgate_breakers", "a mapping"),
+        ({"circuitgate_breakers": {"GPU!": {"queues": ["g"]}}}, "['GPU!']", "breaker name"),
+        ({"circuitgate_breakers": {"default": {"queues": ["g"]}}}, "['default']", "not 'default'"),
+        ({"circuitgate_breakers": {"gpu": {"queues": []}}}, "['gpu']['queues']", "non-empty"),
+        ({"circuitgate_breakers": {"gpu": {"queues": "g"}}}, "['gpu']['queues']", "non-empty"),
+        (
+            {"circuitgate_breakers": {"gpu": {"queues": ["g"], "fail_max": 0}}},
+            "circuitgate_breakers['gpu']['fail_max']=0",
+            "integer >= 1",
+        ),
+        (
+            {"circuitgate_breakers": {"gpu": {"queues": ["g"], "endpoint_port": 1}}},
+            "['gpu']['endpoint_port'] is unknown",
+            "allowed keys are queues",
+        ),
+        (
+            {"circuitgate_breakers": {"a": {"queues": ["g"]}, "b": {"queues": ["g"]}}},
+            "['b']['queues']",
+            "already bound to breaker 'a'",
+        ),
     ],
 )
 def test_invalid_settings_name_the_setting_and_the_allowed_values(

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from .breaker import SharedCircuitBreaker
+from .breaker_set import BreakerSet
 from .settings import Settings, load_settings
 from .task_guard import guard
 
@@ -30,7 +30,8 @@ class BreakerStep(bootsteps.Step):
     It runs while the worker is being set up, before the pool starts, so the shared page
     and the guarded tasks are inherited by every child the pool forks, replacements too.
     Invalid settings stop the worker here, before it consumes anything. Sets
-    ``worker.circuit_breaker`` (None when disabled) and ``worker.circuit_guarded_tasks``.
+    ``worker.circuit_breakers`` (a `BreakerSet`, None when disabled) and
+    ``worker.circuit_guarded_tasks``.
     """
 
     name = "circuitgate.breaker"
@@ -38,20 +39,20 @@ class BreakerStep(bootsteps.Step):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         settings = load_settings(parent.app.conf)
-        parent.circuit_breaker = None
+        parent.circuit_breakers = None
         parent.circuit_guarded_tasks = frozenset()
         if not settings.enabled:
             logger.info("circuitgate is disabled (circuitgate_enabled=False)")
             return
-        breaker = SharedCircuitBreaker(settings, name=parent.app.main or "default")
+        breakers = BreakerSet(settings)
         guarded = [task for task in parent.app.tasks.values() if is_guarded(task, settings)]
         for task in guarded:
-            guard(task, breaker)
-        parent.circuit_breaker = breaker
+            guard(task, breakers)
+        parent.circuit_breakers = breakers
         parent.circuit_guarded_tasks = frozenset(task.name for task in guarded)
         logger.info(
-            "circuitgate: breaker %r guards %d task(s) (fail_max=%d, reset_timeout=%ss)",
-            breaker.name,
+            "circuitgate: breakers %s guard %d task(s) (fail_max=%d, reset_timeout=%ss)",
+            ", ".join(breakers.names()),
             len(guarded),
             settings.fail_max,
             settings.reset_timeout,

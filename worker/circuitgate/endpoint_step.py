@@ -33,15 +33,15 @@ class EndpointStep(bootsteps.StartStopStep):
         self.endpoint: BreakerEndpoint | None = None
 
     def include_if(self, parent: Any) -> bool:
-        return self.settings.endpoint_enabled and parent.circuit_breaker is not None
+        return self.settings.endpoint_enabled and parent.circuit_breakers is not None
 
     def start(self, parent: Any) -> None:
-        breakers = [parent.circuit_breaker]
+        breakers = parent.circuit_breakers
         queues = sorted(parent.app.amqp.queues.consume_from or parent.app.amqp.queues)
         self.endpoint = BreakerEndpoint(
             document=lambda: describe_worker(parent.hostname, breakers, queues),
             sequence=lambda: sum(breaker.shared.version() for breaker in breakers),
-            metrics=render_metrics(lambda: breakers),
+            metrics=render_metrics(lambda: list(breakers)),
             host=self.settings.endpoint_host,
             port=self.settings.endpoint_port,
             max_connections=self.settings.endpoint_max_connections,

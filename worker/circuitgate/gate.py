@@ -1,4 +1,4 @@
-"""Consumer bootstep: no fetching while the worker's circuit is open."""
+"""Consumer bootstep: no fetching while a circuit is open."""
 
 from __future__ import annotations
 
@@ -9,43 +9,90 @@ from typing import Any
 from celery import bootsteps
 
 from .breaker import Admission, SharedCircuitBreaker
+from .breaker_set import BreakerSet, queue_of
 from .shared_state import State
 
-__all__ = ("ConsumptionGate",)
+__all__ = ("ConsumptionGate", "QueuePauser")
 
 logger = logging.getLogger(__name__)
 
 
 class ConsumptionGate(bootsteps.StartStopStep):
-    """Gates the task consumer's ``can_consume()`` on the worker's breaker.
+    """Stops the task consumer fetching from the queues whose circuit is open.
 
-    While the circuit is open the transport fetches nothing; when the open period ends it
-    fetches one message, the half-open trial. A message that arrives anyway (prefetched
-    before the trip, or a second one while the trial is out) goes straight back to the
-    queue unexecuted. This step obeys the breaker; it decides nothing itself, and it is not
-    a rate limiter. Works on kombu's virtual transports (SQS, Redis), which poll
-    ``can_consume()`` before each fetch.
+    One breaker for the whole worker on SQS or Redis: the channel's ``can_consume()``,
+    polled before every fetch, asks the breaker (one shared-memory read). Breakers bound
+    to some queues, or a transport without ``can_consume()`` (RabbitMQ): a `QueuePauser`
+    cancels and resumes the consumer of those queues. Either way, when the open period
+    ends one message comes in as the half-open trial, and a message that arrives anyway
+    (prefetched before the trip, or racing the trial) goes straight back to the queue
+    unexecuted. This step obeys the breakers; it decides nothing, and is not a rate limiter.
     """
 
     name = "circuitgate.gate"
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.pauser: QueuePauser | None = None
+
     def include_if(self, c: Any) -> bool:
-        return getattr(c.controller, "circuit_breaker", None) is not None
+        return getattr(c.controller, "circuit_breakers", None) is not None
 
     def start(self, c: Any) -> None:
-        breaker: SharedCircuitBreaker = c.controller.circuit_breaker
+        breakers: BreakerSet = c.controller.circuit_breakers
         qos = getattr(c.task_consumer.channel, "qos", None)
-        if qos is None or not hasattr(qos, "can_consume"):
-            logger.warning(
-                "circuitgate: transport %r has no can_consume(); an open circuit will hand "
-                "messages back instead of stopping the fetch",
-                c.connection.transport.driver_type,
-            )
+        if breakers.per_queue or not hasattr(qos, "can_consume"):
+            self.pauser = QueuePauser(c, breakers)
+            self.pauser.start()
         else:
-            _gate_qos(qos, breaker)
+            _gate_qos(qos, breakers.default)
         for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
-            c.strategies[name] = _gate_strategy(c.strategies[name], breaker, c.connection_errors)
+            c.strategies[name] = _gate_strategy(c.strategies[name], breakers, c.connection_errors)
+
+    def stop(self, c: Any) -> None:
+        if self.pauser is not None:
+            self.pauser.stop()
+            self.pauser = None
+
+
+class QueuePauser:
+    """Cancels consuming from a queue while its breaker refuses fetches, and resumes it after.
+
+    Checks every ``interval`` seconds on the consumer's own event loop, so the consumer is
+    only ever touched from its thread.
+    """
+
+    def __init__(self, consumer: Any, breakers: BreakerSet, interval: float = 0.1) -> None:
+        self.consumer = consumer
+        self.breakers = breakers
+        self.interval = interval
+        self.paused: set[str] = set()
+        self._queues = {queue.name: queue for queue in consumer.task_consumer.queues}
+        self._timer: Any = None
+
+    def start(self) -> None:
+        self.tick()
+        self._timer = self.consumer.timer.call_repeatedly(self.interval, self.tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def tick(self) -> None:
+        task_consumer = self.consumer.task_consumer
+        for name, queue in self._queues.items():
+            allowed = self.breakers.for_queue(name).fetch_allowed()
+            if not allowed and name not in self.paused:
+                task_consumer.cancel_by_queue(name)
+                self.paused.add(name)
+                logger.info("circuitgate: paused consuming from %s", name)
+            elif allowed and name in self.paused:
+                task_consumer.add_queue(queue)
+                task_consumer.consume()
+                self.paused.discard(name)
+                logger.info("circuitgate: resumed consuming from %s", name)
 
 
 def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
@@ -71,15 +118,16 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
 
 def _gate_strategy(
     strategy: Callable[..., Any],
-    breaker: SharedCircuitBreaker,
+    breakers: BreakerSet,
     errors: tuple[type[BaseException], ...],
 ) -> Callable[..., Any]:
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
+        breaker = breakers.for_queue(queue_of(message.delivery_info))
         if breaker.admit(token) is Admission.REFUSE:
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
-            # message is pushed back; it is not a failure and does not run here.
+            # message is pushed back, on RabbitMQ it is requeued; not a failure, not run here.
             message.reject_log_error(logger, errors, requeue=True)
             logger.info("circuit %s is open: handed %s back unexecuted", breaker.name, token)
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .breaker import SharedCircuitBreaker
+from .breaker_set import BreakerSet
 from .contract import BreakerDocument, StateName, WorkerDocument
 from .shared_state import BreakerSnapshot, State
 
@@ -38,7 +38,7 @@ def describe_breaker(
 
 
 def describe_worker(
-    hostname: str, breakers: Sequence[SharedCircuitBreaker], worker_queues: Sequence[str]
+    hostname: str, breakers: BreakerSet, worker_queues: Sequence[str]
 ) -> WorkerDocument:
     """The whole ``GET /circuit`` document; its sequence grows with any breaker's version."""
     snapshots = [(breaker, breaker.snapshot()) for breaker in breakers]
@@ -47,7 +47,12 @@ def describe_worker(
         sequence=sum(snapshot.version for _, snapshot in snapshots),
         generated_at=time.time(),
         breakers=tuple(
-            describe_breaker(breaker.name or "default", snapshot, (), worker_queues)
+            describe_breaker(
+                breaker.name or "default",
+                snapshot,
+                breakers.queues_of(breaker, worker_queues),
+                worker_queues,
+            )
             for breaker, snapshot in snapshots
         ),
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -12,7 +14,7 @@ from kombu.utils.imports import symbol_by_name
 
 from .shared_state import MAX_WINDOW
 
-__all__ = ("PREFIX", "InvalidSetting", "Settings", "load_settings")
+__all__ = ("BREAKER_KEYS", "PREFIX", "BreakerSpec", "InvalidSetting", "Settings", "load_settings")
 
 PREFIX = "circuitgate_"
 
@@ -65,6 +67,26 @@ class Settings:
     """Connections served at once; more are answered 503 at once."""
     endpoint_max_wait: float = 60.0
     """Longest long-poll, in seconds."""
+    breakers: tuple[BreakerSpec, ...] = ()
+    """Breakers bound to queues, as ``{name: {"queues": [...], "fail_max": 3, ...}}``: when one
+    opens only its queues pause. Queues bound to none share the ``default`` breaker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerSpec:
+    """A named breaker, the queues it gates, and its settings (the worker's, overridden)."""
+
+    name: str
+    queues: tuple[str, ...]
+    settings: Settings
+
+
+BREAKER_KEYS = (
+    "fail_max", "failure_rate_threshold", "window_size", "min_calls", "reset_timeout",
+    "backoff_multiplier", "max_reset_timeout", "jitter", "trial_timeout", "count_exceptions",
+    "ignore_exceptions", "handback", "max_deliveries",
+)  # fmt: skip
+"""The settings a breaker entry of ``circuitgate_breakers`` may override."""
 
 
 def _bool(value: Any) -> bool:
@@ -171,24 +193,84 @@ def load_settings(conf: Mapping[str, Any]) -> Settings:
         raise InvalidSetting(
             f"unknown setting {unknown[0]}; known settings: {', '.join(sorted(known))}"
         )
-    values: dict[str, Any] = {}
-    for name, check in _CHECKS.items():
-        key = PREFIX + name
-        if key not in conf:
-            continue
+    raw = {name: conf[PREFIX + name] for name in _CHECKS if PREFIX + name in conf}
+    settings = Settings(**_checked(raw, lambda name: PREFIX + name))
+    _check_relations(settings, lambda name: PREFIX + name)
+    if PREFIX + "breakers" in conf:
+        breakers = _breakers(conf[PREFIX + "breakers"], settings)
+        settings = dataclasses.replace(settings, breakers=breakers)
+    return settings
+
+
+def _checked(raw: Mapping[str, Any], key: Callable[[str], str]) -> dict[str, Any]:
+    values = {}
+    for name, value in raw.items():
         try:
-            values[name] = check(conf[key])
+            values[name] = _CHECKS[name](value)
         except ValueError as exc:
-            raise InvalidSetting(f"{key}={conf[key]!r} is invalid: allowed is {exc}") from None
-    settings = Settings(**values)
+            raise InvalidSetting(f"{key(name)}={value!r} is invalid: allowed is {exc}") from None
+    return values
+
+
+def _check_relations(settings: Settings, key: Callable[[str], str]) -> None:
     if settings.min_calls > settings.window_size:
         raise InvalidSetting(
-            f"{PREFIX}min_calls={settings.min_calls} is invalid: allowed is an integer"
-            f" <= {PREFIX}window_size ({settings.window_size})"
+            f"{key('min_calls')}={settings.min_calls} is invalid: allowed is an integer"
+            f" <= {key('window_size')} ({settings.window_size})"
         )
     if settings.max_reset_timeout < settings.reset_timeout:
         raise InvalidSetting(
-            f"{PREFIX}max_reset_timeout={settings.max_reset_timeout} is invalid: allowed is a"
-            f" number >= {PREFIX}reset_timeout ({settings.reset_timeout})"
+            f"{key('max_reset_timeout')}={settings.max_reset_timeout} is invalid: allowed is a"
+            f" number >= {key('reset_timeout')} ({settings.reset_timeout})"
         )
-    return settings
+
+
+_BREAKER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+
+
+def _breakers(value: Any, base: Settings) -> tuple[BreakerSpec, ...]:
+    setting = PREFIX + "breakers"
+    shape = 'a mapping {name: {"queues": [queue, ...], <breaker setting>: value, ...}}'
+    if not isinstance(value, Mapping):
+        raise InvalidSetting(f"{setting}={value!r} is invalid: allowed is {shape}")
+    specs = []
+    owner: dict[str, str] = {}
+    for name, entry in value.items():
+        where = f"{setting}[{name!r}]"
+        if not isinstance(name, str) or not _BREAKER_NAME.match(name) or name == "default":
+            raise InvalidSetting(
+                f"{where} is invalid: a breaker name is lowercase letters, digits, '-', '_'"
+                " and '.', at most 63 characters, and not 'default' (the unbound queues' own)"
+            )
+        if not isinstance(entry, Mapping):
+            raise InvalidSetting(f"{where}={entry!r} is invalid: allowed is {shape}")
+        extra = sorted(set(entry) - {"queues", *BREAKER_KEYS})
+        if extra:
+            raise InvalidSetting(
+                f"{where}[{extra[0]!r}] is unknown: allowed keys are queues, "
+                + ", ".join(BREAKER_KEYS)
+            )
+        queues = entry.get("queues")
+        if (
+            isinstance(queues, str)
+            or not isinstance(queues, list | tuple)
+            or not queues
+            or not all(isinstance(queue, str) and queue for queue in queues)
+        ):
+            raise InvalidSetting(
+                f"{where}['queues']={queues!r} is invalid: allowed is a non-empty list of"
+                " queue names"
+            )
+        for queue in queues:
+            if queue in owner:
+                raise InvalidSetting(
+                    f"{where}['queues'] is invalid: queue {queue!r} is already bound to"
+                    f" breaker {owner[queue]!r}; a queue has one breaker"
+                )
+            owner[queue] = name
+        overrides = {key: entry[key] for key in BREAKER_KEYS if key in entry}
+        label = functools.partial("{}[{!r}]".format, where)
+        settings = dataclasses.replace(base, **_checked(overrides, label))
+        _check_relations(settings, label)
+        specs.append(BreakerSpec(name=name, queues=tuple(queues), settings=settings))
+    return tuple(specs)

@@ -11,6 +11,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 
 from .breaker import Admission, SharedCircuitBreaker
+from .breaker_set import BreakerSet, queue_of
 
 __all__ = ("DELIVERIES_HEADER", "deliveries", "guard")
 
@@ -30,8 +31,8 @@ def deliveries(request: Any) -> int:
         return 1
 
 
-def guard(task: Task, breaker: SharedCircuitBreaker) -> None:
-    """Run ``task`` under the worker's breaker from now on.
+def guard(task: Task, breakers: BreakerSet) -> None:
+    """Run ``task`` under the breaker of the queue each message comes from, from now on.
 
     Called in the worker's main process before the pool forks, so every child inherits
     the guarded task.
@@ -40,6 +41,7 @@ def guard(task: Task, breaker: SharedCircuitBreaker) -> None:
 
     @functools.wraps(run)
     def guarded_run(*args: Any, **kwargs: Any) -> Any:
+        breaker = breakers.for_queue(queue_of(task.request.delivery_info))
         return _execute(task, breaker, run, args, kwargs)
 
     task.run = guarded_run

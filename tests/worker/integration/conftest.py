@@ -42,10 +42,13 @@ class Lab:
         self.workers.append(worker)
         return worker.start() if start else worker
 
-    def send(self, count: int, **kwargs: Any) -> list[str]:
+    def send(
+        self, count: int, task: str = "lab.infer", queue: str | None = None, **kwargs: Any
+    ) -> list[str]:
         """Publish ``count`` lab tasks; return their ids in order."""
         return [
-            self.producer.send_task("lab.infer", args=(n,), kwargs=kwargs).id for n in range(count)
+            self.producer.send_task(task, args=(n,), kwargs=kwargs, queue=queue).id
+            for n in range(count)
         ]
 
     def close(self) -> None:

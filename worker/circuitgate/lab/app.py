@@ -13,10 +13,12 @@ scenario (``celery -A circuitgate.lab.app worker``):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pybreaker
@@ -24,7 +26,7 @@ from celery import Celery
 
 import circuitgate
 
-__all__ = ("DeviceFault", "app", "infer")
+__all__ = ("DeviceFault", "app", "infer", "preprocess")
 
 
 class DeviceFault(RuntimeError):
@@ -76,37 +78,33 @@ def _work(work_s: float, fail_s: float, poison: bool) -> str:
     return "ok"
 
 
+def _logged(task: Any, n: int, work: Callable[[], Any]) -> Any:
+    """Run ``work`` and append what happened to the execution log."""
+    started = time.time()
+    record = {"id": task.request.id, "n": n, "pid": os.getpid(), "start": started}
+    record["worker"] = task.request.hostname or socket.gethostname()
+    try:
+        result = work()
+    except Exception as exc:
+        _log(**record, outcome="failure", error=type(exc).__name__, end=time.time())
+        raise
+    _log(**record, outcome="success", end=time.time())
+    return result
+
+
 @app.task(bind=True, name="lab.infer")
 def infer(
     self: Any, n: int, work_s: float = 1.0, fail_s: float = 0.02, poison: bool = False
 ) -> str:
-    """Pretend to run inference on item ``n``."""
-    started = time.time()
-    worker = self.request.hostname or socket.gethostname()
-    try:
-        if MODE == "naive":
-            result: str = _naive_breaker.call(_work, work_s, fail_s, poison)
-        else:
-            result = _work(work_s, fail_s, poison)
-    except Exception as exc:
-        _log(
-            id=self.request.id,
-            n=n,
-            worker=worker,
-            pid=os.getpid(),
-            outcome="failure",
-            error=type(exc).__name__,
-            start=started,
-            end=time.time(),
-        )
-        raise
-    _log(
-        id=self.request.id,
-        n=n,
-        worker=worker,
-        pid=os.getpid(),
-        outcome="success",
-        start=started,
-        end=time.time(),
-    )
+    """Pretend to run inference on item ``n`` on the worker's GPU."""
+    work = functools.partial(_work, work_s, fail_s, poison)
+    if MODE == "naive":
+        work = functools.partial(_naive_breaker.call, work)
+    result: str = _logged(self, n, work)
     return result
+
+
+@app.task(bind=True, name="lab.preprocess")
+def preprocess(self: Any, n: int, work_s: float = 0.1) -> None:
+    """Pretend to prepare item ``n`` on the CPU: a broken GPU does not touch it."""
+    _logged(self, n, functools.partial(time.sleep, work_s))

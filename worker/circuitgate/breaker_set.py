@@ -1,0 +1,72 @@
+"""A worker's breakers, and which queues each one gates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from .breaker import SharedCircuitBreaker
+from .settings import Settings
+
+__all__ = ("DEFAULT", "BreakerSet", "queue_of")
+
+DEFAULT = "default"
+"""The breaker of every queue that no named breaker is bound to."""
+
+
+def queue_of(delivery_info: Mapping[str, Any] | None) -> str | None:
+    """The queue a message came from, as Celery's default routing names it (the routing key)."""
+    if not delivery_info:
+        return None
+    routing_key = delivery_info.get("routing_key")
+    return str(routing_key) if routing_key else None
+
+
+class BreakerSet:
+    """The ``default`` breaker plus one per ``circuitgate_breakers`` entry.
+
+    A GPU queue and a CPU queue on one worker get a breaker each, so a broken GPU pauses
+    only the GPU queue. With no named breakers, the default one gates the whole worker.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.default = SharedCircuitBreaker(settings, name=DEFAULT)
+        self.named = {
+            spec.name: SharedCircuitBreaker(spec.settings, name=spec.name)
+            for spec in settings.breakers
+        }
+        self._bound = {queue: spec.name for spec in settings.breakers for queue in spec.queues}
+
+    def __iter__(self) -> Iterator[SharedCircuitBreaker]:
+        yield self.default
+        yield from self.named.values()
+
+    @property
+    def per_queue(self) -> bool:
+        """Whether some queues have a breaker of their own."""
+        return bool(self.named)
+
+    def get(self, name: str) -> SharedCircuitBreaker:
+        """The breaker called ``name``; KeyError names the ones there are."""
+        if name == DEFAULT:
+            return self.default
+        try:
+            return self.named[name]
+        except KeyError:
+            raise KeyError(f"no breaker {name!r}; breakers: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        return [breaker.name or DEFAULT for breaker in self]
+
+    def for_queue(self, queue: str | None) -> SharedCircuitBreaker:
+        """The breaker that gates ``queue``."""
+        name = self._bound.get(queue) if queue is not None else None
+        return self.named[name] if name is not None else self.default
+
+    def queues_of(self, breaker: SharedCircuitBreaker, consumed: Sequence[str]) -> tuple[str, ...]:
+        """The queues ``breaker`` gates; empty for the default breaker of a whole worker."""
+        if breaker is not self.default:
+            return tuple(q for q, name in self._bound.items() if name == breaker.name)
+        if not self.per_queue:
+            return ()
+        return tuple(q for q in consumed if q not in self._bound)
