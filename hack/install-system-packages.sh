@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the real brokers the integration tests start: redis-server (and openssl for the
+# Installs the real brokers the integration tests start: redis-server and rabbitmq-server (and
+# openssl for the
 # control plane's certificates). Idempotent: does nothing when they are already there.
 set -euo pipefail
 need=()
+command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then

@@ -47,8 +47,13 @@ class ConsumptionGate(bootsteps.StartStopStep):
             self.pauser.start()
         else:
             _gate_qos(qos, breakers.default)
+        # A refusal means a circuit opened since the pauser last looked: pause at once, before
+        # handing the message back, or RabbitMQ would deliver it straight back to us.
+        on_refuse = self.pauser.tick if self.pauser is not None else None
         for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
-            c.strategies[name] = _gate_strategy(c.strategies[name], breakers, c.connection_errors)
+            c.strategies[name] = _gate_strategy(
+                c.strategies[name], breakers, c.connection_errors, on_refuse
+            )
 
     def stop(self, c: Any) -> None:
         if self.pauser is not None:
@@ -120,12 +125,15 @@ def _gate_strategy(
     strategy: Callable[..., Any],
     breakers: BreakerSet,
     errors: tuple[type[BaseException], ...],
+    on_refuse: Callable[[], None] | None,
 ) -> Callable[..., Any]:
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
         breaker = breakers.for_queue(queue_of(message.delivery_info))
         if breaker.admit(token) is Admission.REFUSE:
+            if on_refuse is not None:
+                on_refuse()
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
             # message is pushed back, on RabbitMQ it is requeued; not a failure, not run here.
             message.reject_log_error(logger, errors, requeue=True)

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from circuitgate.lab.brokers import Broker, redis_broker, sqs_broker
+from circuitgate.lab.brokers import Broker, rabbitmq_broker, redis_broker, sqs_broker
 from circuitgate.lab.workers import ExecutionLog, LabWorker
 
-BROKERS = {"sqs": sqs_broker, "redis": redis_broker}
+BROKERS = {"sqs": sqs_broker, "redis": redis_broker, "rabbitmq": rabbitmq_broker}
 
 
 class Lab:
@@ -68,6 +68,8 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     with contextlib.ExitStack() as stack:
 
         def make(kind: str, **broker_options: Any) -> Lab:
+            if kind == "rabbitmq":  # a dead consumer's messages come back at once: no timeout
+                broker_options.pop("visibility_timeout", None)
             broker = stack.enter_context(BROKERS[kind](**broker_options))
             lab = Lab(broker, tmp_path)
             stack.callback(lab.close)

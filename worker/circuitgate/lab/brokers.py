@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("Broker", "BrokerUnavailable", "free_port", "redis_broker", "sqs_broker")
+__all__ = (
+    "Broker",
+    "BrokerUnavailable",
+    "free_port",
+    "rabbitmq_broker",
+    "redis_broker",
+    "sqs_broker",
+)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -55,13 +62,23 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeo
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], port: int, what: str, log: str) -> Iterator[None]:
+def _process(
+    argv: list[str],
+    port: int,
+    what: str,
+    log: str,
+    *,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    timeout: float = 30,
+) -> Iterator[None]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            user=user, group=user,
+        )  # fmt: skip
     try:
-        _wait_for_port(port, process, what, timeout=30)
+        _wait_for_port(port, process, what, timeout=timeout)
         yield
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -117,3 +134,52 @@ def sqs_broker(*, visibility_timeout: int = 30) -> Iterator[Broker]:
                     "polling_interval": 0.1,
                 },
             )
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+@contextlib.contextmanager
+def rabbitmq_broker() -> Iterator[Broker]:
+    """A throwaway ``rabbitmq-server`` node on loopback, with its own epmd.
+
+    Debian's script switches to the ``rabbitmq`` user, so as root the node runs as that user
+    in a folder it owns; everything (data, logs, cookie, plugins) lives in that folder.
+    """
+    binary = RABBITMQ_SERVER if os.path.exists(RABBITMQ_SERVER) else shutil.which("rabbitmq-server")
+    if binary is None:
+        raise BrokerUnavailable("rabbitmq-server is not installed (make setup installs it)")
+    port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    user = "rabbitmq" if os.geteuid() == 0 else None
+    with tempfile.TemporaryDirectory(prefix="circuitgate-rabbitmq-") as tmp:
+        if user is not None:
+            shutil.chown(tmp, user, user)
+        node = f"lab{port}@localhost"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": tmp,
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": os.path.join(tmp, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(tmp, "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(tmp, "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": os.path.join(tmp, "feature_flags"),
+            "RABBITMQ_CONFIG_FILE": os.path.join(tmp, "rabbitmq"),
+        }
+        try:
+            with _process(
+                [binary], port, "rabbitmq-server", os.path.join(tmp, "server.log"),
+                env=env, user=user, timeout=60,
+            ):  # fmt: skip
+                yield Broker(transport="amqp", url=f"amqp://guest:guest@127.0.0.1:{port}//")
+        finally:
+            epmd = shutil.which("epmd")
+            if epmd is not None:
+                subprocess.run(
+                    [epmd, "-kill"], env={**env, "ERL_EPMD_PORT": str(epmd_port)},
+                    capture_output=True, check=False, timeout=10,
+                )  # fmt: skip
