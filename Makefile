@@ -12,7 +12,7 @@ export CIRCUITGATE_CACHE := $(CACHE)
 test: setup control-plane lint typecheck pytest
 
 demo: setup
-	$(PY) -m circuitgate.demo --out demo-out
+	$(PY) -m circuitgate.lab.demo --out demo-out
 
 setup: system-packages $(VENV)/.installed
 
