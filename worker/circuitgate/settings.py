@@ -54,7 +54,8 @@ class Settings:
     handback: bool = True
     """Hand a task whose failure counted back to the queue for another worker."""
     max_deliveries: int = 3
-    """Deliveries after which a failing message is poison: it fails normally, uncounted."""
+    """Workers a message may fail on (counted, handed back) before it is poison and fails
+    normally, uncounted; also poison after four times this many deliveries in all."""
     guard_all_tasks: bool = True
     """Guard every task unless it sets ``circuitgate=False`` (else only ``circuitgate=True``)."""
     endpoint_enabled: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -13,22 +14,56 @@ from celery.exceptions import Ignore, Reject
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 
-__all__ = ("DELIVERIES_HEADER", "deliveries", "guard")
+__all__ = ("DELIVERIES_HEADER", "FAILED_ON_HEADER", "DeliveryRecord", "guard")
 
 logger = logging.getLogger(__name__)
 
 DELIVERIES_HEADER = "circuitgate_deliveries"
-"""How many times this message has been delivered and failed in a counted way."""
+"""How many times this message has been delivered (1 for a fresh message)."""
+FAILED_ON_HEADER = "circuitgate_failed_on"
+"""The workers on which this message failed in a way that counted, oldest first."""
+_FAILED_ON_KEPT = 32
+_DELIVERY_CAP_FACTOR = 4
 
 
-def deliveries(request: Any) -> int:
-    """The delivery number of the message being executed (1 for a fresh message)."""
-    headers = getattr(request, "headers", None) or {}
-    value = headers.get(DELIVERIES_HEADER, getattr(request, DELIVERIES_HEADER, None))
-    try:
-        return max(int(value), 1) if value is not None else 1
-    except (TypeError, ValueError):
-        return 1
+@dataclasses.dataclass(frozen=True)
+class DeliveryRecord:
+    """What the message's headers say about its earlier deliveries."""
+
+    delivery: int = 1
+    failed_on: tuple[str, ...] = ()
+
+    @classmethod
+    def from_request(cls, request: Any) -> DeliveryRecord:
+        """Read the headers; anything malformed reads as a fresh message."""
+        headers = getattr(request, "headers", None) or {}
+        try:
+            delivery = max(int(headers.get(DELIVERIES_HEADER, 1)), 1)
+        except (TypeError, ValueError):
+            delivery = 1
+        failed_on = headers.get(FAILED_ON_HEADER) or ()
+        if not isinstance(failed_on, list | tuple):
+            failed_on = ()
+        return cls(delivery, tuple(str(worker) for worker in failed_on))
+
+    def is_poison(self, max_workers: int) -> bool:
+        """Failed on ``max_workers`` different workers already, or delivered far too often.
+
+        Distinct workers, so a broken worker that takes back its own handed-back message
+        never turns a healthy task into poison; the cap, so a one-worker pool stops too.
+        """
+        return (
+            len(set(self.failed_on)) >= max_workers
+            or self.delivery > _DELIVERY_CAP_FACTOR * max_workers
+        )
+
+    def after_failure_on(self, worker: str) -> dict[str, Any]:
+        """The headers of the handed-back copy."""
+        failed_on = [w for w in self.failed_on if w != worker] + [worker]
+        return {
+            DELIVERIES_HEADER: self.delivery + 1,
+            FAILED_ON_HEADER: failed_on[-_FAILED_ON_KEPT:],
+        }
 
 
 def guard(task: Task, breakers: BreakerSet) -> None:
@@ -62,39 +97,48 @@ def _execute(
         if not breaker.counts(exc):
             breaker.record_success(token)
             raise
-        delivery = deliveries(request)
-        if delivery > breaker.settings.max_deliveries:
+        record = DeliveryRecord.from_request(request)
+        if record.is_poison(breaker.settings.max_deliveries):
             # Poison: it failed on every worker that took it, so it says nothing about this one.
             breaker.release(token)
             logger.error(
-                "task %s failed on %d deliveries; failing it for good without counting it",
+                "task %s failed on %d workers in %d deliveries; failing it for good without"
+                " counting it",
                 token,
-                delivery,
+                len(set(record.failed_on)),
+                record.delivery,
             )
             raise
         breaker.record_failure(token, exc)
         if breaker.settings.handback:
-            _hand_back(task, breaker, request, delivery, exc)
+            _hand_back(task, breaker, request, record, exc)
         raise
     breaker.record_success(token)
     return result
 
 
 def _hand_back(
-    task: Task, breaker: SharedCircuitBreaker, request: Any, delivery: int, exc: BaseException
+    task: Task,
+    breaker: SharedCircuitBreaker,
+    request: Any,
+    record: DeliveryRecord,
+    exc: BaseException,
 ) -> None:
     """Publish the message again for another worker, then drop this delivery.
 
     Like Celery's own ``retry()``: the copy keeps the task id and routing and carries the
-    delivery count, then this delivery is acknowledged. The copy is published first, so a
+    delivery record, then this delivery is acknowledged. The copy is published first, so a
     crash in between can duplicate the message but never lose it.
     """
     headers = dict(getattr(request, "headers", None) or {})
-    headers[DELIVERIES_HEADER] = delivery + 1
+    headers.update(record.after_failure_on(request.hostname or "unknown"))
     signature = task.signature_from_request(request, headers=headers)
     signature.apply_async()
     breaker.note_handed_back()
     logger.warning(
-        "task %s failed (%r) on delivery %d; handed back to the queue", request.id, exc, delivery
+        "task %s failed (%r) on delivery %d; handed back to the queue",
+        request.id,
+        exc,
+        record.delivery,
     )
     raise Ignore() from exc
