@@ -8,7 +8,6 @@ Only the text between the markers is ever touched.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterator
@@ -141,17 +140,9 @@ def check(readme: Path = README, crd_path: Path = CRD) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    args = parser.parse_args(argv)
-    if args.check:
-        if check():
-            return 0
-        print("README.md policy reference is stale: run python hack/gen_crd_reference.py")
-        return 1
-    if readme_sections.write(SECTION, render(), HEADING):
-        print(f"updated {README.relative_to(REPO)}")
-    return 0
+    return readme_sections.main(
+        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    )
 
 
 if __name__ == "__main__":

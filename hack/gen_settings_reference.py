@@ -9,7 +9,6 @@ so the reference and the code cannot drift apart.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 from pathlib import Path
@@ -54,16 +53,9 @@ def check(readme: Path = README) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    if parser.parse_args(argv).check:
-        if check():
-            return 0
-        print("README.md settings reference is stale: run python hack/gen_settings_reference.py")
-        return 1
-    if readme_sections.write(SECTION, render(), HEADING):
-        print(f"updated {README.relative_to(REPO)}")
-    return 0
+    return readme_sections.main(
+        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real brokers the integration tests start: redis-server and rabbitmq-server (and
-# openssl for the
-# control plane's certificates). Idempotent: does nothing when they are already there.
+# Installs the real brokers the integration tests start, redis-server and rabbitmq-server, and
+# openssl for the control plane's certificates. Idempotent: does nothing when they are there.
 set -euo pipefail
 need=()
 command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)

@@ -5,7 +5,10 @@ Shared by the reference generators so each one only renders its table.
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,3 +41,19 @@ def write(name: str, body: str, heading: str, readme: Path = README) -> bool:
     if updated != current:
         readme.write_text(updated)
     return updated != current
+
+
+def main(
+    argv: list[str] | None, *, description: str, name: str, render: Callable[[], str], heading: str
+) -> int:
+    """The command line every generator shares: rewrite the section, or ``--check`` it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
+    if parser.parse_args(argv).check:
+        if is_current(name, render(), heading):
+            return 0
+        print(f"README.md section {name} is stale: run python {sys.argv[0]}")
+        return 1
+    if write(name, render(), heading):
+        print(f"updated {README.relative_to(REPO)}")
+    return 0
