@@ -1,0 +1,274 @@
+"""One operator watching many worker endpoints on a real API server: what it costs.
+
+A real etcd + kube-apiserver (+ controller manager), N worker pods whose ``status.podIP`` are
+distinct loopback addresses served by one endpoint process (tests/operator/worker_endpoint.py,
+the contract's long-poll included), and one ``python -m circuitgate_operator`` process. Measures:
+
+- trip to pod condition False: from the moment a breaker opens to the moment a watch on the
+  pods sees its readiness-gate condition False (p50, p99 over ``--trips`` trips, one at a time);
+- API writes per minute in steady state (the operator's own write counter, cross-checked
+  with the pods' resourceVersions), operator CPU share of one core when steady, peak RSS.
+
+Prints the figures and, as the last line, one JSON object.
+
+    python bench/operator_scale.py [--pods 1000] [--steady-seconds 60] [--trips 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kubernetes import client, watch  # noqa: E402
+
+from circuitgate_operator.names import CONDITION_TYPE  # noqa: E402
+from tests.cluster.control_plane import ControlPlane  # noqa: E402
+from tests.cluster.fixtures import install_crds  # noqa: E402
+from tests.operator.cluster import OperatorProcess  # noqa: E402
+from tests.operator.fake_workers import FakeWorkers  # noqa: E402
+
+NAMESPACE = "bench"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(round(q * (len(ordered) - 1)), len(ordered) - 1)
+    return ordered[index]
+
+
+class ConditionWatch:
+    """A watch on the namespace's pods: when each pod's gate condition was first seen False."""
+
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self.false_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except Exception:  # the stream broke (or the API server is going away): again
+                time.sleep(0.1)
+
+    def _follow(self) -> None:
+        stream = watch.Watch()
+        for event in stream.stream(self.core.list_namespaced_pod, NAMESPACE, timeout_seconds=30):
+            pod = event["object"]
+            for condition in pod.status.conditions or []:
+                if condition.type == CONDITION_TYPE and condition.status == "False":
+                    self.false_at.setdefault(pod.metadata.name, time.time())
+            if self._stop.is_set():
+                stream.stop()
+                return
+
+
+def make_pods(core: client.CoreV1Api, workers: FakeWorkers, count: int, nodes: int) -> list[str]:
+    hosts = [workers_host(i) for i in range(count)]
+    for start in range(0, count, 200):
+        workers.add_many(hosts[start : start + 200])
+
+    def make(i: int) -> None:
+        name = f"w{i:04d}"
+        core.create_namespaced_pod(
+            NAMESPACE,
+            {
+                "metadata": {"name": name, "labels": {"app": "worker"}},
+                "spec": {
+                    "nodeName": f"bench-node-{i % nodes}",
+                    "readinessGates": [{"conditionType": CONDITION_TYPE}],
+                    "containers": [
+                        {
+                            "name": "worker",
+                            "image": "example.com/worker:1",
+                            "ports": [{"name": "breaker", "containerPort": workers.port}],
+                        }
+                    ],
+                },
+            },
+        )
+        core.patch_namespaced_pod_status(
+            name,
+            NAMESPACE,
+            {"status": {"phase": "Running", "podIP": hosts[i], "podIPs": [{"ip": hosts[i]}]}},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(make, range(count)))
+    return hosts
+
+
+def workers_host(i: int) -> str:
+    return f"127.{100 + i // 62500}.{(i // 250) % 250}.{i % 250 + 2}"
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--nodes", type=int, default=20)
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--trips", type=int, default=40)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="circuitgate-bench-"))
+    plane = ControlPlane()
+    plane.start()
+    workers = FakeWorkers(workdir).start()
+    operator: OperatorProcess | None = None
+    watcher: ConditionWatch | None = None
+    try:
+        install_crds(plane)
+        api = plane.api_client()
+        core = client.CoreV1Api(api)
+        custom = client.CustomObjectsApi(api)
+        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        for n in range(args.nodes):
+            core.create_node({"metadata": {"name": f"bench-node-{n}"}})
+        began = time.monotonic()
+        hosts = make_pods(core, workers, args.pods, args.nodes)
+        print(f"{args.pods} pods on {args.nodes} nodes made in {time.monotonic() - began:.1f}s")
+        custom.create_namespaced_custom_object(
+            "circuitgate.io",
+            "v1alpha1",
+            NAMESPACE,
+            "circuitpolicies",
+            {
+                "apiVersion": "circuitgate.io/v1alpha1",
+                "kind": "CircuitPolicy",
+                "metadata": {"name": "workers"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "worker"}},
+                    "endpoint": {"port": "breaker"},
+                },
+            },
+        )
+        operator = OperatorProcess(
+            plane, workdir, namespace=NAMESPACE, env={"CIRCUITGATE_RESYNC_SECONDS": "30"}
+        )
+        began = time.monotonic()
+        operator.start()
+        assert operator.process is not None
+        pid = operator.process.pid
+
+        def settled() -> bool:
+            samples = operator.metrics() if operator else {}
+            return samples.get('circuitgate_operator_circuits{state="closed"}') == args.pods
+
+        wait_for(settled, 300, "every endpoint read")
+        listed = core.list_namespaced_pod(NAMESPACE)
+        wait_for(
+            lambda: all(
+                any(c.type == CONDITION_TYPE for c in p.status.conditions or [])
+                for p in core.list_namespaced_pod(NAMESPACE).items
+            ),
+            300,
+            "every pod's condition",
+        )
+        print(f"operator settled {args.pods} pods in {time.monotonic() - began:.1f}s")
+        time.sleep(5)
+
+        # Steady state: nothing changes, the long-polls come and go.
+        writes_before = operator.writes()
+        listed = core.list_namespaced_pod(NAMESPACE)
+        versions = {p.metadata.name: p.metadata.resource_version for p in listed.items}
+        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        time.sleep(args.steady_seconds)
+        cpu_share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+        writes = operator.writes() - writes_before
+        writes_per_min = writes * 60.0 / args.steady_seconds
+        listed = core.list_namespaced_pod(NAMESPACE)
+        changed = sum(
+            1 for p in listed.items if versions[p.metadata.name] != p.metadata.resource_version
+        )
+        print(
+            f"steady {args.steady_seconds:.0f}s: {writes_per_min:.1f} API writes/min by the "
+            f"operator, {changed} pods changed, operator CPU {100 * cpu_share:.2f}% of one core"
+        )
+
+        # Trips, one at a time.
+        watcher = ConditionWatch(core)
+        watcher.start()
+        time.sleep(2)
+        latencies: list[float] = []
+        tripped: list[str] = []
+        for i in range(args.trips):
+            index = (i * 37) % args.pods
+            name, host = f"w{index:04d}", hosts[index]
+            opened = workers.trip(host, trips=1)
+            deadline = time.monotonic() + 30
+            while name not in watcher.false_at and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if name not in watcher.false_at:
+                raise SystemExit(f"{name} never turned False")
+            latencies.append(watcher.false_at[name] - opened)
+            tripped.append(host)
+            if len(tripped) >= 10:  # stay well under the caps: close the oldest
+                workers.close(tripped.pop(0))
+        p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+        print(
+            f"trip to condition False over {len(latencies)} trips: p50 {1000 * p50:.0f} ms, "
+            f"p99 {1000 * p99:.0f} ms, max {1000 * max(latencies):.0f} ms"
+        )
+        rss = peak_rss_mib(pid)
+        print(f"operator peak RSS {rss:.0f} MiB")
+        result = {
+            "pods": args.pods,
+            "trip_to_condition_p50_s": round(p50, 4),
+            "trip_to_condition_p99_s": round(p99, 4),
+            "steady_writes_per_min": round(writes_per_min, 2),
+            "cpu_share_steady": round(cpu_share, 4),
+            "peak_rss_mib": round(rss, 1),
+        }
+        print(json.dumps(result))
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if operator is not None:
+            operator.stop()
+        workers.stop()
+        plane.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Applying a Plan: the writes it lists, each followed by its Events once it succeeded.
+
+Every write's answer goes back into the ClusterView at once, so the next decision already sees
+it. Failures are logged and counted, never raised: the next reconciliation recomputes the plan
+from the cluster and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import parse_time
+from ..decide.circuit_state import status_patch
+from ..decide.intents import (
+    CircuitStateDelete,
+    CircuitStateWrite,
+    ConditionWrite,
+    EventIntent,
+    Eviction,
+    NodeChange,
+    Plan,
+)
+from ..model import POLICY_LABEL
+from ..names import CONDITION_TYPE, GROUP, VERSION
+from ..view import ClusterView
+from .api import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi
+from .events import EventRecorder
+
+__all__ = ("Applier", "ApplyResult")
+
+logger = logging.getLogger(__name__)
+
+_CUSTOM = f"/apis/{GROUP}/{VERSION}/namespaces"
+
+
+@dataclass
+class ApplyResult:
+    writes: int = 0
+    failures: int = 0
+    conflicts: int = 0
+    evicted: list[str] = field(default_factory=list)
+    eviction_blocked: list[str] = field(default_factory=list)
+    actions: dict[str, int] = field(default_factory=dict)
+
+    def count(self, action: str) -> None:
+        self.actions[action] = self.actions.get(action, 0) + 1
+
+
+class Applier:
+    """Turns Plans into API requests, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        view: ClusterView,
+        recorder: EventRecorder,
+        *,
+        concurrency: int = 16,
+        on_unready: Callable[[float], None] | None = None,
+    ) -> None:
+        self.api = api
+        self.view = view
+        self.recorder = recorder
+        self.on_unready = on_unready
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult()
+        jobs: list[Awaitable[None]] = []
+        jobs += [self._guard(result, "condition", self._condition, w) for w in plan.conditions]
+        jobs += [
+            self._guard(result, "circuitstate", self._circuit_state, w) for w in plan.circuit_states
+        ]
+        jobs += [
+            self._guard(result, "circuitstate_delete", self._delete_state, d)
+            for d in plan.circuit_state_deletes
+        ]
+        jobs += [self._guard(result, "node", self._node, n) for n in plan.nodes]
+        jobs += [self._guard(result, "evict", self._evict, e) for e in plan.evictions]
+        if plan.policy_status is not None:
+            write = plan.policy_status
+            jobs.append(self._guard(result, "policy_status", self._policy_status, write))
+        await asyncio.gather(*jobs)
+        return result
+
+    def post(self, events: tuple[EventIntent, ...] | list[EventIntent]) -> None:
+        for event in events:
+            self.recorder.post(event)
+
+    async def _guard(
+        self,
+        result: ApplyResult,
+        what: str,
+        fn: Callable[[Any, ApplyResult], Awaitable[None]],
+        item: Any,
+    ) -> None:
+        async with self._limit:
+            try:
+                await fn(item, result)
+            except ApiError as error:
+                if error.status == 409:
+                    result.conflicts += 1
+                    logger.info("%s: conflict, will decide again: %s", what, error.message)
+                else:
+                    result.failures += 1
+                    logger.warning("%s failed: %s", what, error)
+            except Exception:
+                result.failures += 1
+                logger.exception("%s failed", what)
+
+    async def _condition(self, write: ConditionWrite, result: ApplyResult) -> None:
+        condition = write.condition
+        body = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": CONDITION_TYPE,
+                        "status": condition.status,
+                        "reason": condition.reason,
+                        "message": condition.message,
+                        "lastTransitionTime": condition.last_transition_time,
+                        "lastProbeTime": None,
+                    }
+                ]
+            }
+        }
+        answer = await self.api.request(
+            "PATCH",
+            f"/api/v1/namespaces/{write.namespace}/pods/{write.pod}/status",
+            body=body,
+            content_type=STRATEGIC_MERGE_PATCH,
+        )
+        result.writes += 1
+        result.count("mark_unready" if write.marks_unready else "mark_ready")
+        self.view.pods.observe(answer, ours=True)
+        if write.marks_unready and self.on_unready is not None:
+            opened = parse_time(write.opened_at)
+            if opened is not None:
+                self.on_unready(max(time.time() - opened, 0.0))
+        self.post(write.events)
+
+    async def _circuit_state(self, write: CircuitStateWrite, result: ApplyResult) -> None:
+        base = f"{_CUSTOM}/{write.namespace}/circuitstates"
+        observed = write.observed
+        if write.create:
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "CircuitState",
+                "metadata": {
+                    "name": write.name,
+                    "namespace": write.namespace,
+                    "labels": {POLICY_LABEL: write.policy},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "name": write.name,
+                            "uid": write.pod_uid,
+                            "blockOwnerDeletion": False,
+                        }
+                    ],
+                },
+                "spec": {},
+            }
+            try:
+                created = await self.api.request("POST", base, body=body)
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+                created = await self.api.request("GET", f"{base}/{write.name}")
+                observed = dict(created.get("status") or {})
+            else:
+                result.writes += 1
+            self.view.circuit_states.observe(created)
+        patch = {"status": status_patch(write.status, observed)}
+        answer = await self.api.request(
+            "PATCH", f"{base}/{write.name}/status", body=patch, content_type=MERGE_PATCH
+        )
+        result.writes += 1
+        self.view.circuit_states.observe(answer, ours=True)
+        self.post(write.events)
+
+    async def _delete_state(self, delete: CircuitStateDelete, result: ApplyResult) -> None:
+        try:
+            await self.api.request(
+                "DELETE", f"{_CUSTOM}/{delete.namespace}/circuitstates/{delete.name}"
+            )
+            result.writes += 1
+        except ApiError as error:
+            if error.status != 404:
+                raise
+        self.view.circuit_states.forget(delete.namespace, delete.name)
+
+    async def _node(self, change: NodeChange, result: ApplyResult) -> None:
+        metadata: dict[str, Any] = {"annotations": change.annotations}
+        if change.resource_version:
+            metadata["resourceVersion"] = change.resource_version
+        body: dict[str, Any] = {"metadata": metadata}
+        spec: dict[str, Any] = {}
+        if change.unschedulable is not None:
+            spec["unschedulable"] = change.unschedulable
+        if change.taints is not None:
+            spec["taints"] = [taint.to_json() for taint in change.taints]
+        if spec:
+            body["spec"] = spec
+        answer = await self.api.request(
+            "PATCH", f"/api/v1/nodes/{change.node}", body=body, content_type=MERGE_PATCH
+        )
+        result.writes += 1
+        result.count(change.action)
+        self.view.nodes.observe(answer, ours=True)
+        self.post(change.events)
+
+    async def _evict(self, eviction: Eviction, result: ApplyResult) -> None:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": eviction.pod, "namespace": eviction.namespace},
+        }
+        if eviction.uid:
+            body["deleteOptions"] = {"preconditions": {"uid": eviction.uid}}
+        path = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}/eviction"
+        try:
+            await self.api.request("POST", path, body=body)
+        except ApiError as error:
+            if error.status == 429:  # a PodDisruptionBudget forbids it now
+                result.eviction_blocked.append(eviction.pod)
+                return
+            if error.status == 404:
+                return
+            raise
+        result.writes += 1
+        result.count("evict")
+        result.evicted.append(eviction.pod)
+
+    async def _policy_status(self, write: Any, result: ApplyResult) -> None:
+        patch = {"status": status_patch(write.status, write.observed)}
+        answer = await self.api.request(
+            "PATCH",
+            f"{_CUSTOM}/{write.namespace}/circuitpolicies/{write.name}/status",
+            body=patch,
+            content_type=MERGE_PATCH,
+        )
+        result.writes += 1
+        self.view.policies.observe(answer, ours=True)

@@ -1,0 +1,54 @@
+"""Operator settings, from ``CIRCUITGATE_*`` environment variables (which the command line of
+``python -m circuitgate_operator`` fills in), so ``kopf run -m circuitgate_operator.handlers``
+reads the same ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ("OperatorConfig",)
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    metrics_address: str = ""  # host:port of /metrics; empty for none
+    webhook: bool = False
+    webhook_listen: str = "0.0.0.0"
+    webhook_host: str = "127.0.0.1"  # how the API server reaches it (certificate SAN too)
+    webhook_port: int = 9443
+    webhook_cert_dir: str = ""  # empty: a fresh self-signed certificate in a temp folder
+    webhook_name: str = "circuitgate-operator"
+    peering_lifetime: int = 60
+    peering_name: str = "circuitgate"
+    max_document_bytes: int = 256 * 1024
+    api_threads: int = 8
+    resync_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        default = cls()
+        return cls(
+            metrics_address=env.get("CIRCUITGATE_METRICS", default.metrics_address),
+            webhook=_flag(env.get("CIRCUITGATE_WEBHOOK"), default.webhook),
+            webhook_listen=env.get("CIRCUITGATE_WEBHOOK_LISTEN", default.webhook_listen),
+            webhook_host=env.get("CIRCUITGATE_WEBHOOK_HOST", default.webhook_host),
+            webhook_port=int(env.get("CIRCUITGATE_WEBHOOK_PORT", default.webhook_port)),
+            webhook_cert_dir=env.get("CIRCUITGATE_WEBHOOK_CERT_DIR", default.webhook_cert_dir),
+            webhook_name=env.get("CIRCUITGATE_WEBHOOK_NAME", default.webhook_name),
+            peering_lifetime=int(env.get("CIRCUITGATE_PEERING_LIFETIME", default.peering_lifetime)),
+            peering_name=env.get("CIRCUITGATE_PEERING_NAME", default.peering_name),
+            max_document_bytes=int(
+                env.get("CIRCUITGATE_MAX_DOCUMENT_BYTES", default.max_document_bytes)
+            ),
+            api_threads=int(env.get("CIRCUITGATE_API_THREADS", default.api_threads)),
+            resync_seconds=float(env.get("CIRCUITGATE_RESYNC_SECONDS", default.resync_seconds)),
+        )

@@ -1,0 +1,120 @@
+"""Reading the worker's breaker-state document: validated against the shipped schema, boiled down
+to one ``Reading`` per pod, and ``unknown`` (with a reason) for anything that is not a valid
+document. Never ``closed`` by default, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+__all__ = (
+    "SCHEMA_ID",
+    "SCHEMA_PATH",
+    "STATES",
+    "TRIPPED_STATES",
+    "Reading",
+    "load_schema",
+    "parse_document",
+    "unknown",
+)
+
+SCHEMA_ID = "circuitgate.io/breaker-state/v1"
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "breaker-state.v1.json"
+STATES = ("closed", "open", "half_open", "forced_open", "forced_closed", "unknown")
+# States that count as an open circuit: a breaker that tripped and has not closed yet.
+TRIPPED_STATES = frozenset({"open", "half_open", "forced_open"})
+# When a worker has several breakers, the pod reads as its most severe one.
+_SEVERITY = {"forced_open": 4, "open": 3, "half_open": 2, "forced_closed": 1, "closed": 0}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one request to a pod's endpoint told us. ``state`` is ``unknown`` when the endpoint
+    was unreachable or its answer unusable; ``reason`` then says why."""
+
+    url: str
+    state: str
+    reachable: bool
+    reason: str = ""
+    breaker: str = ""
+    failures: int = 0
+    trips: int = 0
+    opened_at: str | None = None
+    may_close_at: str | None = None
+    consumption_paused: bool = False
+    sequence: int | None = None
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The breaker-state JSON Schema shipped in this package (a copy of the worker's)."""
+    # Next to this module rather than importlib.resources: an editable install made before
+    # the package had an __init__.py maps it as a namespace package, which resources rejects.
+    text = SCHEMA_PATH.read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(load_schema())
+
+
+def unknown(url: str, reason: str) -> Reading:
+    return Reading(url=url, state="unknown", reachable=False, reason=reason)
+
+
+def _valid_time(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None
+
+
+def parse_document(url: str, payload: bytes) -> Reading:
+    """Turn an answer body into a Reading: the pod's most severe breaker, or unknown."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return unknown(url, "malformed document: not JSON")
+    error = next(iter(_validator().iter_errors(document)), None)
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "document"
+        return unknown(url, f"malformed document: {where}: {error.validator} check failed")
+    breakers = document["breakers"]
+    times = [document["generated_at"]]
+    times += [b[key] for b in breakers for key in ("opened_at", "may_close_at")]
+    if not all(_valid_time(value) for value in times):
+        return unknown(url, "malformed document: a timestamp is not RFC 3339 with a zone")
+    worst = max(breakers, key=lambda b: (_SEVERITY[b["state"]], b["name"]))
+    return Reading(
+        url=url,
+        state=worst["state"],
+        reachable=True,
+        breaker=worst["name"],
+        failures=worst["consecutive_failures"],
+        trips=sum(b["trips"] for b in breakers),
+        opened_at=_normalise_time(worst["opened_at"]),
+        may_close_at=_normalise_time(worst["may_close_at"]),
+        consumption_paused=any(b["consumption_paused"] for b in breakers),
+        sequence=document["sequence"],
+    )
+
+
+def _normalise_time(value: str | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``: one spelling per instant, so an unchanged time never looks
+    like a change."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    return parsed.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,97 @@
+"""The operator's own Prometheus metrics, served on the event loop by a tiny aiohttp app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .contract import STATES
+
+__all__ = ("Metrics", "serve_metrics")
+
+
+class Metrics:
+    """One registry per operator (not the global one), so tests can run several."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.watched_pods = Gauge(
+            "circuitgate_operator_watched_pods",
+            "Pods whose breaker endpoint the operator follows.",
+            registry=self.registry,
+        )
+        self.circuits = Gauge(
+            "circuitgate_operator_circuits",
+            "Watched pods by circuit state.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in STATES:
+            self.circuits.labels(state=state)
+        self.actions = Counter(
+            "circuitgate_operator_actions",
+            "Changes made to pods and nodes (mark_unready, mark_ready, cordon, uncordon, "
+            "release, evict).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.suppressed = Counter(
+            "circuitgate_operator_actions_suppressed",
+            "Actions held back, by cause (cap, storm, paused, dry_run).",
+            ["action", "cause"],
+            registry=self.registry,
+        )
+        self.endpoint_errors = Counter(
+            "circuitgate_operator_endpoint_errors",
+            "Endpoint reads that gave no valid document, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.api_writes = Counter(
+            "circuitgate_operator_api_writes",
+            "Write requests (POST, PUT, PATCH, DELETE) the operator sent to the API server.",
+            ["verb"],
+            registry=self.registry,
+        )
+        self.trip_to_condition = Histogram(
+            "circuitgate_operator_trip_to_condition_seconds",
+            "From a breaker opening (its opened_at) to its pod's condition written False.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def error_kind(reason: str) -> str:
+    """A small, fixed label set for endpoint error reasons."""
+    for kind in ("refused", "oversized", "malformed", "HTTP", "no complete answer", "connect"):
+        if kind in reason:
+            return {
+                "no complete answer": "timeout",
+                "HTTP": "http_status",
+                "connect": "unreachable",
+            }.get(kind, kind)
+    return "other"
+
+
+async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner:
+    """Start ``GET /metrics`` on host:port; the caller cleans the runner up."""
+
+    async def handle(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,111 @@
+"""The operator's in-memory view of the cluster, fed by kopf's watch events and by the answers
+to our own writes, with wake-ups for whoever decides on a namespace.
+
+An object is replaced only by a newer resourceVersion, so a late watch event never undoes what
+the answer to our own write already showed (which would make us write the same thing twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from .model import (
+    CircuitStateView,
+    NodeView,
+    PodView,
+    PolicyView,
+    parse_circuit_state,
+    parse_node,
+    parse_pod,
+    parse_policy,
+)
+
+__all__ = ("ClusterView", "ObjectStore", "is_newer")
+
+V = TypeVar("V")
+
+
+def is_newer(new: str, old: str) -> bool:
+    """Whether resourceVersion new is at least old. They are opaque, but etcd's are integers;
+    anything else counts as newer, so the watch always wins in doubt."""
+    if new.isdigit() and old.isdigit():
+        return int(new) >= int(old)
+    return True
+
+
+class ObjectStore(Generic[V]):
+    """Views by namespace and name (cluster-scoped objects under namespace "")."""
+
+    def __init__(self, parse: Callable[[Mapping[str, Any]], V]) -> None:
+        self._parse = parse
+        self._items: dict[str, dict[str, tuple[str, V]]] = {}
+
+    def observe(
+        self, body: Mapping[str, Any], *, deleted: bool = False, ours: bool = False
+    ) -> bool:
+        """Take in a body from a watch event (or, ``ours``, from the answer to our write, which
+        only updates an object still known). Return whether anything changed."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "", meta.get("name") or ""
+        version = str(meta.get("resourceVersion") or "")
+        items = self._items.setdefault(namespace, {})
+        if deleted:
+            return items.pop(name, None) is not None
+        known = items.get(name)
+        if known is None and ours:
+            return False
+        if known is not None and not is_newer(version, known[0]):
+            return False
+        items[name] = (version, self._parse(body))
+        return True
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._items.get(namespace, {}).pop(name, None)
+
+    def get(self, namespace: str, name: str) -> V | None:
+        item = self._items.get(namespace, {}).get(name)
+        return item[1] if item is not None else None
+
+    def in_namespace(self, namespace: str) -> dict[str, V]:
+        return {name: view for name, (_, view) in self._items.get(namespace, {}).items()}
+
+    def __iter__(self) -> Iterator[V]:
+        for items in list(self._items.values()):
+            for _, view in list(items.values()):
+                yield view
+
+    def __len__(self) -> int:
+        return sum(len(items) for items in self._items.values())
+
+
+class ClusterView:
+    """Policies, pods, nodes and CircuitStates as last seen, and who to wake when they change."""
+
+    def __init__(self) -> None:
+        self.policies: ObjectStore[PolicyView] = ObjectStore(parse_policy)
+        self.pods: ObjectStore[PodView] = ObjectStore(parse_pod)
+        self.nodes: ObjectStore[NodeView] = ObjectStore(parse_node)
+        self.circuit_states: ObjectStore[CircuitStateView] = ObjectStore(parse_circuit_state)
+        self._listeners: dict[str, set[asyncio.Event]] = {}
+
+    def listen(self, namespace: str, event: asyncio.Event) -> None:
+        self._listeners.setdefault(namespace, set()).add(event)
+
+    def unlisten(self, namespace: str, event: asyncio.Event) -> None:
+        self._listeners.get(namespace, set()).discard(event)
+
+    def notify(self, namespace: str | None) -> None:
+        """Wake the listeners of a namespace, or of all namespaces for None (a node)."""
+        groups = (
+            self._listeners.values()
+            if namespace is None
+            else [self._listeners.get(namespace, set())]
+        )
+        for group in groups:
+            for event in group:
+                event.set()
+
+    def nodes_by_name(self) -> dict[str, NodeView]:
+        return self.nodes.in_namespace("")

@@ -1,0 +1,1 @@
+"""Following the workers' breaker endpoints on the event loop."""

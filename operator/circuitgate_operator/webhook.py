@@ -1,0 +1,209 @@
+"""Readiness-gate injection: a mutating admission webhook served by kopf, configured by us.
+
+We manage the MutatingWebhookConfiguration ourselves rather than let kopf do it, because kopf's
+managed configuration has no namespace selector: ours sends the API server's pod creations only
+from namespaces that have a CircuitPolicy, and fails open (``failurePolicy: Ignore``), so a
+stopped operator never blocks a pod. The certificate is made with openssl: kopf's own
+certificate builder fails with OpenSSL 3 (oscrypto cannot read its version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import subprocess
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from .act.api import ApiError
+from .config import OperatorConfig
+from .decide.injection import readiness_gates_with_ours
+
+if TYPE_CHECKING:
+    from .runtime import Operator
+
+__all__ = (
+    "WebhookSetup",
+    "client_config",
+    "inject_readiness_gate",
+    "make_certificate",
+    "webhook_configuration",
+)
+
+logger = logging.getLogger(__name__)
+
+HANDLER_ID = "inject-readiness-gate"
+_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+# A namespace selector that matches no namespace, for when there is no policy at all.
+_NO_NAMESPACE = "circuitgate.invalid"
+
+
+def make_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
+    """A CA and a serving certificate for host (an IP or a DNS name): (cert, key, ca)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    san = f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}"
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "365",
+        "-subj", "/CN=circuitgate-webhook-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    (directory / "tls.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
+    )
+    openssl("req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={host}")
+    openssl(
+        "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "365", "-extfile", "tls.ext", "-out", "tls.crt",
+    )  # fmt: skip
+    return directory / "tls.crt", directory / "tls.key", directory / "ca.crt"
+
+
+def client_config(url: str, ca_bundle: bytes) -> dict[str, Any]:
+    """How the API server calls us: a Service reference for an in-cluster ``NAME.NS.svc`` host
+    (API servers often cannot resolve cluster DNS names), a plain URL otherwise."""
+    bundle = base64.b64encode(ca_bundle).decode()
+    parsed = urllib.parse.urlsplit(url)
+    parts = (parsed.hostname or "").split(".")
+    if len(parts) == 3 and parts[2] == "svc":
+        service = {
+            "name": parts[0],
+            "namespace": parts[1],
+            "port": parsed.port or 443,
+            "path": f"/{HANDLER_ID}",
+        }
+        return {"service": service, "caBundle": bundle}
+    return {"url": f"{url.rstrip('/')}/{HANDLER_ID}", "caBundle": bundle}
+
+
+def webhook_configuration(
+    name: str, url: str, ca_bundle: bytes, namespaces: list[str]
+) -> dict[str, Any]:
+    values = sorted(namespaces) or [_NO_NAMESPACE]
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "circuitgate"}},
+        "webhooks": [
+            {
+                "name": f"readiness-gate.{name}.circuitgate.io",
+                "clientConfig": client_config(url, ca_bundle),
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "operations": ["CREATE"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "In",
+                            "values": values,
+                        }
+                    ]
+                },
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "matchPolicy": "Equivalent",
+                "timeoutSeconds": 5,
+                "admissionReviewVersions": ["v1"],
+                "reinvocationPolicy": "Never",
+            }
+        ],
+    }
+
+
+class WebhookSetup:
+    """The webhook server's certificate, and its configuration kept in step with policies."""
+
+    def __init__(self, config: OperatorConfig, operator: Operator) -> None:
+        self.config = config
+        self.operator = operator
+        directory = Path(config.webhook_cert_dir or tempfile.mkdtemp(prefix="circuitgate-webhook-"))
+        self.certfile, self.keyfile, self.cafile = make_certificate(directory, config.webhook_host)
+        self.url = f"https://{config.webhook_host}:{config.webhook_port}"
+        self._namespaces: list[str] | None = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._keep_configured(), name="circuitgate webhook config")
+
+    def server(self) -> kopf.WebhookServer:
+        return kopf.WebhookServer(
+            addr=self.config.webhook_listen,
+            port=self.config.webhook_port,
+            host=self.config.webhook_host,
+            certfile=str(self.certfile),
+            pkeyfile=str(self.keyfile),
+            cafile=str(self.cafile),
+        )
+
+    def policies_changed(self) -> None:
+        self._changed.set()
+
+    async def _keep_configured(self) -> None:
+        self._changed.set()
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(0.05)
+            self._changed.clear()
+            namespaces = sorted(
+                {p.namespace for p in self.operator.view.policies if not p.deleting}
+            )
+            if namespaces == self._namespaces:
+                continue
+            try:
+                await self._apply(namespaces)
+                self._namespaces = namespaces
+            except ApiError as error:
+                logger.warning("could not configure the webhook: %s", error)
+                await asyncio.sleep(2)
+                self._changed.set()
+
+    async def _apply(self, namespaces: list[str]) -> None:
+        body = webhook_configuration(
+            self.config.webhook_name, self.url, self.cafile.read_bytes(), namespaces
+        )
+        path = f"{_PATH}/{self.config.webhook_name}"
+        try:
+            existing = await self.operator.api.request("GET", path)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            await self.operator.api.request("POST", _PATH, body=body)
+            return
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        await self.operator.api.request("PUT", path, body=body)
+
+    async def remove(self) -> None:
+        """On a graceful exit; after a crash, failurePolicy Ignore keeps pods flowing."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(ApiError):
+            await self.operator.api.request("DELETE", f"{_PATH}/{self.config.webhook_name}")
+
+
+async def inject_readiness_gate(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    """Add the readiness gate to a new pod that exactly one policy selects."""
+    namespace = body.get("metadata", {}).get("namespace") or ""
+    gates = readiness_gates_with_ours(body, namespace, memo.operator.view.policies)
+    if gates is not None:
+        patch.setdefault("spec", {})["readinessGates"] = gates
