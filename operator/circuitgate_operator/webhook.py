@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import shutil
 import subprocess
 import tempfile
 import urllib.parse
@@ -136,7 +137,11 @@ class WebhookSetup:
     def __init__(self, config: OperatorConfig, operator: Operator) -> None:
         self.config = config
         self.operator = operator
-        directory = Path(config.webhook_cert_dir or tempfile.mkdtemp(prefix="circuitgate-webhook-"))
+        # A folder of our own when none is configured, removed on a graceful exit.
+        self._own_directory = (
+            None if config.webhook_cert_dir else tempfile.mkdtemp(prefix="circuitgate-webhook-")
+        )
+        directory = Path(config.webhook_cert_dir or self._own_directory or "")
         self.certfile, self.keyfile, self.cafile = make_certificate(directory, config.webhook_host)
         self.url = f"https://{config.webhook_host}:{config.webhook_port}"
         self._namespaces: list[str] | None = None
@@ -197,6 +202,8 @@ class WebhookSetup:
             await self._task
         with contextlib.suppress(ApiError):
             await self.operator.api.request("DELETE", f"{_PATH}/{self.config.webhook_name}")
+        if self._own_directory is not None:
+            shutil.rmtree(self._own_directory, ignore_errors=True)
 
 
 async def inject_readiness_gate(
