@@ -11,8 +11,9 @@ export CIRCUITGATE_CACHE := $(CACHE)
 
 test: setup control-plane lint typecheck pytest
 
-demo: setup
+demo: setup control-plane
 	$(PY) -m circuitgate.lab.demo --out demo-out
+	$(PY) hack/demo_cluster.py --out demo-out
 
 setup: system-packages $(VENV)/.installed
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from kubernetes import client, watch  # noqa: E402
 
 from circuitgate_operator.names import CONDITION_TYPE  # noqa: E402
+from tests.chart.operator_account import OperatorIdentity  # noqa: E402
 from tests.cluster.control_plane import ControlPlane  # noqa: E402
 from tests.cluster.fixtures import install_crds  # noqa: E402
 from tests.operator.cluster import OperatorProcess  # noqa: E402
@@ -184,7 +185,10 @@ def main() -> None:
             },
         )
         operator = OperatorProcess(
-            plane, workdir, namespace=NAMESPACE, env={"CIRCUITGATE_RESYNC_SECONDS": "30"}
+            OperatorIdentity.admin(plane, (NAMESPACE,)),
+            workdir,
+            namespace=NAMESPACE,
+            env={"CIRCUITGATE_RESYNC_SECONDS": "30"},
         )
         began = time.monotonic()
         operator.start()

@@ -26,8 +26,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests.chart.chart import CHART, NAMESPACE, RELEASE
-from tests.chart.service_account import service_account_kubeconfig
-from tests.chart.test_chart import EVERYTHING
+from tests.chart.service_account import refusals, service_account_kubeconfig
+from tests.chart.test_chart import EVERYTHING, NAMESPACED
 from tests.cluster.control_plane import REPO, ControlPlane
 
 pytestmark = pytest.mark.cluster
@@ -78,9 +78,9 @@ class Release:
         assert result.stdout.strip() in {"yes", "no"}, result.stderr
         return result.stdout.strip() == "yes"
 
-    def permissions(self) -> str:
+    def permissions(self, namespace: str = NAMESPACE) -> str:
         return self.control_plane.kubectl(
-            "auth", "can-i", "--list", f"--as={ACCOUNT}", "-n", NAMESPACE
+            "auth", "can-i", "--list", f"--as={ACCOUNT}", "-n", namespace
         ).stdout
 
 
@@ -102,6 +102,8 @@ def release(
 ) -> Iterator[Release]:
     """The chart installed with its defaults into a namespace of its own."""
     control_plane.kubectl("create", "namespace", NAMESPACE)
+    for watched in NAMESPACED["watchNamespaces"]:
+        control_plane.kubectl("create", "namespace", watched)
     control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(_node()))
     before = snapshot(control_plane)
     installed = control_plane.helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE)
@@ -111,7 +113,8 @@ def release(
         # The last test uninstalls; this only cleans up after a failure before it.
         control_plane.helm("uninstall", RELEASE, "--namespace", NAMESPACE, check=False)
         control_plane.kubectl("delete", "node", NODE, check=False)
-        control_plane.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        for namespace in (NAMESPACE, *NAMESPACED["watchNamespaces"]):
+            control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def _node() -> dict[str, Any]:
@@ -175,20 +178,38 @@ def test_operator_runs_as_the_account_without_being_refused(
     release: Release, tmp_path: Path
 ) -> None:
     """A smoke test of the default permissions: the operator starts, lists and watches what
-    it serves, and nothing is forbidden. The full scenarios as this account come with the
-    operator's end-to-end tests."""
+    it serves, and nothing is forbidden. Every scenario of tests/operator runs as the account
+    of a release with all RBAC enabled too (tests/chart/operator_account.py)."""
     kubeconfig = service_account_kubeconfig(
         release.control_plane, NAMESPACE, RELEASE, tmp_path / "kubeconfig"
     )
     with _operator(kubeconfig, tmp_path / "operator.log") as log:
         time.sleep(3)  # let every watch stream start and any refusal be logged
         text = log.read_text(errors="replace")
-    refusals = [
-        line
-        for line in text.splitlines()
-        if any(word in line for word in ("Forbidden", "status=403", "Not enough permissions"))
-    ]
-    assert not refusals, text
+    assert not refusals(text), text
+
+
+def test_watched_namespaces_grant_exactly_the_checked_in_list(release: Release) -> None:
+    """With watchNamespaces, as the operator's scenarios (tests/operator) run: namespaced
+    permissions only in the namespaces listed (and Events in "default", about nodes)."""
+    release.upgrade(NAMESPACED)
+    team_a, team_b = NAMESPACED["watchNamespaces"]
+    check_permissions(
+        f"watchNamespaces [{team_a}], nodeRemediation, evictPods, webhook, peering",
+        release.permissions(team_a),
+    )
+    assert release.permissions(team_b).replace(team_b, team_a) == release.permissions(team_a)
+    assert release.can_i("watch", "namespaces") and release.can_i("patch", "nodes")
+    assert release.can_i("create", "pods:eviction", team_b)
+    assert not release.can_i("create", "pods:eviction", "default")
+    assert not release.can_i("list", "pods", "default")
+    assert not release.can_i("patch", "pods:status", NAMESPACE)
+    assert release.can_i("create", "events", "default")
+    assert not release.can_i("list", "circuitpolicies.circuitgate.io", "default")
+    assert release.can_i("patch", f"kopfpeerings.kopf.dev/{RELEASE}", team_a)
+    assert not release.can_i("patch", "kopfpeerings.kopf.dev/someone-elses", team_a)
+    assert not release.can_i("list", "clusterkopfpeerings.kopf.dev")
+    release.control_plane.kubectl("get", "kopfpeering", RELEASE, "-n", team_b)
 
 
 def test_everything_enabled_grants_exactly_the_checked_in_list(release: Release) -> None:

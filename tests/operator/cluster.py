@@ -20,6 +20,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from circuitgate_operator.names import CONDITION_TYPE
+from tests.chart.operator_account import OperatorIdentity
+from tests.chart.service_account import refusals, refused_samples
 from tests.cluster.control_plane import REPO, ControlPlane
 from tests.operator.fake_workers import FakeWorkers, free_port
 
@@ -44,11 +46,12 @@ def eventually(
 
 
 class OperatorProcess:
-    """``python -m circuitgate_operator`` against the test control plane, in its own group."""
+    """``python -m circuitgate_operator`` against the test control plane, in its own group,
+    running as identity (the chart's ServiceAccount: see tests/chart/operator_account.py)."""
 
     def __init__(
         self,
-        control_plane: ControlPlane,
+        identity: OperatorIdentity,
         workdir: Path,
         *args: str,
         namespace: str | None = None,
@@ -67,9 +70,12 @@ class OperatorProcess:
             *(["--standalone"] if standalone else []),
             *args,
         ]  # fmt: skip
+        self.identity = identity
         self.env = {
             **os.environ,
-            "KUBECONFIG": str(control_plane.kubeconfig),
+            "KUBECONFIG": str(identity.kubeconfig),
+            # The webhook configuration the account may change (the chart's Deployment sets it).
+            "CIRCUITGATE_WEBHOOK_NAME": identity.webhook_name,
             "CIRCUITGATE_RESYNC_SECONDS": "5",
             **(env or {}),
         }
@@ -112,6 +118,20 @@ class OperatorProcess:
                 key, _, value = line.rpartition(" ")
                 samples[key] = float(value)
         return samples
+
+    @property
+    def webhook_name(self) -> str:
+        """The MutatingWebhookConfiguration this operator keeps (with --webhook)."""
+        return self.env["CIRCUITGATE_WEBHOOK_NAME"]
+
+    def refusals(self) -> list[str]:
+        """What the API server refused this operator, from its log, and from its metrics
+        while it runs: empty when everything it did was allowed."""
+        found = refusals(self.log.read_text(errors="replace")) if self.log.exists() else []
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                found += refused_samples(self.metrics())
+        return found
 
     def writes(self) -> float:
         return sum(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.control_plane import ControlPlane
+from tests.chart.operator_account import OperatorIdentity
+from tests.chart.service_account import refusals
 from tests.operator.cluster import Cluster, OperatorProcess, eventually
 from tests.operator.fake_workers import free_port
 
@@ -52,7 +53,7 @@ def test_liveness_and_metrics_follow_what_happens(
 
 
 def test_kopf_run_serves_the_same_handlers(
-    control_plane: ControlPlane, cluster: Cluster, tmp_path: Path
+    operator_identity: OperatorIdentity, cluster: Cluster, tmp_path: Path
 ) -> None:
     node = cluster.node("n1")
     cluster.worker_pod("w0", node=node)
@@ -62,7 +63,7 @@ def test_kopf_run_serves_the_same_handlers(
         process = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "-n", cluster.namespace,
              "-m", "circuitgate_operator.handlers"],
-            env={"KUBECONFIG": str(control_plane.kubeconfig), "PATH": "/usr/bin:/bin",
+            env={"KUBECONFIG": str(operator_identity.kubeconfig), "PATH": "/usr/bin:/bin",
                  "CIRCUITGATE_METRICS": f"127.0.0.1:{free_port()}"},
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -72,3 +73,4 @@ def test_kopf_run_serves_the_same_handlers(
     finally:
         process.terminate()
         process.wait(20)
+    assert not refusals(log.read_text()), log.read_text()

@@ -20,13 +20,12 @@ pytestmark = pytest.mark.cluster
 def webhook_operator(
     start: Callable[..., OperatorProcess], cluster: Cluster
 ) -> tuple[OperatorProcess, str]:
-    name = f"circuitgate-{cluster.namespace}"
     process = start(
         "--webhook", "--webhook-host", "127.0.0.1", "--webhook-listen", "127.0.0.1",
         "--webhook-port", str(free_port()),
-        env={"CIRCUITGATE_WEBHOOK_NAME": name},
     )  # fmt: skip
-    return process, name
+    # The configuration the chart's ServiceAccount may change, named by the chart.
+    return process, process.webhook_name
 
 
 def configuration(cluster: Cluster, name: str) -> dict[str, Any] | None:
