@@ -200,8 +200,12 @@ class WebhookSetup:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        with contextlib.suppress(ApiError):
+        try:
             await self.operator.api.request("DELETE", f"{_PATH}/{self.config.webhook_name}")
+        except ApiError as error:
+            # It fails open (failurePolicy Ignore), but it points at a stopped operator.
+            if error.status != 404:
+                logger.warning("could not remove the webhook configuration: %s", error)
         if self._own_directory is not None:
             shutil.rmtree(self._own_directory, ignore_errors=True)
 
