@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from .act.api import KubeApi, load_api_client
+from .act.api import ApiError, KubeApi, load_api_client
 from .act.apply import Applier, ApplyResult
 from .act.events import EventRecorder, event_name
 from .clock import parse_time
@@ -121,6 +121,7 @@ class PolicyLoop:
 
     async def run(self) -> None:
         view = self.operator.view
+        await self._seed_circuit_states()
         view.listen(self.namespace, self.wake)
         self.operator.loops[self.key] = self
         self.wake.set()
@@ -142,6 +143,22 @@ class PolicyLoop:
                 del self.operator.loops[self.key]
             await self.pool.close()
             self.operator.update_gauges()
+
+    async def _seed_circuit_states(self) -> None:
+        """Put the namespace's CircuitStates in the view before the first decision.
+
+        kopf delivers each resource's initial listing on its own: after a restart the pods and
+        the endpoint readings can arrive before the CircuitStates, and a plan made then would
+        write them again and repeat their Events.
+        """
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/circuitstates"
+        try:
+            answer = await self.operator.api.request("GET", path)
+        except ApiError as error:
+            logger.warning("could not list CircuitStates in %s: %s", self.namespace, error)
+            return
+        for item in answer.get("items") or ():
+            self.operator.observe("circuit_states", "ADDED", item)
 
     async def reconcile(self) -> float | None:
         """One pass: watchers to match the selection, then decide and apply. Returns when the
