@@ -26,9 +26,7 @@ from typing import Any
 
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.endpoint import BreakerEndpoint
-from circuitgate.metrics import render_metrics
-from circuitgate.report import describe_worker
+from circuitgate.endpoint_step import serve_breakers
 from circuitgate.settings import Settings
 
 
@@ -87,13 +85,7 @@ def main() -> None:
 
     breakers = BreakerSet(Settings(fail_max=1, reset_timeout=3600, jitter=0.0))
     breaker = breakers.default
-    endpoint = BreakerEndpoint(
-        document=lambda: describe_worker("bench@lab", breakers, ["celery"]),
-        sequence=breaker.shared.version,
-        metrics=render_metrics(lambda: list(breakers)),
-        host="127.0.0.1",
-        port=0,
-    )
+    endpoint = serve_breakers(breakers, "bench@lab", ["celery"], host="127.0.0.1", port=0)
     endpoint.start()
     orders, child_end = multiprocessing.get_context("fork").Pipe()
     child = multiprocessing.get_context("fork").Process(target=tripper, args=(breaker, child_end))

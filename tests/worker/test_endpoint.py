@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
 from circuitgate.endpoint import BadQuery, BreakerEndpoint, CircuitQuery, parse_circuit_query
-from circuitgate.metrics import render_metrics
-from circuitgate.report import describe_worker
+from circuitgate.endpoint_step import serve_breakers
 from circuitgate.settings import Settings
 from circuitgate.shared_state import State
 
@@ -34,11 +33,11 @@ def breaker(breakers: BreakerSet) -> SharedCircuitBreaker:
 
 
 @pytest.fixture
-def endpoint(breakers: BreakerSet, breaker: SharedCircuitBreaker) -> Iterator[BreakerEndpoint]:
-    server = BreakerEndpoint(
-        document=lambda: describe_worker("w@lab", breakers, ["celery"]),
-        sequence=breaker.shared.version,
-        metrics=render_metrics(lambda: list(breakers)),
+def endpoint(breakers: BreakerSet) -> Iterator[BreakerEndpoint]:
+    server = serve_breakers(
+        breakers,
+        "w@lab",
+        ["celery"],
         host="127.0.0.1",
         port=0,
         max_connections=8,

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import bootsteps
 
+from .breaker_set import BreakerSet
 from .endpoint import BreakerEndpoint
 from .metrics import render_metrics
 from .report import describe_worker
 from .settings import load_settings
 
-__all__ = ("EndpointStep",)
+__all__ = ("EndpointStep", "serve_breakers")
 
 logger = logging.getLogger(__name__)
+
+
+def serve_breakers(
+    breakers: BreakerSet, hostname: str, queues: Sequence[str], **options: Any
+) -> BreakerEndpoint:
+    """An endpoint that describes ``breakers``: the document, its change counter, the metrics."""
+    members = list(breakers)
+    return BreakerEndpoint(
+        document=lambda: describe_worker(hostname, breakers, queues),
+        sequence=lambda: sum(breaker.shared.version() for breaker in members),
+        metrics=render_metrics(lambda: members),
+        **options,
+    )
 
 
 class EndpointStep(bootsteps.StartStopStep):
@@ -36,12 +51,11 @@ class EndpointStep(bootsteps.StartStopStep):
         return self.settings.endpoint_enabled and parent.circuit_breakers is not None
 
     def start(self, parent: Any) -> None:
-        breakers = parent.circuit_breakers
         queues = sorted(parent.app.amqp.queues.consume_from or parent.app.amqp.queues)
-        self.endpoint = BreakerEndpoint(
-            document=lambda: describe_worker(parent.hostname, breakers, queues),
-            sequence=lambda: sum(breaker.shared.version() for breaker in breakers),
-            metrics=render_metrics(lambda: list(breakers)),
+        self.endpoint = serve_breakers(
+            parent.circuit_breakers,
+            parent.hostname,
+            queues,
             host=self.settings.endpoint_host,
             port=self.settings.endpoint_port,
             max_connections=self.settings.endpoint_max_connections,
