@@ -10,7 +10,6 @@ names the value) are shown on that value's row.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Iterator
@@ -97,19 +96,9 @@ def _constraints(schema: Schema, root: Schema) -> list[str]:
     found = []
     if "enum" in schema:
         found.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if low is not None and high is not None:
-        found.append(f"{low} to {high}")
-    elif low is not None:
-        found.append(f"at least {low}")
-    elif high is not None:
-        found.append(f"at most {high}")
     if "minLength" in schema:
         found.append("not empty" if schema["minLength"] == 1 else f"{schema['minLength']}+ chars")
-    if "maxLength" in schema:
-        found.append(f"at most {schema['maxLength']} characters")
-    if "pattern" in schema:
-        found.append(f"matches `{schema['pattern']}`")
+    found += readme_sections.schema_bounds(schema)
     if schema.get("uniqueItems"):
         found.append("no duplicates")
     items = schema.get("items")
@@ -139,16 +128,9 @@ def check(readme: Path = README) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is stale")
-    if parser.parse_args(argv).check:
-        if check():
-            return 0
-        print("README.md chart values reference is stale: run python hack/gen_chart_reference.py")
-        return 1
-    if readme_sections.write(SECTION, render(), HEADING):
-        print(f"updated {README.relative_to(REPO)}")
-    return 0
+    return readme_sections.main(
+        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    )
 
 
 if __name__ == "__main__":

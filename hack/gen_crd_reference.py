@@ -100,17 +100,7 @@ def _constraints(schema: Schema, *, required: bool) -> list[str]:
     as_number, as_string = (
         ("number: ", "string: ") if _type(schema) == "integer or string" else ("", "")
     )
-    low, high = schema.get("minimum"), schema.get("maximum")
-    if low is not None and high is not None:
-        found.append(f"{as_number}{low} to {high}")
-    elif low is not None:
-        found.append(f"{as_number}at least {low}")
-    elif high is not None:
-        found.append(f"{as_number}at most {high}")
-    if "maxLength" in schema:
-        found.append(f"{as_string}at most {schema['maxLength']} characters")
-    if "pattern" in schema:
-        found.append(f"{as_string}matches `{schema['pattern']}`")
+    found += readme_sections.schema_bounds(schema, number=as_number, string=as_string)
     for key, unit in (("maxItems", "items"), ("maxProperties", "entries")):
         if key in schema:
             found.append(f"at most {schema[key]} {unit}")

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -41,6 +42,23 @@ def write(name: str, body: str, heading: str, readme: Path = README) -> bool:
     if updated != current:
         readme.write_text(updated)
     return updated != current
+
+
+def schema_bounds(schema: dict[str, Any], *, number: str = "", string: str = "") -> list[str]:
+    """A JSON schema's range, length and pattern, in words; prefixes tell int-or-string forms."""
+    found = []
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if low is not None and high is not None:
+        found.append(f"{number}{low} to {high}")
+    elif low is not None:
+        found.append(f"{number}at least {low}")
+    elif high is not None:
+        found.append(f"{number}at most {high}")
+    if "maxLength" in schema:
+        found.append(f"{string}at most {schema['maxLength']} characters")
+    if "pattern" in schema:
+        found.append(f"{string}matches `{schema['pattern']}`")
+    return found
 
 
 def main(
