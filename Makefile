@@ -7,24 +7,29 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/circuitgate
 export CIRCUITGATE_CACHE := $(CACHE)
 
-.PHONY: test demo setup system-packages control-plane lint typecheck pytest bench clean
+.PHONY: test demo setup system-packages control-plane lint typecheck docs pytest bench clean
 
-test: setup control-plane lint typecheck pytest
+test: setup control-plane lint typecheck docs pytest
 
-demo: setup control-plane
-	$(PY) -m circuitgate.lab.demo --out demo-out
-	$(PY) hack/demo_cluster.py --out demo-out
+# The worker half needs only the venv (its SQS is moto), so it runs first; the cluster half
+# then builds the control plane (about 8 minutes the first time, a progress line per binary).
+# Neither needs root or system packages.
+demo: $(VENV)/.installed
+	$(PY) -m circuitgate_devkit.lab.demo --out demo-out
+	bash hack/build-control-plane.sh --control-plane
+	$(PY) -m circuitgate_devkit.cluster.demo --out demo-out
 
 setup: system-packages $(VENV)/.installed
 
 system-packages:
 	bash hack/install-system-packages.sh
 
-$(VENV)/.installed: pyproject.toml
+# The two distributions (worker/, operator/) and the workspace's dev kit and tools, editable.
+$(VENV)/.installed: pyproject.toml worker/pyproject.toml operator/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# One pip command, so the resolver reconciles celery's and kubernetes' pins together.
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e './worker[sqs,redis]' -e ./operator -e .
 	touch $@
 
 control-plane:
@@ -37,6 +42,10 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
+# docs/ as a site in site/; strict: any warning (a broken link or anchor) fails the build.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
+
 pytest:
 	$(PY) -m pytest
 
@@ -45,4 +54,4 @@ bench: setup
 	$(PY) bench/gate_overhead.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out site .pytest_cache .mypy_cache .ruff_cache

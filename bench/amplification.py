@@ -1,9 +1,11 @@
-"""Failure amplification: one broken worker among healthy ones, with no breaker, naive, circuitgate.
+"""Failure amplification: one broken worker among healthy ones; no breaker, snippet, circuitgate.
 
-Runs the scenario of ``make demo`` (`circuitgate.lab.scenario`) at a larger size on a
-local SQS endpoint (moto server), all three arms in one run, then prints the arms side
-by side, whether circuitgate met its targets, and as the last line one JSON object with a
-key per arm. Takes about two minutes on two cores.
+Runs the scenario of ``make demo`` (`circuitgate_devkit.lab.scenario`) at the size of
+issue 13's measurement on a local SQS endpoint (moto server): every arm (no breaker, the
+published snippet of `circuitgate_devkit.lab.seed_snippet`, circuitgate) at concurrency 1
+and 2, in one run. Prints the arms side by side per concurrency, whether circuitgate met
+its targets, and as the last line one JSON object keyed by concurrency, then arm. Takes
+about two and a half minutes on two cores.
 
     python bench/amplification.py [--keep DIR]
 """
@@ -16,11 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from circuitgate.lab.scenario import ArmStats, Scenario, format_table, run_arms, summary
-
-SCENARIO = Scenario(
-    workers=5, concurrency=2, tasks=200, work_s=2.0, fail_s=0.02, fail_max=3, reset_timeout=5.0
+from circuitgate_devkit.lab.scenario import (
+    CONCURRENCIES,
+    ArmStats,
+    Scenario,
+    format_table,
+    run_comparison,
+    summary,
 )
+
+SCENARIO = Scenario(workers=4, tasks=40, work_s=2.0, fail_s=0.02, fail_max=3, reset_timeout=5.0)
 
 
 def targets(stats: ArmStats, scenario: Scenario) -> list[tuple[str, bool]]:
@@ -41,14 +48,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the workers' logs in this directory")
     args = parser.parse_args()
     s = SCENARIO
-    print(s.describe(), flush=True)
+    print(s.describe(CONCURRENCIES), flush=True)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="circuitgate-bench-") as tmp:
-        results = run_arms(s, args.keep or Path(tmp))
-    print(format_table(results))
-    for target, met in targets(results["circuitgate"].stats, s):
-        print(f"circuitgate target {target}: {'met' if met else 'MISSED'}")
-    print(f"took {time.monotonic() - began:.0f} s")
+        results = run_comparison(s, args.keep or Path(tmp))
+    for concurrency, arms in results.items():
+        print(f"\nconcurrency {concurrency}\n{format_table(arms)}")
+        for target, met in targets(arms["circuitgate"].stats, s):
+            print(f"circuitgate target {target}: {'met' if met else 'MISSED'}")
+    print(f"\ntook {time.monotonic() - began:.0f} s")
     print(json.dumps(summary(results)))
 
 

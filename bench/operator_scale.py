@@ -1,8 +1,9 @@
 """One operator watching many worker endpoints on a real API server: what it costs.
 
 A real etcd + kube-apiserver (+ controller manager), N worker pods whose ``status.podIP`` are
-distinct loopback addresses served by one endpoint process (tests/operator/worker_endpoint.py,
-the contract's long-poll included), and one ``python -m circuitgate_operator`` process. Measures:
+distinct loopback addresses served by one endpoint process
+(``circuitgate_devkit.cluster.endpoint_server``, the contract's long-poll included), and one
+``python -m circuitgate_operator`` process. Measures:
 
 - trip to pod condition False: from the moment a breaker opens to the moment a watch on the
   pods sees its readiness-gate condition False (p50, p99 over ``--trips`` trips, one at a time);
@@ -20,25 +21,21 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kubernetes import client, watch
 
-from kubernetes import client, watch  # noqa: E402
-
-from circuitgate_operator.names import CONDITION_TYPE  # noqa: E402
-from tests.chart.operator_account import OperatorIdentity  # noqa: E402
-from tests.cluster.control_plane import ControlPlane  # noqa: E402
-from tests.cluster.fixtures import install_crds  # noqa: E402
-from tests.operator.cluster import OperatorProcess  # noqa: E402
-from tests.operator.fake_workers import FakeWorkers  # noqa: E402
+from circuitgate_devkit.cluster.accounts import OperatorIdentity
+from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_devkit.cluster.fake_endpoints import FakeWorkers
+from circuitgate_devkit.cluster.fixtures import install_crds
+from circuitgate_devkit.cluster.objects import OperatorProcess
+from circuitgate_devkit.waiting import eventually
+from circuitgate_operator.names import CONDITION_TYPE
 
 NAMESPACE = "bench"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -135,15 +132,6 @@ def workers_host(i: int) -> str:
     return f"127.{100 + i // 62500}.{(i // 250) % 250}.{i % 250 + 2}"
 
 
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=1000)
@@ -199,15 +187,16 @@ def main() -> None:
             samples = operator.metrics() if operator else {}
             return samples.get('circuitgate_operator_circuits{state="closed"}') == args.pods
 
-        wait_for(settled, 300, "every endpoint read")
+        eventually(settled, timeout=300, interval=0.5, what="every endpoint read")
         listed = core.list_namespaced_pod(NAMESPACE)
-        wait_for(
+        eventually(
             lambda: all(
                 any(c.type == CONDITION_TYPE for c in p.status.conditions or [])
                 for p in core.list_namespaced_pod(NAMESPACE).items
             ),
-            300,
-            "every pod's condition",
+            timeout=300,
+            interval=0.5,
+            what="every pod's condition",
         )
         print(f"operator settled {args.pods} pods in {time.monotonic() - began:.1f}s")
         time.sleep(5)

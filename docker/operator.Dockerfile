@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The circuitgate operator's image. Build from the repository root:
 #   docker build -f docker/operator.Dockerfile -t circuitgate-operator:0.1.0 .
-# Dependencies come from docker/operator.lock (exact versions and hashes, `python docker/lock.py`).
+# Dependencies come from docker/operator.lock (exact versions and hashes, `python docker/lock.py`):
+# the circuitgate-operator distribution alone (operator/), with no Celery in it.
 
 # Pinned: Python and Debian patch versions. Pin the digest too where your registry policy asks:
 #   --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:...
@@ -13,23 +14,17 @@ RUN python -m venv /opt/circuitgate
 COPY docker/operator.lock /tmp/operator.lock
 RUN /opt/circuitgate/bin/pip install --require-hashes --only-binary=:all: --no-deps \
         -r /tmp/operator.lock
-# circuitgate itself (worker and operator packages are one distribution), built here with a
-# pinned backend and installed without dependencies: the lock has them all, `pip check` proves it.
+# The operator distribution, built here with a pinned backend and installed without
+# dependencies: the lock has them all, `pip check` proves it.
 RUN pip install setuptools==80.9.0
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY worker ./worker
 COPY operator ./operator
-RUN pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
-    && /opt/circuitgate/bin/pip install --no-deps /tmp/wheels/circuitgate-*.whl \
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels ./operator \
+    && /opt/circuitgate/bin/pip install --no-deps /tmp/wheels/circuitgate_operator-*.whl \
     && /opt/circuitgate/bin/pip check
 
+# The webhook's certificate comes from the cryptography library: no openssl binary needed.
 FROM ${PYTHON_IMAGE}
-# openssl makes the webhook's serving certificate at start-up (kopf's own builder cannot run
-# against OpenSSL 3).
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends openssl \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/circuitgate /opt/circuitgate
 ENV PATH=/opt/circuitgate/bin:$PATH \
     PYTHONUNBUFFERED=1 \

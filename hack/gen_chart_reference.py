@@ -1,7 +1,7 @@
-"""Render the Helm chart's values reference in README.md from its values.schema.json.
+"""Render the Helm chart values reference, docs/reference/chart-values.md, from its schema.
 
     python hack/gen_chart_reference.py           rewrite the text between the markers
-    python hack/gen_chart_reference.py --check   exit 1 if README.md is stale
+    python hack/gen_chart_reference.py --check   exit 1 if the page is stale
 
 Descriptions, types and constraints come from the schema Helm validates values with; defaults
 come from the chart's values.yaml. Rules across values (an ``allOf`` entry whose ``$comment``
@@ -18,15 +18,15 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import readme_sections
-from readme_sections import README, REPO
+from circuitgate_devkit import doc_sections
+from circuitgate_devkit.doc_sections import REFERENCE, REPO
 
 CHART = REPO / "charts" / "circuitgate-operator"
 SCHEMA = CHART / "values.schema.json"
 VALUES = CHART / "values.yaml"
 SECTION = "chart-values-reference"
-HEADING = "### Chart values reference"
+PAGE = REFERENCE / "chart-values.md"
+HEADING = "# Chart values reference"
 
 Schema = dict[str, Any]
 
@@ -98,7 +98,7 @@ def _constraints(schema: Schema, root: Schema) -> list[str]:
         found.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
     if "minLength" in schema:
         found.append("not empty" if schema["minLength"] == 1 else f"{schema['minLength']}+ chars")
-    found += readme_sections.schema_bounds(schema)
+    found += doc_sections.schema_bounds(schema)
     if schema.get("uniqueItems"):
         found.append("no duplicates")
     items = schema.get("items")
@@ -122,14 +122,19 @@ def _text(text: str) -> str:
     return " ".join(text.split())
 
 
-def check(readme: Path = README) -> bool:
-    """True if the README's chart values reference matches the chart."""
-    return readme_sections.is_current(SECTION, render(), HEADING, readme)
+def check(page: Path = PAGE) -> bool:
+    """True if the chart values reference (`docs/reference/chart-values.md`) matches the chart."""
+    return doc_sections.is_current(page, SECTION, render(), HEADING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_sections.main(
-        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    return doc_sections.main(
+        argv,
+        description=__doc__.splitlines()[0],
+        page=PAGE,
+        name=SECTION,
+        render=render,
+        heading=HEADING,
     )
 
 

@@ -1,7 +1,7 @@
-"""Render the CircuitPolicy spec reference in README.md from the CRD's OpenAPI schema.
+"""Render the CircuitPolicy reference, docs/reference/circuitpolicy.md, from the CRD schema.
 
     python hack/gen_crd_reference.py           rewrite the text between the markers
-    python hack/gen_crd_reference.py --check   exit 1 if README.md is stale
+    python hack/gen_crd_reference.py --check   exit 1 if the page is stale
 
 Only the text between the markers is ever touched.
 """
@@ -16,13 +16,13 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import readme_sections
-from readme_sections import README, REPO
+from circuitgate_devkit import doc_sections
+from circuitgate_devkit.doc_sections import REFERENCE, REPO
 
 CRD = REPO / "crds" / "circuitpolicies.circuitgate.io.yaml"
 SECTION = "policy-reference"
-HEADING = "## CircuitPolicy reference"
+PAGE = REFERENCE / "circuitpolicy.md"
+HEADING = "# CircuitPolicy reference"
 
 Schema = dict[str, Any]
 
@@ -100,7 +100,7 @@ def _constraints(schema: Schema, *, required: bool) -> list[str]:
     as_number, as_string = (
         ("number: ", "string: ") if _type(schema) == "integer or string" else ("", "")
     )
-    found += readme_sections.schema_bounds(schema, number=as_number, string=as_string)
+    found += doc_sections.schema_bounds(schema, number=as_number, string=as_string)
     for key, unit in (("maxItems", "items"), ("maxProperties", "entries")):
         if key in schema:
             found.append(f"at most {schema[key]} {unit}")
@@ -124,14 +124,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def check(readme: Path = README, crd_path: Path = CRD) -> bool:
-    """True if the README's reference matches the CRD."""
-    return readme_sections.is_current(SECTION, render(crd_path), HEADING, readme)
+def check(page: Path = PAGE, crd_path: Path = CRD) -> bool:
+    """True if the CircuitPolicy reference (`docs/reference/circuitpolicy.md`) matches the CRD."""
+    return doc_sections.is_current(page, SECTION, render(crd_path), HEADING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_sections.main(
-        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    return doc_sections.main(
+        argv,
+        description=__doc__.splitlines()[0],
+        page=PAGE,
+        name=SECTION,
+        render=render,
+        heading=HEADING,
     )
 
 

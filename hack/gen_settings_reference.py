@@ -1,7 +1,7 @@
-"""Render the worker settings reference in README.md from `circuitgate.settings.Settings`.
+"""Render docs/reference/settings.md from the worker's `circuitgate.settings.Settings`.
 
     python hack/gen_settings_reference.py           rewrite the text between the markers
-    python hack/gen_settings_reference.py --check   exit 1 if README.md is stale
+    python hack/gen_settings_reference.py --check   exit 1 if the page is stale
 
 Reads the dataclass's source (names, types, defaults, and the docstring under each field),
 so the reference and the code cannot drift apart.
@@ -13,13 +13,13 @@ import ast
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import readme_sections
-from readme_sections import README, REPO
+from circuitgate_devkit import doc_sections
+from circuitgate_devkit.doc_sections import REFERENCE, REPO
 
 SOURCE = REPO / "worker" / "circuitgate" / "settings.py"
 SECTION = "settings-reference"
-HEADING = "### Worker settings reference"
+PAGE = REFERENCE / "settings.md"
+HEADING = "# Worker settings reference"
 
 
 def render(source: Path = SOURCE) -> str:
@@ -47,14 +47,19 @@ def render(source: Path = SOURCE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check(readme: Path = README) -> bool:
-    """True if the README's settings reference matches the code."""
-    return readme_sections.is_current(SECTION, render(), HEADING, readme)
+def check(page: Path = PAGE) -> bool:
+    """True if the worker settings reference (`docs/reference/settings.md`) matches the code."""
+    return doc_sections.is_current(page, SECTION, render(), HEADING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return readme_sections.main(
-        argv, description=__doc__.splitlines()[0], name=SECTION, render=render, heading=HEADING
+    return doc_sections.main(
+        argv,
+        description=__doc__.splitlines()[0],
+        page=PAGE,
+        name=SECTION,
+        render=render,
+        heading=HEADING,
     )
 
 

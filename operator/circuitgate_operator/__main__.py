@@ -1,21 +1,25 @@
 """``python -m circuitgate_operator`` / ``circuitgate-operator``: run the operator.
 
-Options become ``CIRCUITGATE_*`` environment variables before the handlers are imported, so
-``kopf run -m circuitgate_operator.handlers`` with those variables behaves the same.
+The configuration is parsed here, once: the ``CIRCUITGATE_*`` environment variables, which
+the options override, handed to the handlers through kopf's memo. ``kopf run -m
+circuitgate_operator.handlers`` reads the same variables.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import random
 import resource
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import kopf
 
-__all__ = ("main",)
+from .config import OperatorConfig
+
+__all__ = ("configure", "main", "parse_args")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -58,19 +62,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _export(args: argparse.Namespace) -> None:
-    values = {
-        "CIRCUITGATE_METRICS": args.metrics,
-        "CIRCUITGATE_PEERING_LIFETIME": args.peering_lifetime,
-        "CIRCUITGATE_WEBHOOK": None if args.webhook is None else ("on" if args.webhook else "off"),
-        "CIRCUITGATE_WEBHOOK_HOST": args.webhook_host,
-        "CIRCUITGATE_WEBHOOK_PORT": args.webhook_port,
-        "CIRCUITGATE_WEBHOOK_LISTEN": args.webhook_listen,
-        "CIRCUITGATE_WEBHOOK_CERT_DIR": args.webhook_cert_dir,
+def configure(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorConfig:
+    """The environment's configuration with the options given on the command line."""
+    options = {
+        "metrics_address": args.metrics,
+        "peering_lifetime": args.peering_lifetime,
+        "webhook": args.webhook,
+        "webhook_host": args.webhook_host,
+        "webhook_port": args.webhook_port,
+        "webhook_listen": args.webhook_listen,
+        "webhook_cert_dir": args.webhook_cert_dir,
     }
-    for key, value in values.items():
-        if value is not None:
-            os.environ[key] = str(value)
+    given = {key: value for key, value in options.items() if value is not None}
+    return dataclasses.replace(OperatorConfig.from_env(env), **given)
 
 
 def _raise_file_limit() -> None:
@@ -83,7 +87,7 @@ def _raise_file_limit() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    _export(args)
+    config = configure(args, os.environ)
     _raise_file_limit()
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peering_name=args.peering,
         priority=priority,
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(config=config),
     )
 
 

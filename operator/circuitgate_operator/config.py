@@ -1,6 +1,6 @@
-"""Operator settings, from ``CIRCUITGATE_*`` environment variables (which the command line of
-``python -m circuitgate_operator`` fills in), so ``kopf run -m circuitgate_operator.handlers``
-reads the same ones."""
+"""Operator settings, from ``CIRCUITGATE_*`` environment variables (the options of ``python -m
+circuitgate_operator`` override them), so ``kopf run -m circuitgate_operator.handlers`` reads
+the same ones."""
 
 from __future__ import annotations
 

@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 
 __all__ = (
     "SCHEMA_ID",
     "SCHEMA_PATH",
-    "STATES",
     "TRIPPED_STATES",
+    "BreakerState",
+    "ErrorKind",
     "Reading",
     "load_schema",
     "parse_document",
@@ -27,22 +29,46 @@ __all__ = (
 
 SCHEMA_ID = "circuitgate.io/breaker-state/v1"
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "breaker-state.v1.json"
-STATES = ("closed", "open", "half_open", "forced_open", "forced_closed", "unknown")
+
+
+class BreakerState(StrEnum):
+    """A breaker's state as the document names it, plus ``unknown`` for no usable answer."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    FORCED_CLOSED = "forced_closed"
+    UNKNOWN = "unknown"
+
+
 # States that count as an open circuit: a breaker that tripped and has not closed yet.
-TRIPPED_STATES = frozenset({"open", "half_open", "forced_open"})
+TRIPPED_STATES = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.FORCED_OPEN})
 # When a worker has several breakers, the pod reads as its most severe one.
-_SEVERITY = {"forced_open": 4, "open": 3, "half_open": 2, "forced_closed": 1, "closed": 0}
+_SEVERITY = {
+    BreakerState.FORCED_OPEN: 4,
+    BreakerState.OPEN: 3,
+    BreakerState.HALF_OPEN: 2,
+    BreakerState.FORCED_CLOSED: 1,
+    BreakerState.CLOSED: 0,
+}
+
+# Why a read gave no valid document, as a small fixed label set (the reason says more).
+ErrorKind = Literal[
+    "refused", "unreachable", "timeout", "http_status", "oversized", "malformed", "no_port", "other"
+]
 
 
 @dataclass(frozen=True)
 class Reading:
     """What one request to a pod's endpoint told us. ``state`` is ``unknown`` when the endpoint
-    was unreachable or its answer unusable; ``reason`` then says why."""
+    was unreachable or its answer unusable; ``error`` and ``reason`` then say why."""
 
     url: str
-    state: str
+    state: BreakerState
     reachable: bool
     reason: str = ""
+    error: ErrorKind | None = None
     breaker: str = ""
     failures: int = 0
     trips: int = 0
@@ -67,8 +93,9 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(load_schema())
 
 
-def unknown(url: str, reason: str) -> Reading:
-    return Reading(url=url, state="unknown", reachable=False, reason=reason)
+def unknown(url: str, error: ErrorKind, reason: str) -> Reading:
+    """No usable answer: never read as closed."""
+    return Reading(url=url, state=BreakerState.UNKNOWN, reachable=False, reason=reason, error=error)
 
 
 def _valid_time(value: str | None) -> bool:
@@ -86,20 +113,24 @@ def parse_document(url: str, payload: bytes) -> Reading:
     try:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
-        return unknown(url, "malformed document: not JSON")
+        return unknown(url, "malformed", "malformed document: not JSON")
     error = next(iter(_validator().iter_errors(document)), None)
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "document"
-        return unknown(url, f"malformed document: {where}: {error.validator} check failed")
+        return unknown(
+            url, "malformed", f"malformed document: {where}: {error.validator} check failed"
+        )
     breakers = document["breakers"]
     times = [document["generated_at"]]
     times += [b[key] for b in breakers for key in ("opened_at", "may_close_at")]
     if not all(_valid_time(value) for value in times):
-        return unknown(url, "malformed document: a timestamp is not RFC 3339 with a zone")
-    worst = max(breakers, key=lambda b: (_SEVERITY[b["state"]], b["name"]))
+        return unknown(
+            url, "malformed", "malformed document: a timestamp is not RFC 3339 with a zone"
+        )
+    worst = max(breakers, key=lambda b: (_SEVERITY[BreakerState(b["state"])], b["name"]))
     return Reading(
         url=url,
-        state=worst["state"],
+        state=BreakerState(worst["state"]),
         reachable=True,
         breaker=worst["name"],
         failures=worst["consecutive_failures"],

@@ -3,57 +3,80 @@
 Pods are only ever watched (event handlers keep no progress on them: kopf cannot store progress
 in a Pod's status, nolar/kopf#685). Policies get a daemon (the reconciliation loop) and a
 deletion handler behind circuitgate's own finalizer; kopf keeps its progress for them in
-annotations, since the CRD's status schema has no room for kopf's.
+annotations, since the CRD's status schema has no room for kopf's. Every handler is always
+registered; the webhook's does nothing while the webhook is off.
 
 Run with ``python -m circuitgate_operator`` or ``kopf run -m circuitgate_operator.handlers``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
 
 from .config import OperatorConfig
+from .decide.injection import readiness_gates_with_ours
+from .lifecycle import Operator, Store
 from .names import GROUP, VERSION
-from .runtime import Operator
-from .webhook import WebhookSetup, inject_readiness_gate
+from .reconcile import clean_up_policy
+from .webhook import HANDLER_ID, WebhookSetup
 
-__all__ = ("CONFIG",)
+__all__ = ()
 
 logger = logging.getLogger(__name__)
 
-CONFIG = OperatorConfig.from_env()
 POLICIES = (GROUP, VERSION, "circuitpolicies")
 STATES = (GROUP, VERSION, "circuitstates")
 
 
+def _operator(memo: kopf.Memo) -> Operator:
+    operator: Operator = memo.operator
+    return operator
+
+
+def _webhook(memo: kopf.Memo) -> WebhookSetup | None:
+    webhook: WebhookSetup | None = memo.get("webhook")
+    return webhook
+
+
+async def _no_admission_server(_: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+    """With the webhook off: kopf runs no admission handler without a server, so a server
+    that never serves (and never configures the API server to call it)."""
+    await asyncio.Event().wait()
+    yield {}  # never reached: the yield makes this the async generator kopf expects
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """The configuration comes from ``main`` in the memo; under plain ``kopf run``, from the
+    environment."""
+    config: OperatorConfig = memo.get("config") or OperatorConfig.from_env()
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
-    settings.peering.lifetime = CONFIG.peering_lifetime
+    settings.peering.lifetime = config.peering_lifetime
     if not settings.peering.mandatory:
-        settings.peering.name = CONFIG.peering_name  # used only if that peering object exists
+        settings.peering.name = config.peering_name  # used only if that peering object exists
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    operator = Operator(CONFIG)
+    operator = Operator(config)
     await operator.start()
     memo.operator = operator
-    if CONFIG.webhook:
-        memo.webhook = WebhookSetup(CONFIG, operator)
-        settings.admission.server = memo.webhook.server()
-        settings.admission.managed = None
+    memo.webhook = WebhookSetup(config, operator) if config.webhook else None
+    settings.admission.server = memo.webhook.server() if memo.webhook else _no_admission_server
+    settings.admission.managed = None  # we keep the configuration ourselves (webhook.py)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    webhook = memo.get("webhook")
+    webhook = _webhook(memo)
     if webhook is not None:
         await webhook.remove()
     operator: Operator | None = memo.get("operator")
@@ -61,42 +84,53 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await operator.stop()
 
 
+def _observe(memo: kopf.Memo, store: Store, event: kopf.RawEvent) -> None:
+    _operator(memo).observe(store, event.get("type"), event["object"])
+
+
 @kopf.on.event(*POLICIES)
 async def policy_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.observe("policies", event.get("type"), event["object"])
-    webhook = memo.get("webhook")
+    _observe(memo, "policies", event)
+    webhook = _webhook(memo)
     if webhook is not None:
         webhook.policies_changed()
 
 
 @kopf.daemon(*POLICIES, cancellation_timeout=10.0)
 async def policy_loop(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    await memo.operator.run_policy(namespace or "", name)
+    await _operator(memo).run_policy(namespace or "", name)
 
 
 @kopf.on.delete(*POLICIES)
 async def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Behind the finalizer: undo what the policy did before it goes."""
-    if not await memo.operator.cleanup_policy(body):
+    if not await clean_up_policy(_operator(memo), body):
         raise kopf.TemporaryError("cleanup not complete; retrying", delay=2)
 
 
 @kopf.on.event("", "v1", "pods")
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.observe("pods", event.get("type"), event["object"])
+    _observe(memo, "pods", event)
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.observe("nodes", event.get("type"), event["object"])
+    _observe(memo, "nodes", event)
 
 
 @kopf.on.event(*STATES)
 async def circuit_state_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.operator.observe("circuit_states", event.get("type"), event["object"])
+    _observe(memo, "circuit_states", event)
 
 
-if CONFIG.webhook:
-    kopf.on.mutate("", "v1", "pods", id="inject-readiness-gate", operation="CREATE")(
-        inject_readiness_gate
-    )
+@kopf.on.mutate("", "v1", "pods", id=HANDLER_ID, operation="CREATE")
+async def inject_readiness_gate(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
+) -> None:
+    """Add the readiness gate to a new pod that exactly one policy selects."""
+    if _webhook(memo) is None:
+        return
+    namespace = body.get("metadata", {}).get("namespace") or ""
+    gates = readiness_gates_with_ours(body, namespace, _operator(memo).view.policies)
+    if gates is not None:
+        patch.setdefault("spec", {})["readinessGates"] = gates

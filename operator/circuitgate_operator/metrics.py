@@ -12,7 +12,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .contract import STATES
+from .act.apply import ApplyResult
+from .contract import BreakerState
+from .decide.intents import Plan
 
 __all__ = ("Metrics", "serve_metrics")
 
@@ -33,7 +35,7 @@ class Metrics:
             ["state"],
             registry=self.registry,
         )
-        for state in STATES:
+        for state in BreakerState:
             self.circuits.labels(state=state)
         self.actions = Counter(
             "circuitgate_operator_actions",
@@ -44,7 +46,7 @@ class Metrics:
         )
         self.suppressed = Counter(
             "circuitgate_operator_actions_suppressed",
-            "Actions held back, by cause (cap, storm, paused, dry_run).",
+            "Actions held back, by cause (cap, storm, paused, dry_run, budget).",
             ["action", "cause"],
             registry=self.registry,
         )
@@ -60,6 +62,12 @@ class Metrics:
             ["verb"],
             registry=self.registry,
         )
+        self.reconciles = Counter(
+            "circuitgate_operator_reconciles",
+            "Reconciliations of a policy finished (its plan decided and applied).",
+            ["policy"],
+            registry=self.registry,
+        )
         self.trip_to_condition = Histogram(
             "circuitgate_operator_trip_to_condition_seconds",
             "From a breaker opening (its opened_at) to its pod's condition written False.",
@@ -67,20 +75,18 @@ class Metrics:
             registry=self.registry,
         )
 
+    def count(self, plan: Plan, result: ApplyResult) -> None:
+        """What a plan held back and what applying it did."""
+        for action, count in result.actions.items():
+            self.actions.labels(action=action).inc(count)
+        for (action, cause), count in plan.suppressed.items():
+            self.suppressed.labels(action=action, cause=cause).inc(count)
+        if result.eviction_blocked:
+            blocked = self.suppressed.labels(action="evict", cause="budget")
+            blocked.inc(len(result.eviction_blocked))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def error_kind(reason: str) -> str:
-    """A small, fixed label set for endpoint error reasons."""
-    for kind in ("refused", "oversized", "malformed", "HTTP", "no complete answer", "connect"):
-        if kind in reason:
-            return {
-                "no complete answer": "timeout",
-                "HTTP": "http_status",
-                "connect": "unreachable",
-            }.get(kind, kind)
-    return "other"
 
 
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> web.AppRunner:

@@ -3,8 +3,7 @@
 We manage the MutatingWebhookConfiguration ourselves rather than let kopf do it, because kopf's
 managed configuration has no namespace selector: ours sends the API server's pod creations only
 from namespaces that have a CircuitPolicy, and fails open (``failurePolicy: Ignore``), so a
-stopped operator never blocks a pod. The certificate is made with openssl: kopf's own
-certificate builder fails with OpenSSL 3 (oscrypto cannot read its version).
+stopped operator never blocks a pod. The handler itself is in `handlers`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import base64
 import contextlib
 import logging
 import shutil
-import subprocess
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -23,19 +21,13 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from .act.api import ApiError
+from .certificates import make_certificate
 from .config import OperatorConfig
-from .decide.injection import readiness_gates_with_ours
 
 if TYPE_CHECKING:
-    from .runtime import Operator
+    from .lifecycle import Operator
 
-__all__ = (
-    "WebhookSetup",
-    "client_config",
-    "inject_readiness_gate",
-    "make_certificate",
-    "webhook_configuration",
-)
+__all__ = ("HANDLER_ID", "WebhookSetup", "client_config", "webhook_configuration")
 
 logger = logging.getLogger(__name__)
 
@@ -43,34 +35,6 @@ HANDLER_ID = "inject-readiness-gate"
 _PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 # A namespace selector that matches no namespace, for when there is no policy at all.
 _NO_NAMESPACE = "circuitgate.invalid"
-
-
-def make_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
-    """A CA and a serving certificate for host (an IP or a DNS name): (cert, key, ca)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    san = f"IP:{host}" if host.replace(".", "").isdigit() or ":" in host else f"DNS:{host}"
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "365",
-        "-subj", "/CN=circuitgate-webhook-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    (directory / "tls.ext").write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        f"extendedKeyUsage=serverAuth\nsubjectAltName={san}\n"
-    )
-    openssl("req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={host}")
-    openssl(
-        "x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "365", "-extfile", "tls.ext", "-out", "tls.crt",
-    )  # fmt: skip
-    return directory / "tls.crt", directory / "tls.key", directory / "ca.crt"
 
 
 def client_config(url: str, ca_bundle: bytes) -> dict[str, Any]:
@@ -208,13 +172,3 @@ class WebhookSetup:
                 logger.warning("could not remove the webhook configuration: %s", error)
         if self._own_directory is not None:
             shutil.rmtree(self._own_directory, ignore_errors=True)
-
-
-async def inject_readiness_gate(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
-) -> None:
-    """Add the readiness gate to a new pod that exactly one policy selects."""
-    namespace = body.get("metadata", {}).get("namespace") or ""
-    gates = readiness_gates_with_ours(body, namespace, memo.operator.view.policies)
-    if gates is not None:
-        patch.setdefault("spec", {})["readinessGates"] = gates

@@ -12,10 +12,19 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from circuitgate_devkit.cluster.helm import (
+    CHART,
+    CRD_DIR,
+    NAMESPACE,
+    find,
+    helm,
+    kinds,
+    render,
+    render_error,
+)
+from circuitgate_devkit.cluster.helm import rules as granted
+from circuitgate_devkit.paths import REPO
 from circuitgate_operator.__main__ import parse_args
-from tests.chart.chart import CHART, CRD_DIR, NAMESPACE, find, helm, kinds, render, render_error
-from tests.chart.chart import rules as granted
-from tests.cluster.control_plane import REPO
 
 EVERYTHING: dict[str, Any] = {
     "replicas": 2,
@@ -287,14 +296,16 @@ def test_every_value_is_in_values_yaml_and_described_by_the_schema() -> None:
     assert not undescribed, f"values without a description in values.schema.json: {undescribed}"
 
 
-def test_readme_chart_values_reference_is_current(tmp_path: Path) -> None:
+def test_docs_chart_values_reference_is_current(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location(
         "gen_chart_reference", REPO / "hack" / "gen_chart_reference.py"
     )
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    assert generator.check(), "README.md is stale: run python hack/gen_chart_reference.py"
-    stale = tmp_path / "README.md"
-    stale.write_text((REPO / "README.md").read_text().replace("| `replicas` |", "| `replica` |"))
+    assert generator.check(), (
+        "docs/reference/chart-values.md is stale: run python hack/gen_chart_reference.py"
+    )
+    stale = tmp_path / "chart-values.md"
+    stale.write_text(generator.PAGE.read_text().replace("| `replicas` |", "| `replica` |"))
     assert not generator.check(stale)

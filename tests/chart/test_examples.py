@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_devkit.paths import REPO
 from circuitgate_operator.names import CONDITION_TYPE
-from tests.cluster.control_plane import REPO, ControlPlane
 
 EXAMPLES = REPO / "examples"
 MANIFESTS = EXAMPLES / "manifests"

@@ -1,5 +1,6 @@
-"""The images' recipes: the operator image installs exactly the lock, runs as non-root from a
-pinned base, and the lock agrees with pyproject.toml and the chart."""
+"""The images' recipes: each image holds one distribution; the operator image installs exactly
+the lock (no Celery), runs as non-root from a pinned base, and the lock agrees with
+operator/pyproject.toml and the chart."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 import yaml
 from packaging.requirements import Requirement
 
-from tests.chart.chart import CHART
-from tests.cluster.control_plane import REPO
+from circuitgate_devkit.cluster.helm import CHART
+from circuitgate_devkit.paths import REPO
 
 DOCKER = REPO / "docker"
 DOCKERFILES = [DOCKER / "operator.Dockerfile", REPO / "examples" / "worker" / "Dockerfile"]
@@ -29,16 +30,15 @@ def lock() -> dict[str, tuple[str, list[str]]]:
     return pins
 
 
-def project() -> dict[str, Any]:
-    data: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+def project(distribution: str = "operator") -> dict[str, Any]:
+    path = REPO / distribution / "pyproject.toml"
+    data: dict[str, Any] = tomllib.loads(path.read_text())["project"]
     return data
 
 
 def test_lock_pins_every_operator_dependency_within_pyproject_ranges() -> None:
     pins = lock()
-    meta = project()
-    wanted = [*meta["dependencies"], *meta["optional-dependencies"]["operator"]]
-    for line in wanted:
+    for line in project()["dependencies"]:
         requirement = Requirement(line)
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"{name} missing from docker/operator.lock: python docker/lock.py"
@@ -48,6 +48,26 @@ def test_lock_pins_every_operator_dependency_within_pyproject_ranges() -> None:
         assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
 
 
+def test_the_operator_image_holds_no_celery() -> None:
+    """The operator reads the workers' JSON document; Celery and its stack stay out of it."""
+    worker_stack = {"celery", "kombu", "billiard", "pybreaker", "amqp", "vine", "circuitgate"}
+    assert not worker_stack & lock().keys()
+    declared = {Requirement(line).name for line in project()["dependencies"]}
+    assert not worker_stack & declared
+
+
+def test_each_image_copies_only_its_own_distribution() -> None:
+    for dockerfile, own, other in [
+        (DOCKER / "operator.Dockerfile", "operator", "worker"),
+        (REPO / "examples" / "worker" / "Dockerfile", "worker", "operator"),
+    ]:
+        text = dockerfile.read_text()
+        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text()
+        assert f"COPY {own} ./{own}" in text and f"./{own} " in text, dockerfile
+        assert other not in ignore and f"COPY {other}" not in text, dockerfile
+        assert "COPY pyproject.toml" not in text, "the root pyproject is the dev workspace"
+
+
 def test_operator_image_installs_the_lock_with_hashes_and_checks_it() -> None:
     dockerfile = (DOCKER / "operator.Dockerfile").read_text()
     assert "COPY docker/operator.lock" in dockerfile
@@ -55,6 +75,7 @@ def test_operator_image_installs_the_lock_with_hashes_and_checks_it() -> None:
     assert "pip check" in dockerfile
     assert 'ENTRYPOINT ["circuitgate-operator"]' in dockerfile
     assert "circuitgate-operator" in project()["scripts"]
+    assert "apt-get" not in dockerfile, "no system packages: certificates come from cryptography"
 
 
 def test_images_are_non_root_from_a_pinned_base() -> None:

@@ -2,19 +2,13 @@
 ServiceAccount, and everything it made removed again by ``helm uninstall``.
 
 There is no kubelet and no scheduler, so the operator's pod stays pending; what runs the operator
-is a local process holding the chart's ServiceAccount token (see service_account.py).
+is a local process holding the chart's ServiceAccount token (see
+`circuitgate_devkit.cluster.service_accounts`). The real node suite (tests/node) runs it as a pod.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +19,13 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.chart.chart import CHART, NAMESPACE, RELEASE
-from tests.chart.service_account import refusals, service_account_kubeconfig
+from circuitgate_devkit.cluster.accounts import OperatorIdentity
+from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_devkit.cluster.helm import CHART, NAMESPACE, RELEASE
+from circuitgate_devkit.cluster.objects import OperatorProcess
+from circuitgate_devkit.cluster.service_accounts import service_account_kubeconfig
+from circuitgate_devkit.paths import REPO
 from tests.chart.test_chart import EVERYTHING, NAMESPACED
-from tests.cluster.control_plane import REPO, ControlPlane
 
 pytestmark = pytest.mark.cluster
 
@@ -178,15 +175,30 @@ def test_operator_runs_as_the_account_without_being_refused(
     release: Release, tmp_path: Path
 ) -> None:
     """A smoke test of the default permissions: the operator starts, lists and watches what
-    it serves, and nothing is forbidden. Every scenario of tests/operator runs as the account
-    of a release with all RBAC enabled too (tests/chart/operator_account.py)."""
+    it serves, reconciles a policy, and nothing is forbidden. Every scenario of tests/operator
+    runs as the account of a release with all RBAC enabled too
+    (`circuitgate_devkit.cluster.accounts`)."""
     kubeconfig = service_account_kubeconfig(
         release.control_plane, NAMESPACE, RELEASE, tmp_path / "kubeconfig"
     )
-    with _operator(kubeconfig, tmp_path / "operator.log") as log:
-        time.sleep(3)  # let every watch stream start and any refusal be logged
-        text = log.read_text(errors="replace")
-    assert not refusals(text), text
+    identity = OperatorIdentity(kubeconfig, ACCOUNT, f"{RELEASE}.{NAMESPACE}", ())
+    policy = {
+        "apiVersion": "circuitgate.io/v1alpha1", "kind": "CircuitPolicy",
+        "metadata": {"name": "smoke", "namespace": NAMESPACE},
+        "spec": {"selector": {"matchLabels": {"app": "none"}}, "endpoint": {"port": 9808}},
+    }  # fmt: skip
+    release.control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(policy))
+    operator = OperatorProcess(identity, tmp_path).start()
+    try:
+        # Two reconciles of the policy: by then every watch has started and been answered.
+        operator.settle(f"{NAMESPACE}/smoke")
+        assert not operator.refusals(), operator.tail()
+        # Deleted while the operator runs, so it takes its finalizer off.
+        release.control_plane.kubectl(
+            "delete", "circuitpolicy", "smoke", "-n", NAMESPACE, "--timeout=30s"
+        )
+    finally:
+        operator.stop()
 
 
 def test_watched_namespaces_grant_exactly_the_checked_in_list(release: Release) -> None:
@@ -276,39 +288,3 @@ def check_permissions(name: str, actual: str) -> None:
         f"the account's permissions differ from {PERMISSIONS.relative_to(REPO)} ({name}); if the "
         "change is meant, regenerate it (see its header) and review the difference"
     )
-
-
-@contextlib.contextmanager
-def _operator(kubeconfig: Path, log: Path) -> Iterator[Path]:
-    """``python -m circuitgate_operator`` as the account, until its health endpoint answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = [
-        sys.executable, "-m", "circuitgate_operator", "--all-namespaces", "--standalone",
-        "--liveness", f"http://127.0.0.1:{port}/healthz",
-    ]  # fmt: skip
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"operator exited:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"operator not healthy:\n{log.read_text()}"
-                time.sleep(0.1)
-        yield log
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)

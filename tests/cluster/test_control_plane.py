@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.control_plane import ControlPlane, pinned_versions
+from circuitgate_devkit.cluster.control_plane import ControlPlane, pinned_versions
+from circuitgate_devkit.waiting import eventually
 
 pytestmark = pytest.mark.cluster
-
-
-def eventually(check: Callable[[], bool], *, timeout: float = 60, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.2)
 
 
 def gone(read: Callable[[], object]) -> bool:
@@ -48,6 +40,8 @@ def test_controller_manager_runs_the_controllers_tests_need(
         # serviceaccount-controller
         eventually(
             lambda: not gone(lambda: core.read_namespaced_service_account("default", namespace)),
+            timeout=60,
+            interval=0.2,
             what="the default ServiceAccount is created",
         )
         # garbage-collector-controller
@@ -66,11 +60,15 @@ def test_controller_manager_runs_the_controllers_tests_need(
         core.delete_namespaced_config_map("owner", namespace)
         eventually(
             lambda: gone(lambda: core.read_namespaced_config_map("dependent", namespace)),
+            timeout=60,
+            interval=0.2,
             what="the garbage collector deletes the dependent",
         )
         # namespace-controller
         core.delete_namespace(namespace)
         eventually(
             lambda: gone(lambda: core.read_namespace(namespace)),
+            timeout=60,
+            interval=0.2,
             what="the namespace controller finishes deleting the namespace",
         )

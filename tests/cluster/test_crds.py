@@ -17,7 +17,8 @@ from kubernetes import client
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.control_plane import REPO, ControlPlane
+from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_devkit.paths import REPO
 
 pytestmark = pytest.mark.cluster
 
@@ -318,11 +319,13 @@ def test_kubectl_get_shows_the_columns(
     )
 
 
-def test_readme_policy_reference_matches_the_crd() -> None:
+def test_docs_policy_reference_matches_the_crd() -> None:
     spec = importlib.util.spec_from_file_location(
         "gen_crd_reference", REPO / "hack" / "gen_crd_reference.py"
     )
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    assert generator.check(), "README.md is stale: run python hack/gen_crd_reference.py"
+    assert generator.check(), (
+        "docs/reference/circuitpolicy.md is stale: run python hack/gen_crd_reference.py"
+    )

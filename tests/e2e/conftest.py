@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart import CHART
-from tests.cluster.control_plane import REPO, default_bin_dir
+from circuitgate_devkit.cluster.control_plane import default_bin_dir
+from circuitgate_devkit.cluster.helm import CHART
+from circuitgate_devkit.paths import REPO
 
 # kind is built from its Go module, like the control plane; its default node image (pinned by
 # digest in this version) is Kubernetes v1.37.0.

@@ -9,61 +9,29 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 import yaml
 
-from tests.cluster.control_plane import REPO
+from circuitgate_devkit.cluster.examples import example_objects
+from circuitgate_devkit.waiting import eventually
 from tests.e2e.conftest import OPERATOR_NAMESPACE, REDIS_IMAGE, WORKER_IMAGE
 
 pytestmark = pytest.mark.e2e
 
 NAMESPACE = "workers"
-MANIFESTS = REPO / "examples" / "manifests"
 T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}; last: {last!r}")
-
-
-def example_objects() -> list[dict[str, Any]]:
-    """examples/manifests/ with this suite's images, short tasks, and node remediation on
-    after two trips on a node (the example's policy keeps it off)."""
-    objects = []
-    for path in sorted(MANIFESTS.glob("*.yaml")):
-        objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    for item in objects:
-        if item["kind"] == "Deployment":
-            for container in item["spec"]["template"]["spec"]["containers"]:
-                container["imagePullPolicy"] = "Never"
-                if item["metadata"]["name"] == "redis":
-                    container["image"] = REDIS_IMAGE
-                else:
-                    container["image"] = WORKER_IMAGE
-                    container["env"].append({"name": "EXAMPLE_TASK_SECONDS", "value": "3"})
-        if item["kind"] == "CircuitPolicy":
-            item["spec"]["nodeRemediation"].update(
-                enabled=True, tripThreshold=2, minDistinctPods=1, cooldownSeconds=3600
-            )
-    return objects
 
 
 @pytest.fixture(scope="module")
 def workers(kind_cluster: Any, operator: str) -> Iterator[list[str]]:
     """The example workers Ready (the operator opened their readiness gate); their pod names."""
     kind_cluster.kubectl("create", "namespace", NAMESPACE)
-    documents = yaml.safe_dump_all(example_objects())
+    documents = yaml.safe_dump_all(
+        example_objects(worker_image=WORKER_IMAGE, redis_image=REDIS_IMAGE)
+    )
     kind_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=documents)
     try:
         kind_cluster.kubectl(
@@ -120,6 +88,7 @@ def test_a_broken_worker_is_marked_unready_its_node_cordoned_and_it_recovers(
     eventually(
         lambda: condition(pod(kind_cluster, broken), "Ready") == "False",
         timeout=120,
+        interval=2,
         what="the broken pod unready",
     )
     assert condition(pod(kind_cluster, broken), "circuitgate.io/circuit-closed") == "False"
@@ -139,7 +108,7 @@ def test_a_broken_worker_is_marked_unready_its_node_cordoned_and_it_recovers(
         spec = json.loads(kind_cluster.kubectl("get", "node", node, "-o", "json"))["spec"]
         return bool(spec.get("unschedulable"))
 
-    eventually(cordoned, timeout=240, what=f"node {node} cordoned")
+    eventually(cordoned, timeout=240, interval=2, what=f"node {node} cordoned")
     taints = json.loads(kind_cluster.kubectl("get", "node", node, "-o", "json"))["spec"]["taints"]
     assert "circuitgate.io/tripped" in {t["key"] for t in taints}
     assert "NodeCordoned" in reasons(kind_cluster, "default", node)
@@ -149,6 +118,7 @@ def test_a_broken_worker_is_marked_unready_its_node_cordoned_and_it_recovers(
     eventually(
         lambda: condition(pod(kind_cluster, broken), "Ready") == "True",
         timeout=300,
+        interval=2,
         what="the repaired pod Ready again",
     )
     assert "PodMarkedReady" in reasons(kind_cluster, NAMESPACE, broken)

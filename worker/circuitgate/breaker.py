@@ -100,6 +100,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._wall_clock = wall_clock
         self._rand = rand
         self._tokens = itertools.count()
+        self.polls = 0
+        """Times this process asked `fetch_allowed` (the consumer's polls, in the main process)."""
 
     # -- reading -------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         it is overdue (``open_until`` holds the trial's deadline then). Forced open: never
         (``open_until`` is infinite).
         """
+        self.polls += 1
         state, open_until = self.shared.gate_view()
         return state.flowing or self._clock() >= open_until
 

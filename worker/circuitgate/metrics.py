@@ -46,6 +46,12 @@ class BreakerCollector(Collector):
         trials = CounterMetricFamily(
             "circuitgate_trials", "Half-open trial outcomes.", labels=["breaker", "outcome"]
         )
+        # A poll is a chance to fetch: "N polls and nothing ran" is proof without a sleep.
+        polls = CounterMetricFamily(
+            "circuitgate_gate_polls",
+            "Times the consumer asked whether it may fetch.",
+            labels=["breaker"],
+        )
         for breaker in self._breakers():
             name = breaker.name or "default"
             snapshot = breaker.snapshot()
@@ -60,7 +66,8 @@ class BreakerCollector(Collector):
             handed_back.add_metric([name, "failed"], snapshot.handed_back_total)
             trials.add_metric([name, "success"], snapshot.trial_successes)
             trials.add_metric([name, "failure"], snapshot.trial_failures)
-        yield from (state, failures, outcomes, trips, paused, handed_back, trials)
+            polls.add_metric([name], breaker.polls)
+        yield from (state, failures, outcomes, trips, paused, handed_back, trials, polls)
 
 
 def render_metrics(breakers: Callable[[], Sequence[SharedCircuitBreaker]]) -> Callable[[], bytes]:

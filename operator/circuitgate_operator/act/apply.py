@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from ..clock import parse_time
-from ..decide.circuit_state import status_patch
 from ..decide.intents import (
+    Action,
     CircuitStateDelete,
     CircuitStateWrite,
     ConditionWrite,
@@ -24,18 +24,27 @@ from ..decide.intents import (
     Eviction,
     NodeChange,
     Plan,
+    PolicyStatusWrite,
 )
-from ..model import POLICY_LABEL
-from ..names import CONDITION_TYPE, GROUP, VERSION
 from ..view import ClusterView
 from .api import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi
 from .events import EventRecorder
+from .requests import (
+    circuit_state_body,
+    circuit_state_status,
+    circuit_states_path,
+    condition_patch,
+    eviction_body,
+    node_patch,
+    policy_status_patch,
+    policy_status_path,
+)
 
 __all__ = ("Applier", "ApplyResult")
 
 logger = logging.getLogger(__name__)
 
-_CUSTOM = f"/apis/{GROUP}/{VERSION}/namespaces"
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,9 +54,9 @@ class ApplyResult:
     conflicts: int = 0
     evicted: list[str] = field(default_factory=list)
     eviction_blocked: list[str] = field(default_factory=list)
-    actions: dict[str, int] = field(default_factory=dict)
+    actions: dict[Action, int] = field(default_factory=dict)
 
-    def count(self, action: str) -> None:
+    def count(self, action: Action) -> None:
         self.actions[action] = self.actions.get(action, 0) + 1
 
 
@@ -88,7 +97,7 @@ class Applier:
         await asyncio.gather(*jobs)
         return result
 
-    def post(self, events: tuple[EventIntent, ...] | list[EventIntent]) -> None:
+    def post(self, events: tuple[EventIntent, ...]) -> None:
         for event in events:
             self.recorder.post(event)
 
@@ -96,8 +105,8 @@ class Applier:
         self,
         result: ApplyResult,
         what: str,
-        fn: Callable[[Any, ApplyResult], Awaitable[None]],
-        item: Any,
+        fn: Callable[[T, ApplyResult], Awaitable[None]],
+        item: T,
     ) -> None:
         async with self._limit:
             try:
@@ -114,21 +123,7 @@ class Applier:
                 logger.exception("%s failed", what)
 
     async def _condition(self, write: ConditionWrite, result: ApplyResult) -> None:
-        condition = write.condition
-        body = {
-            "status": {
-                "conditions": [
-                    {
-                        "type": CONDITION_TYPE,
-                        "status": condition.status,
-                        "reason": condition.reason,
-                        "message": condition.message,
-                        "lastTransitionTime": condition.last_transition_time,
-                        "lastProbeTime": None,
-                    }
-                ]
-            }
-        }
+        body = condition_patch(write)
         answer = await self.api.request(
             "PATCH",
             f"/api/v1/namespaces/{write.namespace}/pods/{write.pod}/status",
@@ -136,7 +131,7 @@ class Applier:
             content_type=STRATEGIC_MERGE_PATCH,
         )
         result.writes += 1
-        result.count("mark_unready" if write.marks_unready else "mark_ready")
+        result.count(write.action)
         self.view.pods.observe(answer, ours=True)
         if write.marks_unready and self.on_unready is not None:
             opened = parse_time(write.opened_at)
@@ -145,28 +140,10 @@ class Applier:
         self.post(write.events)
 
     async def _circuit_state(self, write: CircuitStateWrite, result: ApplyResult) -> None:
-        base = f"{_CUSTOM}/{write.namespace}/circuitstates"
+        base = circuit_states_path(write.namespace)
         observed = write.observed
         if write.create:
-            body = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "CircuitState",
-                "metadata": {
-                    "name": write.name,
-                    "namespace": write.namespace,
-                    "labels": {POLICY_LABEL: write.policy},
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Pod",
-                            "name": write.name,
-                            "uid": write.pod_uid,
-                            "blockOwnerDeletion": False,
-                        }
-                    ],
-                },
-                "spec": {},
-            }
+            body = circuit_state_body(write)
             try:
                 created = await self.api.request("POST", base, body=body)
             except ApiError as error:
@@ -177,7 +154,7 @@ class Applier:
             else:
                 result.writes += 1
             self.view.circuit_states.observe(created)
-        patch = {"status": status_patch(write.status, observed)}
+        patch = circuit_state_status(write, observed)
         answer = await self.api.request(
             "PATCH", f"{base}/{write.name}/status", body=patch, content_type=MERGE_PATCH
         )
@@ -188,7 +165,7 @@ class Applier:
     async def _delete_state(self, delete: CircuitStateDelete, result: ApplyResult) -> None:
         try:
             await self.api.request(
-                "DELETE", f"{_CUSTOM}/{delete.namespace}/circuitstates/{delete.name}"
+                "DELETE", f"{circuit_states_path(delete.namespace)}/{delete.name}"
             )
             result.writes += 1
         except ApiError as error:
@@ -197,17 +174,7 @@ class Applier:
         self.view.circuit_states.forget(delete.namespace, delete.name)
 
     async def _node(self, change: NodeChange, result: ApplyResult) -> None:
-        metadata: dict[str, Any] = {"annotations": change.annotations}
-        if change.resource_version:
-            metadata["resourceVersion"] = change.resource_version
-        body: dict[str, Any] = {"metadata": metadata}
-        spec: dict[str, Any] = {}
-        if change.unschedulable is not None:
-            spec["unschedulable"] = change.unschedulable
-        if change.taints is not None:
-            spec["taints"] = [taint.to_json() for taint in change.taints]
-        if spec:
-            body["spec"] = spec
+        body = node_patch(change)
         answer = await self.api.request(
             "PATCH", f"/api/v1/nodes/{change.node}", body=body, content_type=MERGE_PATCH
         )
@@ -217,13 +184,7 @@ class Applier:
         self.post(change.events)
 
     async def _evict(self, eviction: Eviction, result: ApplyResult) -> None:
-        body = {
-            "apiVersion": "policy/v1",
-            "kind": "Eviction",
-            "metadata": {"name": eviction.pod, "namespace": eviction.namespace},
-        }
-        if eviction.uid:
-            body["deleteOptions"] = {"preconditions": {"uid": eviction.uid}}
+        body = eviction_body(eviction)
         path = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}/eviction"
         try:
             await self.api.request("POST", path, body=body)
@@ -235,15 +196,15 @@ class Applier:
                 return
             raise
         result.writes += 1
-        result.count("evict")
+        result.count(eviction.action)
         result.evicted.append(eviction.pod)
+        self.post(eviction.events)
 
-    async def _policy_status(self, write: Any, result: ApplyResult) -> None:
-        patch = {"status": status_patch(write.status, write.observed)}
+    async def _policy_status(self, write: PolicyStatusWrite, result: ApplyResult) -> None:
         answer = await self.api.request(
             "PATCH",
-            f"{_CUSTOM}/{write.namespace}/circuitpolicies/{write.name}/status",
-            body=patch,
+            policy_status_path(write.namespace, write.name),
+            body=policy_status_patch(write),
             content_type=MERGE_PATCH,
         )
         result.writes += 1

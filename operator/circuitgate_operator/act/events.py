@@ -19,7 +19,7 @@ from ..clock import rfc3339
 from ..decide.intents import EventIntent
 from .api import MERGE_PATCH, ApiError, KubeApi
 
-__all__ = ("EventRecorder", "event_name")
+__all__ = ("EventRecorder", "event_body", "event_name")
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ REPORTING_COMPONENT = "circuitgate.io/operator"
 
 
 def event_name(intent: EventIntent) -> str:
+    """One name per object, type, reason and message: a repeat is the same Event."""
     ref = intent.ref
     digest = hashlib.sha256(
         "\0".join(
@@ -35,6 +36,33 @@ def event_name(intent: EventIntent) -> str:
         ).encode()
     ).hexdigest()[:16]
     return f"{ref.name[:200]}.{digest}"
+
+
+def event_body(
+    intent: EventIntent, name: str, namespace: str, stamp: str, instance: str
+) -> dict[str, object]:
+    """A new core/v1 Event, counted once, reported by this operator replica (``instance``)."""
+    ref = intent.ref
+    involved = {"apiVersion": ref.api_version, "kind": ref.kind, "name": ref.name}
+    if ref.namespace:
+        involved["namespace"] = ref.namespace
+    if ref.uid:
+        involved["uid"] = ref.uid
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": involved,
+        "reason": intent.reason,
+        "message": intent.message[:1024],
+        "type": intent.type,
+        "count": 1,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "source": {"component": COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": instance[:128],
+    }
 
 
 class EventRecorder:
@@ -94,7 +122,9 @@ class EventRecorder:
                 if error.status != 404:  # expired (Events live an hour): create it again
                     raise
         try:
-            await self.api.request("POST", path, body=self._body(intent, name, namespace, stamp))
+            await self.api.request(
+                "POST", path, body=event_body(intent, name, namespace, stamp, self.instance)
+            )
             self._remember(name, 1)
         except ApiError as error:
             if error.status != 409:
@@ -118,28 +148,3 @@ class EventRecorder:
         self._counts[name] = count
         while len(self._counts) > self.remember:
             del self._counts[next(iter(self._counts))]
-
-    def _body(
-        self, intent: EventIntent, name: str, namespace: str, stamp: str
-    ) -> dict[str, object]:
-        ref = intent.ref
-        involved = {"apiVersion": ref.api_version, "kind": ref.kind, "name": ref.name}
-        if ref.namespace:
-            involved["namespace"] = ref.namespace
-        if ref.uid:
-            involved["uid"] = ref.uid
-        return {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": namespace},
-            "involvedObject": involved,
-            "reason": intent.reason,
-            "message": intent.message[:1024],
-            "type": intent.type,
-            "count": 1,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "source": {"component": COMPONENT},
-            "reportingComponent": REPORTING_COMPONENT,
-            "reportingInstance": self.instance[:128],
-        }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ("apply_cap", "cap_allows", "resolve_cap", "storm_reached")
+__all__ = ("Cap", "apply_cap", "cap_allows", "resolve_cap", "storm_reached")
 
 T = TypeVar("T")
 
@@ -57,3 +58,17 @@ def storm_reached(threshold: int | str, total: int, tripped: int) -> bool:
     if isinstance(threshold, str) and threshold.isdigit():
         return tripped >= max(int(threshold), 1)
     return False
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One safety cap as it stands: its value (count or percentage) of ``total`` objects, with
+    ``held`` objects already held (counted before acting, so it is never overshot)."""
+
+    value: int | str
+    total: int
+    held: int
+
+    def split(self, candidates: Sequence[T]) -> tuple[list[T], list[T]]:
+        """Candidates in priority order: those it allows, and those it holds back."""
+        return apply_cap(candidates, self.value, self.total, self.held)

@@ -1,15 +1,25 @@
-"""The CircuitState a pod should have, given the last reading, and the Events its change means."""
+"""The CircuitState each watched pod should have, given its last reading, and the Events its
+change means; the policy's CircuitStates of pods it no longer watches go."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..contract import Reading
+from ..clock import rfc3339
+from ..contract import BreakerState, Reading
 from ..model import PodView
-from .intents import EventIntent, ObjectRef
+from .intents import CircuitStateDelete, CircuitStateWrite, EventIntent, Plan, pod_ref
+from .observation import PolicyObservation
+from .readiness import restore
 
-__all__ = ("circuit_events", "desired_circuit_state", "status_patch")
+__all__ = (
+    "circuit_events",
+    "desired_circuit_state",
+    "plan_circuit_states",
+    "plan_orphans",
+    "status_patch",
+)
 
 # Carried over from the last good reading while the endpoint cannot be read: an unreachable
 # worker has not forgotten its trips.
@@ -74,9 +84,9 @@ def circuit_events(
     state = status["state"]
     if state == previous_state:
         return []
-    ref = ObjectRef("Pod", pod.name, pod.namespace, pod.uid)
+    ref = pod_ref(pod)
     breaker = status.get("breaker") or "?"
-    if state == "open":
+    if state == BreakerState.OPEN:
         until = status.get("mayCloseAt")
         message = (
             f"breaker {breaker} opened (trips {status.get('trips', 0)}, "
@@ -84,17 +94,82 @@ def circuit_events(
         )
         message += f"; may close at {until}" if until else ""
         return [EventIntent(ref, "CircuitOpened", message, "Warning")]
-    if state == "forced_open":
+    if state == BreakerState.FORCED_OPEN:
         return [EventIntent(ref, "CircuitOpened", f"breaker {breaker} forced open", "Warning")]
-    if state == "half_open":
+    if state == BreakerState.HALF_OPEN:
         return [
             EventIntent(ref, "CircuitHalfOpen", f"breaker {breaker} half-open: a trial task runs")
         ]
-    if state in ("closed", "forced_closed"):
+    if state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED):
         if previous_state is None:
             return []
-        how = "forced closed" if state == "forced_closed" else "closed"
+        how = "forced closed" if state == BreakerState.FORCED_CLOSED else "closed"
         return [EventIntent(ref, "CircuitClosed", f"breaker {breaker} {how}")]
     endpoint = status.get("endpoint") or {}
     message = f"{endpoint.get('url', '?')}: {endpoint.get('reason', 'no usable answer')}"
     return [EventIntent(ref, "EndpointUnreachable", message, "Warning")]
+
+
+def plan_circuit_states(
+    plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]
+) -> dict[str, dict[str, Any]]:
+    """Plan the watched pods' CircuitStates; return each one's status as it will be (none for a
+    pod that has no state yet)."""
+    stamp = rfc3339(obs.now)
+    states: dict[str, dict[str, Any]] = {}
+    for pod in matched:
+        status = _plan_circuit_state(plan, obs, pod, stamp)
+        if status is not None:
+            states[pod.name] = status
+    return states
+
+
+def _plan_circuit_state(
+    plan: Plan, obs: PolicyObservation, pod: PodView, stamp: str
+) -> dict[str, Any] | None:
+    observed = obs.circuit_states.get(pod.name)
+    if observed is not None and (
+        (observed.owner_uid and observed.owner_uid != pod.uid) or observed.policy != obs.policy.name
+    ):
+        # Left by an earlier pod of the same name (the garbage collector may be slower) or
+        # by another policy: remove it, and write ours once it is gone.
+        plan.circuit_state_deletes.append(CircuitStateDelete(pod.namespace, pod.name))
+        return None
+    reading = obs.reading(pod)
+    if reading is None:
+        return dict(observed.status) if observed is not None and observed.status else None
+    previous = observed.status if observed is not None else None
+    status = desired_circuit_state(
+        pod=pod, policy=obs.policy.name, reading=reading, previous=previous, now=stamp
+    )
+    if observed is None or dict(observed.status) != status:
+        events = circuit_events(pod, previous.get("state") if previous else None, status)
+        plan.circuit_states.append(
+            CircuitStateWrite(
+                namespace=pod.namespace,
+                name=pod.name,
+                pod_uid=pod.uid,
+                policy=obs.policy.name,
+                status=status,
+                create=observed is None,
+                observed=dict(previous or {}),
+                events=tuple(events),
+            )
+        )
+    return status
+
+
+def plan_orphans(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]) -> None:
+    """CircuitStates of this policy whose pod it no longer watches: give the pod's condition
+    back and remove the state."""
+    stamp = rfc3339(obs.now)
+    watched = {pod.name for pod in matched}
+    for name, state in sorted(obs.circuit_states.items()):
+        if state.policy != obs.policy.name or name in watched:
+            continue
+        pod = obs.pods.get(name)
+        if pod is not None and pod.running:
+            write = restore(pod, stamp, "no longer watched by policy " + obs.policy.name)
+            if write is not None:
+                plan.conditions.append(write)
+        plan.circuit_state_deletes.append(CircuitStateDelete(state.namespace, name))

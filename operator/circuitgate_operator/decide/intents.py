@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from ..model import Condition, Taint
+from ..model import Condition, NodeView, PodView, PolicyView, Taint
+from ..names import GROUP, VERSION
 
 __all__ = (
+    "Action",
+    "Cause",
     "CircuitStateDelete",
     "CircuitStateWrite",
     "ConditionWrite",
     "EventIntent",
     "Eviction",
+    "NodeAction",
     "NodeChange",
     "ObjectRef",
     "Plan",
     "PolicyStatusWrite",
+    "node_ref",
+    "pod_ref",
+    "policy_ref",
 )
+
+# What a NodeChange does to a node.
+NodeAction = Literal["cordon", "uncordon", "release"]
+# The changes the operator counts (the actions metric) and may hold back.
+Action = Literal["mark_unready", "mark_ready", "evict"] | NodeAction
+# Why an action was held back; "budget" (a PodDisruptionBudget refused an eviction) is known
+# only once the plan is applied.
+Cause = Literal["paused", "storm", "cap", "dry_run", "budget"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,20 @@ class ObjectRef:
     api_version: str = "v1"
 
 
+def pod_ref(pod: PodView) -> ObjectRef:
+    return ObjectRef("Pod", pod.name, pod.namespace, pod.uid)
+
+
+def node_ref(node: NodeView) -> ObjectRef:
+    return ObjectRef("Node", node.name, "", node.uid)
+
+
+def policy_ref(policy: PolicyView) -> ObjectRef:
+    return ObjectRef(
+        "CircuitPolicy", policy.name, policy.namespace, policy.uid, f"{GROUP}/{VERSION}"
+    )
+
+
 @dataclass(frozen=True)
 class EventIntent:
     ref: ObjectRef
@@ -41,7 +70,8 @@ class EventIntent:
 
 @dataclass(frozen=True)
 class ConditionWrite:
-    """Set the readiness-gate condition of a pod."""
+    """Set the readiness-gate condition of a pod. ``first``: the pod has none yet, so a first
+    True changes nothing a Service sees (and without it the gate keeps the pod unready)."""
 
     namespace: str
     pod: str
@@ -49,6 +79,15 @@ class ConditionWrite:
     marks_unready: bool = False
     opened_at: str | None = None
     events: tuple[EventIntent, ...] = ()
+    first: bool = False
+
+    @property
+    def action(self) -> Action:
+        return "mark_unready" if self.marks_unready else "mark_ready"
+
+    @property
+    def first_true(self) -> bool:
+        return self.first and self.condition.status == "True"
 
 
 @dataclass(frozen=True)
@@ -77,7 +116,7 @@ class NodeChange:
     so a concurrent change by someone else fails the patch instead of being overwritten."""
 
     node: str
-    action: str  # "cordon", "uncordon", "release"
+    action: NodeAction
     unschedulable: bool | None
     taints: tuple[Taint, ...] | None
     annotations: dict[str, str | None]
@@ -92,6 +131,11 @@ class Eviction:
     pod: str
     node: str
     uid: str = ""
+    events: tuple[EventIntent, ...] = ()
+
+    @property
+    def action(self) -> Action:
+        return "evict"
 
 
 @dataclass(frozen=True)
@@ -114,8 +158,8 @@ class Plan:
     evictions: list[Eviction] = field(default_factory=list)
     events: list[EventIntent] = field(default_factory=list)
     policy_status: PolicyStatusWrite | None = None
-    suppressed: dict[tuple[str, str], int] = field(default_factory=dict)
+    suppressed: dict[tuple[Action, Cause], int] = field(default_factory=dict)
 
-    def suppress(self, action: str, cause: str, count: int = 1) -> None:
+    def suppress(self, action: Action, cause: Cause, count: int = 1) -> None:
         key = (action, cause)
         self.suppressed[key] = self.suppressed.get(key, 0) + count

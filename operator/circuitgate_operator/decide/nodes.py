@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ..clock import parse_time, rfc3339
 from ..model import NodeRemediation, NodeView, Taint
-from .intents import NodeChange
+from .intents import NodeAction, NodeChange
 
 __all__ = (
     "CORDONED_AT",
@@ -46,9 +47,9 @@ class Trip:
 
 @dataclass(frozen=True)
 class NodeDecision:
-    """``action``: none, cordon, hold (ours, cooling down), uncordon, release."""
+    """``action``: none, hold (ours, cooling down), or the NodeAction of ``change``."""
 
-    action: str
+    action: NodeAction | Literal["none", "hold"]
     reason: str
     change: NodeChange | None = None
 

@@ -1,16 +1,38 @@
-"""The readiness-gate condition a gated pod should carry, from its circuit's state."""
+"""The readiness-gate condition a watched pod should carry, from its circuit's state, and the
+condition writes of one policy: marks unready, restores and first Trues.
+
+Planned as if nothing held them back; `restraint` then applies the pause, the storm brake,
+the unready-pods cap and a dry run to them, once for the whole Plan.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..clock import rfc3339
+from ..contract import BreakerState
 from ..model import Condition, PodView
 from ..names import CONDITION_TYPE
+from .caps import Cap
+from .intents import ConditionWrite, EventIntent, Plan, pod_ref
+from .observation import PolicyObservation
 
-__all__ = ("UNREADY_STATES", "decide_readiness", "same_condition")
+__all__ = (
+    "OUR_UNREADY_REASONS",
+    "condition_write",
+    "decide_readiness",
+    "first_condition",
+    "plan_overlaps",
+    "plan_readiness",
+    "restore",
+    "same_condition",
+    "unready_cap",
+)
 
-UNREADY_STATES = frozenset({"open", "forced_open"})
+# Reasons of the False conditions circuitgate writes; a False condition with another reason
+# was not written by us and is not ours to restore.
+OUR_UNREADY_REASONS = frozenset({"CircuitOpen", "CircuitForcedOpen"})
 
 
 def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condition | None:
@@ -21,20 +43,20 @@ def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condi
     endpoint is not evidence of a trip, except that a gated pod with no condition yet gets
     True at once: without the condition it could never become Ready.
     """
-    state = status.get("state", "unknown")
+    state = status.get("state", BreakerState.UNKNOWN)
     breaker = status.get("breaker") or "?"
     current = pod.gate_condition
-    if state == "open":
+    if state == BreakerState.OPEN:
         until = status.get("mayCloseAt")
         message = f"breaker {breaker} is open" + (f" until {until}" if until else "")
         wanted = ("False", "CircuitOpen", message)
-    elif state == "forced_open":
+    elif state == BreakerState.FORCED_OPEN:
         wanted = ("False", "CircuitForcedOpen", f"breaker {breaker} is forced open")
-    elif state == "half_open":
+    elif state == BreakerState.HALF_OPEN:
         wanted = ("True", "CircuitHalfOpen", f"breaker {breaker} is half-open")
-    elif state == "forced_closed":
+    elif state == BreakerState.FORCED_CLOSED:
         wanted = ("True", "CircuitForcedClosed", f"breaker {breaker} is forced closed")
-    elif state == "closed":
+    elif state == BreakerState.CLOSED:
         wanted = ("True", "CircuitClosed", f"breaker {breaker} is closed")
     elif current is None:
         wanted = ("True", "CircuitNotRead", "the breaker endpoint has not been read yet")
@@ -55,3 +77,116 @@ def same_condition(current: Condition | None, wanted: Condition) -> bool:
         wanted.reason,
         wanted.message,
     )
+
+
+def condition_write(
+    pod: PodView,
+    condition: Condition,
+    *,
+    marks_unready: bool = False,
+    opened_at: str | None = None,
+    events: tuple[EventIntent, ...] = (),
+) -> ConditionWrite:
+    return ConditionWrite(
+        pod.namespace,
+        pod.name,
+        condition,
+        marks_unready=marks_unready,
+        opened_at=opened_at,
+        events=events,
+        first=pod.gate_condition is None,
+    )
+
+
+def restore(pod: PodView, stamp: str, why: str) -> ConditionWrite | None:
+    """Put back a False condition that circuitgate wrote, as True."""
+    current = pod.gate_condition
+    if current is None or current.status != "False" or current.reason not in OUR_UNREADY_REASONS:
+        return None
+    condition = Condition(CONDITION_TYPE, "True", "CircuitgateReleased", why, stamp)
+    return condition_write(
+        pod, condition, events=(EventIntent(pod_ref(pod), "PodMarkedReady", why),)
+    )
+
+
+def first_condition(pod: PodView, reason: str, why: str, stamp: str) -> ConditionWrite | None:
+    """True for a gated pod that has no condition yet: nobody else will ever set it."""
+    if not pod.gated or pod.gate_condition is not None:
+        return None
+    return condition_write(pod, Condition(CONDITION_TYPE, "True", reason, why, stamp))
+
+
+def unready_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
+    """The unready-pods cap: a percentage of the watched pods, counting those unready now."""
+    held = sum(
+        1 for p in matched if p.gate_condition is not None and p.gate_condition.status == "False"
+    )
+    return Cap(obs.policy.spec.safety.max_unready_pods, len(matched), held)
+
+
+def plan_readiness(
+    plan: Plan,
+    obs: PolicyObservation,
+    matched: Sequence[PodView],
+    states: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Plan each watched pod's condition from its circuit's state. New unready marks come
+    last, oldest opening first: the order in which a cap lets them through."""
+    policy, spec = obs.policy, obs.policy.spec
+    stamp = rfc3339(obs.now)
+    marks: list[tuple[str, ConditionWrite]] = []
+    for pod in matched:
+        if not pod.gated:
+            if spec.readiness_enabled:
+                message = (
+                    f"selected by policy {policy.name} but has no readiness gate "
+                    f"{CONDITION_TYPE}; circuitgate cannot mark it unready"
+                )
+                plan.events.append(
+                    EventIntent(pod_ref(pod), "ReadinessGateMissing", message, "Warning")
+                )
+            continue
+        if not spec.readiness_enabled:
+            why = f"readiness is disabled in policy {policy.name}"
+            write = restore(pod, stamp, why) or first_condition(
+                pod, "ReadinessDisabled", why, stamp
+            )
+            if write is not None:
+                plan.conditions.append(write)
+            continue
+        if pod.uid in obs.first_read_pending and pod.name not in states:
+            continue
+        status = states.get(pod.name, {"state": BreakerState.UNKNOWN})
+        wanted = decide_readiness(pod, status, stamp)
+        current = pod.gate_condition
+        if wanted is None or same_condition(current, wanted):
+            continue
+        if wanted.status == "False" and (current is None or current.status != "False"):
+            opened_at = str(status.get("openedAt") or "")
+            event = EventIntent(pod_ref(pod), "PodMarkedUnready", wanted.message, "Warning")
+            write = condition_write(
+                pod, wanted, marks_unready=True, opened_at=opened_at or None, events=(event,)
+            )
+            marks.append((opened_at, write))
+            continue
+        events: tuple[EventIntent, ...] = ()
+        if current is not None and current.status == "False" and wanted.status == "True":
+            events = (EventIntent(pod_ref(pod), "PodMarkedReady", wanted.message),)
+        plan.conditions.append(condition_write(pod, wanted, events=events))
+    marks.sort(key=lambda mark: (mark[0], mark[1].pod))
+    plan.conditions.extend(write for _, write in marks)
+
+
+def plan_overlaps(plan: Plan, obs: PolicyObservation) -> None:
+    """Pods two or more policies select are watched by none: the first of those policies says
+    so, and gives a gated pod its first condition (its gate would keep it unready for ever)."""
+    stamp = rfc3339(obs.now)
+    for name, policies in sorted(obs.overlapping.items()):
+        if not policies or policies[0] != obs.policy.name or name not in obs.pods:
+            continue
+        pod = obs.pods[name]
+        message = f"selected by policies {', '.join(policies)}; none of them watches it"
+        plan.events.append(EventIntent(pod_ref(pod), "OverlappingPolicies", message, "Warning"))
+        first = first_condition(pod, "OverlappingPolicies", message, stamp)
+        if first is not None and pod.running:
+            plan.conditions.append(first)

@@ -41,23 +41,27 @@ async def fetch_reading(
         async with asyncio.timeout(limit):
             async with session.get(url, params=params, allow_redirects=False) as response:
                 if response.status != 200:
-                    return unknown(url, f"HTTP {response.status} instead of 200")
+                    return unknown(url, "http_status", f"HTTP {response.status} instead of 200")
                 if (response.content_length or 0) > max_bytes:
-                    return unknown(url, f"oversized answer: more than {max_bytes} bytes")
+                    return unknown(
+                        url, "oversized", f"oversized answer: more than {max_bytes} bytes"
+                    )
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     body += chunk
                     if len(body) > max_bytes:
-                        return unknown(url, f"oversized answer: more than {max_bytes} bytes")
+                        return unknown(
+                            url, "oversized", f"oversized answer: more than {max_bytes} bytes"
+                        )
     except TimeoutError:
-        return unknown(url, f"no complete answer within {limit:g}s")
+        return unknown(url, "timeout", f"no complete answer within {limit:g}s")
     except aiohttp.ClientConnectorError as error:
         if error.os_error is not None and error.os_error.errno == errno.ECONNREFUSED:
-            return unknown(url, "connection refused")
-        return unknown(url, "cannot connect")
+            return unknown(url, "refused", "connection refused")
+        return unknown(url, "unreachable", "cannot connect")
     except aiohttp.ClientPayloadError:
-        return unknown(url, "answer cut short")
+        return unknown(url, "other", "answer cut short")
     except aiohttp.ClientError as error:
-        return unknown(url, f"request failed: {type(error).__name__}")
+        return unknown(url, "other", f"request failed: {type(error).__name__}")
     return parse_document(url, bytes(body))
 
 

@@ -1,0 +1,121 @@
+"""The lab's Celery app: a GPU-like task that takes a while when healthy and fails fast when broken.
+
+Everything is set through environment variables, so one module serves every worker of a
+scenario (``celery -A circuitgate_devkit.lab.app worker``):
+
+- ``CIRCUITGATE_LAB_BROKER``: JSON of `Broker.celery_config()`;
+- ``CIRCUITGATE_LAB_MODE``: ``circuitgate`` (default), ``seed_snippet`` (the published
+  snippet, `circuitgate_devkit.lab.seed_snippet`) or ``none``;
+- ``CIRCUITGATE_LAB_CONF``: JSON of extra ``app.conf`` keys (``circuitgate_*`` among them;
+  the snippet's breaker takes ``circuitgate_fail_max`` and ``circuitgate_reset_timeout``);
+- ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken;
+- ``CIRCUITGATE_LAB_LOG``: a path; every execution appends one JSON line to it;
+- ``CIRCUITGATE_LAB_EVENTS``: a path; the worker's events go there
+  (`circuitgate_devkit.lab.recorder`), its tasks' too unless ``CIRCUITGATE_LAB_RECORD_TASKS``
+  is ``0``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pybreaker
+from celery import Celery
+
+import circuitgate
+
+from . import seed_snippet
+from .recorder import EVENTS_ENV, CircuitRecorder, RecorderStep, record_worker
+from .records import append_record
+
+__all__ = ("DeviceFault", "app", "infer", "preprocess")
+
+
+class DeviceFault(RuntimeError):
+    """What a broken GPU looks like to the task."""
+
+
+app = Celery("lab")
+app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_BROKER", "{}")))
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_CONF", "{}")))
+
+MODE = os.environ.get("CIRCUITGATE_LAB_MODE", "circuitgate")
+EVENTS = os.environ.get(EVENTS_ENV)
+if EVENTS:
+    record_worker(EVENTS, tasks=os.environ.get("CIRCUITGATE_LAB_RECORD_TASKS") != "0")
+
+_snippet_breaker: pybreaker.CircuitBreaker | None = None
+if MODE == "circuitgate":
+    circuitgate.install(app)
+    app.steps["worker"].add(RecorderStep)
+elif MODE == "seed_snippet":
+    _snippet_breaker = seed_snippet.install(
+        app,
+        fail_max=int(app.conf.get("circuitgate_fail_max", 5)),
+        reset_timeout=float(app.conf.get("circuitgate_reset_timeout", 60)),
+    )
+    if EVENTS:
+        _snippet_breaker.add_listener(CircuitRecorder(EVENTS))
+elif MODE != "none":
+    raise ValueError(f"CIRCUITGATE_LAB_MODE={MODE!r}: circuitgate, seed_snippet or none")
+
+
+def _log(**record: Any) -> None:
+    path = os.environ.get("CIRCUITGATE_LAB_LOG")
+    if path:
+        append_record(path, **record)
+
+
+def _work(work_s: float, fail_s: float, poison: bool) -> str:
+    fault = os.environ.get("CIRCUITGATE_LAB_FAULT")
+    if poison:
+        time.sleep(fail_s)
+        raise ValueError("poison message: this input fails everywhere")
+    if fault and os.path.exists(fault):
+        time.sleep(fail_s)
+        raise DeviceFault("CUDA error: device unavailable")
+    time.sleep(work_s)
+    return "ok"
+
+
+def _logged(task: Any, n: int, work: Callable[[], Any]) -> Any:
+    """Run ``work`` and append what happened to the execution log."""
+    started = time.time()
+    record = {"id": task.request.id, "n": n, "start": started}
+    record["worker"] = task.request.hostname or socket.gethostname()
+    try:
+        result = work()
+    except Exception as exc:
+        _log(**record, outcome="failure", error=type(exc).__name__, end=time.time())
+        raise
+    _log(**record, outcome="success", end=time.time())
+    return result
+
+
+@app.task(bind=True, name="lab.infer")
+def infer(
+    self: Any, n: int, work_s: float = 1.0, fail_s: float = 0.02, poison: bool = False
+) -> str:
+    """Pretend to run inference on item ``n`` on the worker's GPU."""
+    work = functools.partial(_work, work_s, fail_s, poison)
+    if _snippet_breaker is not None:
+        work = functools.partial(_snippet_breaker.call, work)
+    result: str = _logged(self, n, work)
+    return result
+
+
+@app.task(bind=True, name="lab.preprocess")
+def preprocess(self: Any, n: int, work_s: float = 0.1) -> None:
+    """Pretend to prepare item ``n`` on the CPU: a broken GPU does not touch it."""
+    _logged(self, n, functools.partial(time.sleep, work_s))

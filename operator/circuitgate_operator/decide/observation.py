@@ -1,0 +1,51 @@
+"""What one policy's decisions depend on, as the cluster and the endpoints show it now."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..contract import Reading, unknown
+from ..model import CircuitStateView, NodeView, PodView, PolicyView
+from .nodes import Trip
+from .selection import endpoint_url
+
+__all__ = ("PolicyObservation",)
+
+
+@dataclass(frozen=True)
+class PolicyObservation:
+    """Everything one policy's decisions depend on; nothing remembered from earlier ones but
+    the trips and the recent evictions (edge-triggered, rebuilt after a restart)."""
+
+    policy: PolicyView
+    selected: Sequence[PodView]
+    pods: Mapping[str, PodView]
+    readings: Mapping[str, Reading]
+    circuit_states: Mapping[str, CircuitStateView]
+    nodes: Mapping[str, NodeView]
+    trips: Mapping[str, Sequence[Trip]]
+    now: float
+    overlapping: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    evicted_recently: frozenset[str] = frozenset()
+    # Pods (by uid) whose endpoint is being read for the first time: their readiness waits for
+    # that answer (bounded by the policy's timeout), rather than being written twice.
+    first_read_pending: frozenset[str] = frozenset()
+
+    @property
+    def matched(self) -> list[PodView]:
+        """The selected pods that are alive enough to serve an endpoint."""
+        return [pod for pod in self.selected if pod.running]
+
+    def reading(self, pod: PodView) -> Reading | None:
+        """The pod's reading at its current address, or None while there is none."""
+        spec = self.policy.spec
+        if not pod.pod_ip:
+            return None
+        url = endpoint_url(pod, spec.port, spec.path)
+        if url is None:
+            reason = f"the pod has no container port named {spec.port!r}"
+            return unknown(f"http://{pod.pod_ip}", "no_port", reason)
+        reading = self.readings.get(pod.uid)
+        # A reading of an old address (the pod or the policy changed since) says nothing now.
+        return reading if reading is not None and reading.url == url else None

@@ -1,0 +1,80 @@
+"""Node remediation for one policy: the node changes its trips call for, worst node first, and
+the evictions of the pods that tripped on a node it holds cordoned.
+
+Planned as if nothing held them back; `restraint` then applies the pause, the storm brake,
+the cordoned-nodes cap and a dry run to them, once for the whole Plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from ..model import NodeView, PodView
+from .caps import Cap
+from .intents import EventIntent, Eviction, Plan, node_ref, pod_ref
+from .nodes import CORDONED_BY, NodeDecision, decide_node_action, recent_trips
+from .observation import PolicyObservation
+
+__all__ = ("cordon_cap", "plan_remediation")
+
+
+def cordon_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
+    """The cordoned-nodes cap: a percentage of the nodes the watched pods run on, counting the
+    nodes this policy holds cordoned now."""
+    key = obs.policy.key
+    held = sum(
+        1 for n in obs.nodes.values() if n.annotations.get(CORDONED_BY) == key and n.unschedulable
+    )
+    total = len({pod.node_name for pod in matched if pod.node_name})
+    return Cap(obs.policy.spec.safety.max_cordoned_nodes, total, held)
+
+
+def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]) -> None:
+    """Plan a change for each node the policy's pods run on, tripped on or holds; cordons come
+    first, most recent trips first, the order in which a cap lets them through."""
+    policy, spec = obs.policy, obs.policy.spec
+    names = {pod.node_name for pod in matched if pod.node_name} | set(obs.trips)
+    names |= {n.name for n in obs.nodes.values() if n.annotations.get(CORDONED_BY) == policy.key}
+    decisions: list[tuple[NodeView, NodeDecision, int]] = []
+    for name in sorted(names):
+        node = obs.nodes.get(name)
+        if node is None:
+            continue
+        trips = obs.trips.get(name, ())
+        decision = decide_node_action(
+            node, policy=policy.key, spec=spec.nodes, trips=trips, now=obs.now
+        )
+        count = len(recent_trips(node, trips, spec.nodes.window, obs.now))
+        decisions.append((node, decision, count))
+    decisions.sort(key=lambda d: (d[1].action != "cordon", -d[2], d[0].name))
+    for node, decision, _ in decisions:
+        if decision.action == "hold":
+            _plan_evictions(plan, obs, node, matched)
+        elif decision.change is not None:
+            message = f"policy {policy.key}: {decision.reason}"
+            event = (
+                EventIntent(node_ref(node), "NodeCordoned", message, "Warning")
+                if decision.action == "cordon"
+                else EventIntent(node_ref(node), "NodeUncordoned", message)
+            )
+            plan.nodes.append(dataclasses.replace(decision.change, events=(event,)))
+
+
+def _plan_evictions(
+    plan: Plan, obs: PolicyObservation, node: NodeView, matched: Sequence[PodView]
+) -> None:
+    """Evict the pods that tripped on a node this policy holds cordoned, if asked to."""
+    spec = obs.policy.spec
+    if not spec.nodes.evict_tripped_pods:
+        return
+    trips = recent_trips(node, obs.trips.get(node.name, ()), spec.nodes.window, obs.now)
+    tripped = {trip.pod for trip in trips}
+    for pod in matched:
+        if pod.node_name != node.name or pod.name not in tripped:
+            continue
+        if pod.name in obs.evicted_recently:
+            continue
+        message = f"policy {obs.policy.key}: it tripped on node {node.name}, now cordoned"
+        event = EventIntent(pod_ref(pod), "PodEvicted", message)
+        plan.evictions.append(Eviction(pod.namespace, pod.name, node.name, pod.uid, (event,)))

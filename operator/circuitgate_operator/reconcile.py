@@ -1,0 +1,289 @@
+"""One policy's reconciliation loop, and the undoing of a policy that is deleted.
+
+The loop runs inside a kopf daemon, so kopf starts it with the policy, stops it when the
+policy goes or when peering pauses this replica, and never runs two for one policy. It owns
+the policy's endpoint watchers; stopping it stops them and closes their connections. Like
+controller-runtime's ``Reconcile``, each pass says when it wants to run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .act.api import ApiError
+from .act.apply import ApplyResult
+from .act.events import event_name
+from .act.requests import circuit_states_path
+from .contract import BreakerState, Reading
+from .decide.cleanup import plan_cleanup
+from .decide.intents import EventIntent, Plan
+from .decide.ledger import TripLedger
+from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
+from .decide.observation import PolicyObservation
+from .decide.plan import plan_policy
+from .decide.selection import endpoint_url, select_pods
+from .model import (
+    POLICY_LABEL,
+    CircuitStateView,
+    PodView,
+    PolicyView,
+    parse_circuit_state,
+    parse_policy,
+)
+from .watch.pool import Target, WatcherPool
+
+if TYPE_CHECKING:
+    from .lifecycle import Operator
+
+__all__ = ("PolicyLoop", "clean_up_policy")
+
+logger = logging.getLogger(__name__)
+
+COALESCE_SECONDS = 0.02
+EVICTION_RETRY_SECONDS = 5.0
+_MAX_RETRY_SECONDS = 30.0
+
+
+class PolicyLoop:
+    """Reconciles one policy whenever what it depends on changes, until cancelled."""
+
+    def __init__(self, operator: Operator, namespace: str, name: str) -> None:
+        self.operator = operator
+        self.namespace = namespace
+        self.name = name
+        self.key = f"{namespace}/{name}"
+        self.wake = asyncio.Event()
+        self.readings: dict[str, Reading] = {}
+        self.pods_by_uid: dict[str, PodView] = {}
+        self.states: Counter[str] = Counter()
+        self.pool = WatcherPool(
+            operator.session,
+            self._on_reading,
+            max_bytes=operator.config.max_document_bytes,
+            name=self.key,
+        )
+        self._reconciles = operator.metrics.reconciles.labels(policy=self.key)
+        self._posted: set[str] = set()
+        self._watch_started: dict[str, float] = {}
+        self._evicted: dict[str, float] = {}
+        self._failures = 0
+
+    @property
+    def ledger(self) -> TripLedger:
+        policy = self.operator.view.policies.get(self.namespace, self.name)
+        uid = policy.uid if policy is not None else self.key
+        return self.operator.trips.setdefault(uid, TripLedger())
+
+    def _on_reading(self, uid: str, reading: Reading) -> None:
+        if reading.error is not None:
+            self.operator.metrics.endpoint_errors.labels(kind=reading.error).inc()
+        pod = self.pods_by_uid.get(uid)
+        if pod is not None:
+            self.ledger.observe(pod.node_name, pod.name, reading, time.time())
+        if self.readings.get(uid) != reading:
+            self.readings[uid] = reading
+            self.wake.set()
+
+    async def run(self) -> None:
+        view = self.operator.view
+        await self._seed_circuit_states()
+        view.listen(self.namespace, self.wake)
+        self.operator.loops[self.key] = self
+        self.wake.set()
+        deadline: float | None = None
+        try:
+            while True:
+                timeout = self.operator.config.resync_seconds
+                if deadline is not None:
+                    timeout = min(timeout, max(deadline - time.time(), 0.0))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
+                await asyncio.sleep(COALESCE_SECONDS)
+                self.wake.clear()
+                deadline = await self.reconcile()
+                self._reconciles.inc()
+        finally:
+            view.unlisten(self.namespace, self.wake)
+            if self.operator.loops.get(self.key) is self:
+                del self.operator.loops[self.key]
+            await self.pool.close()
+            self.operator.update_gauges()
+
+    async def _seed_circuit_states(self) -> None:
+        """Put the namespace's CircuitStates in the view before the first decision.
+
+        kopf delivers each resource's initial listing on its own: after a restart the pods and
+        the endpoint readings can arrive before the CircuitStates, and a plan made then would
+        write them again and repeat their Events.
+        """
+        try:
+            answer = await self.operator.api.request("GET", circuit_states_path(self.namespace))
+        except ApiError as error:
+            logger.warning("could not list CircuitStates in %s: %s", self.namespace, error)
+            return
+        for item in answer.get("items") or ():
+            self.operator.observe("circuit_states", "ADDED", item)
+
+    async def reconcile(self) -> float | None:
+        """One pass: watchers to match the selection, then decide and apply. Returns when the
+        next time-based check is due (cool-downs, retries), if any."""
+        view = self.operator.view
+        policy = view.policies.get(self.namespace, self.name)
+        if policy is None or policy.deleting:
+            await self.pool.sync({})
+            return None
+        now = time.time()
+        pods = view.pods.in_namespace(self.namespace)
+        policies = view.policies.in_namespace(self.namespace).values()
+        selection = select_pods(pods.values(), policies)
+        selected = selection.watched.get(self.key, [])
+        await self._sync_watchers(policy, selected)
+        spec = policy.spec
+        keep = max(spec.nodes.window, spec.nodes.cooldown)
+        trips = self.ledger.by_node(keep, now)
+        self._evicted = {p: t for p, t in self._evicted.items() if now - t < EVICTION_RETRY_SECONDS}
+        observation = PolicyObservation(
+            policy=policy,
+            selected=selected,
+            pods=pods,
+            readings=self.readings,
+            circuit_states=view.circuit_states.in_namespace(self.namespace),
+            nodes=view.nodes_by_name(),
+            trips=trips,
+            now=now,
+            overlapping={
+                key.split("/", 1)[1]: names
+                for key, names in selection.overlapping.items()
+                if key.startswith(f"{self.namespace}/")
+            },
+            evicted_recently=frozenset(self._evicted),
+            first_read_pending=frozenset(
+                uid
+                for uid, started in self._watch_started.items()
+                if uid not in self.readings and now - started < policy.spec.watch.timeout
+            ),
+        )
+        plan = plan_policy(observation)
+        self._count_states(plan, selected)
+        result = await self.operator.applier.apply(plan)
+        if logger.isEnabledFor(logging.DEBUG) and (
+            result.writes or result.failures or plan.suppressed
+        ):
+            logger.debug(
+                "policy %s: %d writes, %d failures, %d conflicts, actions %s, suppressed %s",
+                self.key,
+                result.writes,
+                result.failures,
+                result.conflicts,
+                result.actions,
+                plan.suppressed,
+            )
+        self._post_new_events(plan.events)
+        self.operator.metrics.count(plan, result)
+        for pod in result.evicted + result.eviction_blocked:
+            self._evicted[pod] = now
+        return self._next_deadline(policy, result, trips, now)
+
+    def _next_deadline(
+        self,
+        policy: PolicyView,
+        result: ApplyResult,
+        trips: Mapping[str, list[Trip]],
+        now: float,
+    ) -> float | None:
+        if result.writes or result.conflicts:
+            self.wake.set()  # see our own writes' consequences (and re-read on conflict)
+        deadlines: list[float] = []
+        if result.failures:
+            self._failures += 1
+            deadlines.append(now + min(2.0**self._failures, _MAX_RETRY_SECONDS))
+        else:
+            self._failures = 0
+        for node in self.operator.view.nodes:
+            if node.annotations.get(CORDONED_BY) == policy.key:
+                due = cooldown_deadline(node, policy.spec.nodes, trips.get(node.name, ()))
+                if due is not None:
+                    deadlines.append(due + 0.05)
+        deadlines += [t + EVICTION_RETRY_SECONDS for t in self._evicted.values()]
+        deadlines += [
+            started + policy.spec.watch.timeout
+            for uid, started in self._watch_started.items()
+            if uid not in self.readings
+        ]
+        return min(deadlines) if deadlines else None
+
+    async def _sync_watchers(self, policy: PolicyView, selected: list[PodView]) -> None:
+        targets: dict[str, Target] = {}
+        pods: dict[str, PodView] = {}
+        for pod in selected:
+            if not pod.running:
+                continue
+            url = endpoint_url(pod, policy.spec.port, policy.spec.path)
+            if url is not None:
+                targets[pod.uid] = Target(url, policy.spec.watch)
+                pods[pod.uid] = pod
+        self.pods_by_uid = pods
+        before = self.pool.keys
+        await self.pool.sync(targets)
+        now = time.time()
+        self._watch_started = {
+            uid: self._watch_started.get(uid, now) if uid in before else now for uid in targets
+        }
+        for uid in set(self.readings) - set(targets):
+            del self.readings[uid]
+
+    def _count_states(self, plan: Plan, selected: list[PodView]) -> None:
+        written = {w.name: w.status.get("state", BreakerState.UNKNOWN) for w in plan.circuit_states}
+        stored = self.operator.view.circuit_states.in_namespace(self.namespace)
+        states: Counter[str] = Counter()
+        for pod in selected:
+            if pod.uid in self.pods_by_uid:
+                state = written.get(pod.name)
+                if state is None and pod.name in stored:
+                    state = stored[pod.name].status.get("state")
+                states[state or BreakerState.UNKNOWN] += 1
+        self.states = states
+        self.operator.update_gauges()
+
+    def _post_new_events(self, events: list[EventIntent]) -> None:
+        """Post the plan's own Events (not tied to a write) when they first appear: a plan
+        repeats them for as long as their cause lasts, the cluster should see them once."""
+        names = {event_name(event): event for event in events}
+        for name, event in names.items():
+            if name not in self._posted:
+                self.operator.recorder.post(event)
+        self._posted = set(names)
+
+
+async def clean_up_policy(operator: Operator, body: Mapping[str, Any]) -> bool:
+    """Undo what a deleted policy did; True once nothing is left to undo."""
+    policy = parse_policy(body)
+    plan = plan_cleanup(
+        policy,
+        pods=operator.view.pods.in_namespace(policy.namespace),
+        circuit_states=await _circuit_states_of(operator, policy),
+        nodes=operator.view.nodes_by_name(),
+        now=time.time(),
+    )
+    result = await operator.applier.apply(plan)
+    operator.metrics.count(plan, result)
+    operator.trips.pop(policy.uid, None)
+    return result.failures == 0 and result.conflicts == 0
+
+
+async def _circuit_states_of(operator: Operator, policy: PolicyView) -> dict[str, CircuitStateView]:
+    """The policy's CircuitStates as the API lists them now (the view may lag)."""
+    answer = await operator.api.request(
+        "GET",
+        circuit_states_path(policy.namespace),
+        query={"labelSelector": f"{POLICY_LABEL}={policy.name}"},
+    )
+    states = [parse_circuit_state(item) for item in answer.get("items") or ()]
+    return {state.name: state for state in states}

@@ -1,0 +1,91 @@
+"""End to end: a real ``celery worker`` on SQS (moto's real HTTP endpoint) whose device breaks
+trips its breaker; the operator reads the worker's own endpoint (circuitgate.endpoint) at
+the pod's IP, turns the pod's condition False and records the Events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
+from circuitgate_devkit.lab.brokers import sqs_broker
+from circuitgate_devkit.lab.workers import LabWorker
+from circuitgate_devkit.ports import next_loopback
+from circuitgate_devkit.waiting import eventually
+
+pytestmark = [pytest.mark.cluster, pytest.mark.integration]
+
+CONF = {"circuitgate_fail_max": 3, "circuitgate_reset_timeout": 30, "circuitgate_jitter": 0.0}
+
+
+def worker_pod(cluster: Cluster, worker: LabWorker, node: str) -> None:
+    """A Pod standing for the worker process: its IP and named port are the worker's."""
+    cluster.core.create_namespaced_pod(
+        cluster.namespace,
+        {
+            "metadata": {"name": worker.name, "labels": {"app": "worker"}},
+            "spec": {
+                "nodeName": node,
+                "readinessGates": [{"conditionType": "circuitgate.io/circuit-closed"}],
+                "containers": [
+                    {
+                        "name": "worker",
+                        "image": "example.com/worker:1",
+                        "ports": [{"name": "breaker", "containerPort": worker.endpoint_port}],
+                    }
+                ],
+            },
+        },
+    )
+    ip = worker.endpoint_host
+    cluster.core.patch_namespaced_pod_status(
+        worker.name,
+        cluster.namespace,
+        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}},
+    )
+
+
+def test_a_real_worker_trips_and_its_pod_turns_unready(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], tmp_path: Path
+) -> None:
+    with sqs_broker(visibility_timeout=300) as broker:
+        bad = LabWorker("bad", broker, tmp_path, conf=CONF, endpoint_host=next_loopback())
+        good = LabWorker("good", broker, tmp_path, conf=CONF, endpoint_host=next_loopback())
+        producer = Celery("producer", set_as_current=False)
+        producer.conf.update(broker.celery_config())
+        try:
+            bad.break_device()
+            bad.start()
+            good.start()
+            node = cluster.node("gpu")
+            worker_pod(cluster, bad, node)
+            worker_pod(cluster, good, node)
+            cluster.policy(safety={"maxUnreadyPods": 1, "stormThreshold": "100%"})
+            start_operator()
+            eventually(lambda: cluster.condition_status("bad") == "True", timeout=20)
+            for name in ("bad", "good"):
+                eventually(lambda name=name: cluster.state_of(name).get("state") == "closed")
+            assert cluster.state_of("bad")["endpoint"]["reachable"] is True
+
+            for n in range(20):
+                producer.send_task("lab.infer", args=(n,), kwargs={"work_s": 0.2})
+            condition = eventually(
+                lambda: (c := cluster.condition("bad")) and c["status"] == "False" and c,
+                timeout=60,
+                what="the broken worker's pod turns unready",
+            )
+            assert condition["reason"] == "CircuitOpen"
+            status = cluster.state_of("bad")
+            assert status["state"] == "open" and status["trips"] >= 1
+            assert status["consumptionPaused"] is True
+            assert eventually(lambda: cluster.events("CircuitOpened", name="bad"))
+            assert eventually(lambda: cluster.events("PodMarkedUnready", name="bad"))
+            assert cluster.condition_status("good") == "True"
+            assert cluster.state_of("good")["state"] == "closed"
+        finally:
+            producer.close()
+            bad.stop(timeout=20)
+            good.stop(timeout=20)

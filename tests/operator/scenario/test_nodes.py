@@ -1,0 +1,220 @@
+"""Node remediation on the real API server: cordon, taint and annotate a node whose pods keep
+tripping, undo only that after the cool-down, and leave other people's cordons alone."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
+from circuitgate_devkit.waiting import eventually
+from circuitgate_operator.decide.nodes import CORDONED_AT, CORDONED_BY, RELEASED_AT, TAINTED
+
+pytestmark = pytest.mark.cluster
+
+GPU = {"nvidia.com/gpu.present": "true"}
+OUR_TAINT = {"key": "circuitgate.io/tripped", "value": "gpu", "effect": "NoSchedule"}
+
+
+def remediation(**overrides: Any) -> dict[str, Any]:
+    return {
+        "nodeRemediation": {
+            "enabled": True,
+            "nodeSelector": GPU,
+            "tripThreshold": 3,
+            "minDistinctPods": 2,
+            "windowSeconds": 60,
+            "cooldownSeconds": 3,
+            "taint": {"key": "circuitgate.io/tripped", "value": "gpu"},
+            **overrides,
+        },
+        "safety": {"maxUnreadyPods": "100%", "stormThreshold": 100, "maxCordonedNodes": 1},
+    }
+
+
+def trip_again(cluster: Cluster, host: str, trips: int) -> None:
+    """Close and re-open a breaker: one more trip, with a new opened_at."""
+    cluster.workers.close(host)
+    time.sleep(0.05)
+    cluster.workers.trip(host, trips=trips)
+
+
+def spec_of(cluster: Cluster, node: str) -> dict[str, Any]:
+    return dict(cluster.node_object(node).get("spec") or {})
+
+
+def annotations_of(cluster: Cluster, node: str) -> dict[str, str]:
+    return dict(cluster.node_object(node)["metadata"].get("annotations") or {})
+
+
+def test_a_tripping_node_is_cordoned_tainted_annotated_and_restored_after_the_cool_down(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    admin_taint = {"key": "maintenance", "effect": "PreferNoSchedule"}
+    bad = cluster.node("bad", labels=GPU, taints=[admin_taint])
+    cpu = cluster.node("cpu")
+    hosts = {
+        "b0": cluster.worker_pod("b0", node=bad),
+        "b1": cluster.worker_pod("b1", node=bad),
+        "c0": cluster.worker_pod("c0", node=cpu),
+        "c1": cluster.worker_pod("c1", node=cpu),
+    }
+    cluster.policy(**remediation())
+    eventually(lambda: len(cluster.circuit_states()) == 4)
+    # Three trips from two pods on each node; only "bad" is a GPU node.
+    for name in hosts:
+        cluster.workers.trip(hosts[name], trips=1)
+    trip_again(cluster, hosts["c0"], 2)
+    trip_again(cluster, hosts["b0"], 2)
+
+    spec = eventually(lambda: (s := spec_of(cluster, bad)).get("unschedulable") and s)
+    assert admin_taint in spec["taints"] and OUR_TAINT in spec["taints"]
+    marks = annotations_of(cluster, bad)
+    assert marks[CORDONED_BY] == f"{cluster.namespace}/workers"
+    assert marks[TAINTED] == "circuitgate.io/tripped=gpu:NoSchedule"
+    assert CORDONED_AT in marks and "3 trips from 2 pods" in marks["circuitgate.io/cordon-reason"]
+    (event,) = eventually(lambda: cluster.node_events(bad, "NodeCordoned"))
+    assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Node"
+    assert eventually(lambda: cluster.policy_status().get("cordonedNodes") == 1)
+    assert not spec_of(cluster, cpu).get("unschedulable")
+
+    for host in hosts.values():
+        cluster.workers.close(host)
+    # Three quiet seconds later: uncordoned, our taint and marks gone, the admin's taint kept.
+    spec = eventually(
+        lambda: (s := spec_of(cluster, bad)) and not s.get("unschedulable") and s, timeout=15
+    )
+    assert admin_taint in spec["taints"] and OUR_TAINT not in spec["taints"]
+    marks = annotations_of(cluster, bad)
+    assert not {CORDONED_BY, CORDONED_AT, TAINTED} & set(marks)
+    assert RELEASED_AT in marks  # the trips it was cordoned for will not cordon it again
+    assert eventually(lambda: cluster.node_events(bad, "NodeUncordoned"))
+    assert eventually(lambda: cluster.policy_status().get("cordonedNodes") == 0)
+    operator.settle(f"{cluster.namespace}/workers")
+    assert not spec_of(cluster, bad).get("unschedulable")
+
+
+def test_the_cordon_cap_holds_across_nodes(cluster: Cluster, operator: OperatorProcess) -> None:
+    nodes = [cluster.node(f"gpu{i}", labels=GPU) for i in range(3)]
+    hosts = {
+        f"w{n}{i}": cluster.worker_pod(f"w{n}{i}", node=nodes[n])
+        for n in range(3)
+        for i in range(2)
+    }
+    cluster.policy(**remediation(cooldownSeconds=600))  # maxCordonedNodes: 1
+    eventually(lambda: len(cluster.circuit_states()) == 6)
+    for host in hosts.values():
+        cluster.workers.trip(host, trips=1)
+        trip_again(cluster, host, 2)
+
+    def cordoned() -> list[str]:
+        return [n for n in nodes if spec_of(cluster, n).get("unschedulable")]
+
+    eventually(lambda: len(cordoned()) == 1)
+    capped = eventually(
+        lambda: (c := cluster.policy_condition("Capped")) and c["status"] == "True" and c
+    )
+    assert capped["reason"] == "SafetyCapReached"
+    assert eventually(lambda: cluster.events("SafetyCapReached"))
+    operator.settle(f"{cluster.namespace}/workers")
+    assert len(cordoned()) == 1
+
+
+def test_a_node_an_admin_cordoned_or_excluded_is_never_touched(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    cordoned = cluster.node("cordoned", labels=GPU, unschedulable=True)
+    excluded = cluster.node("excluded", labels={**GPU, "circuitgate.io/exclude": "true"})
+    pods = {}
+    for node, prefix in ((cordoned, "c"), (excluded, "e")):
+        for i in range(2):
+            pods[f"{prefix}{i}"] = cluster.worker_pod(f"{prefix}{i}", node=node)
+    cluster.policy(**remediation())
+    eventually(lambda: len(cluster.circuit_states()) == 4)
+    before = {
+        n: cluster.node_object(n)["metadata"]["resourceVersion"] for n in (cordoned, excluded)
+    }
+    for host in pods.values():
+        cluster.workers.trip(host, trips=1)
+    for name, host in pods.items():
+        trip_again(cluster, host, 2)
+        if name.endswith("1"):
+            trip_again(cluster, host, 3)
+    eventually(lambda: all(cluster.condition_status(p) == "False" for p in pods))
+    # A node circuitgate did not cordon has no cool-down: what it decides now, it decides later.
+    operator.settle(f"{cluster.namespace}/workers")
+    after = {n: cluster.node_object(n)["metadata"]["resourceVersion"] for n in (cordoned, excluded)}
+    assert after == before
+    assert spec_of(cluster, cordoned).get("unschedulable") is True
+    assert not spec_of(cluster, excluded).get("unschedulable")
+    assert not cluster.node_events(cordoned) and not cluster.node_events(excluded)
+
+
+def test_an_admin_uncordon_is_respected_until_the_next_incident(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    cluster.policy(**remediation(cooldownSeconds=600))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    trip_again(cluster, hosts["w0"], 2)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+
+    cluster.control_plane.kubectl("uncordon", node)
+    # circuitgate lets go: its taint and marks are removed, and it does not cordon again
+    # for the trips it already acted on.
+    eventually(lambda: RELEASED_AT in annotations_of(cluster, node))
+    assert OUR_TAINT not in (spec_of(cluster, node).get("taints") or [])
+    assert CORDONED_BY not in annotations_of(cluster, node)
+    operator.settle(f"{cluster.namespace}/workers")
+    assert not spec_of(cluster, node).get("unschedulable")
+
+    # A new incident: three new trips from two pods.
+    trip_again(cluster, hosts["w0"], 3)
+    trip_again(cluster, hosts["w1"], 2)
+    trip_again(cluster, hosts["w0"], 4)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    assert annotations_of(cluster, node)[CORDONED_BY] == f"{cluster.namespace}/workers"
+
+
+def test_tripped_pods_are_evicted_as_far_as_the_disruption_budget_allows(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(3)}
+    cluster.control_plane.kubectl(
+        "create", "poddisruptionbudget", "workers", "-n", cluster.namespace,
+        "--selector=app=worker", "--min-available=2",
+    )  # fmt: skip
+    # The disruption controller (a real one) works out that one pod may go.
+    eventually(
+        lambda: cluster.control_plane.kubectl(
+            "get", "pdb", "workers", "-n", cluster.namespace,
+            "-o", "jsonpath={.status.disruptionsAllowed}",
+        ).stdout == "1",
+        timeout=20,
+    )  # fmt: skip
+    cluster.policy(**remediation(tripThreshold=2, evictTrippedPods=True, cooldownSeconds=600))
+    eventually(lambda: len(cluster.circuit_states()) == 3)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+
+    def evicted() -> set[str]:
+        return {p for p in hosts if cluster.pod(p)["metadata"].get("deletionTimestamp")}
+
+    gone = eventually(lambda: evicted())
+    (pod,) = gone
+    assert pod in {"w0", "w1"}
+    assert eventually(lambda: cluster.events("PodEvicted", name=pod))
+    # The other tripped pod's eviction is retried (every 5 s), and the budget refuses it again.
+    refused = 'circuitgate_operator_actions_suppressed_total{action="evict",cause="budget"}'
+    before = operator.metrics().get(refused, 0)
+    eventually(lambda: operator.metrics().get(refused, 0) > before, timeout=15)
+    assert evicted() == gone
+    blocked = operator.metrics()
+    assert blocked.get('circuitgate_operator_actions_total{action="evict"}') == 1

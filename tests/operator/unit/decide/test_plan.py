@@ -1,0 +1,260 @@
+"""A policy's whole reconciliation as a pure function: caps, storm, pause, dry run, orphans,
+and the property that matters most for the API server: a settled cluster plans no writes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from circuitgate_operator.contract import Reading
+from circuitgate_operator.decide.cleanup import plan_cleanup
+from circuitgate_operator.decide.intents import Plan
+from circuitgate_operator.decide.nodes import CORDONED_BY, Trip
+from circuitgate_operator.decide.observation import PolicyObservation
+from circuitgate_operator.decide.plan import plan_policy
+from circuitgate_operator.model import CircuitStateView, NodeView, PodView, PolicyView
+from circuitgate_operator.names import CONDITION_TYPE
+
+from .builders import NOW, circuit_state, node, pod, policy, reading
+
+
+def observe(
+    pol: PolicyView,
+    pods: Sequence[PodView],
+    readings: dict[str, Reading],
+    *,
+    states: dict[str, CircuitStateView] | None = None,
+    nodes: Sequence[NodeView] = (),
+    trips: dict[str, list[Trip]] | None = None,
+    now: float = NOW,
+) -> PolicyObservation:
+    return PolicyObservation(
+        policy=pol,
+        selected=[p for p in pods if pol.spec.selector.matches(p.labels)],
+        pods={p.name: p for p in pods},
+        readings=readings,
+        circuit_states=states or {},
+        nodes={n.name: n for n in nodes},
+        trips=trips or {},
+        now=now,
+    )
+
+
+def settle(obs: PolicyObservation, plan: Plan) -> PolicyObservation:
+    """The observation after the plan's writes landed, as the watch would show them."""
+    pods = dict(obs.pods)
+    for write in plan.conditions:
+        p = pods[write.pod]
+        pods[p.name] = dataclasses.replace(
+            p, conditions={**p.conditions, CONDITION_TYPE: write.condition}
+        )
+    states = dict(obs.circuit_states)
+    for w in plan.circuit_states:
+        states[w.name] = CircuitStateView(w.namespace, w.name, w.policy, w.pod_uid, w.status)
+    for d in plan.circuit_state_deletes:
+        states.pop(d.name, None)
+    pol = obs.policy
+    if plan.policy_status is not None:
+        pol = dataclasses.replace(pol, status=plan.policy_status.status)
+    return dataclasses.replace(
+        obs,
+        policy=pol,
+        selected=[pods[p.name] for p in obs.selected],
+        pods=pods,
+        circuit_states=states,
+    )
+
+
+def unready(plan: Plan) -> list[str]:
+    """Pods the plan newly marks unready."""
+    return sorted(w.pod for w in plan.conditions if w.marks_unready)
+
+
+def writes(plan: Plan) -> int:
+    return (
+        len(plan.conditions)
+        + len(plan.circuit_states)
+        + len(plan.circuit_state_deletes)
+        + len(plan.nodes)
+        + len(plan.evictions)
+        + (plan.policy_status is not None)
+    )
+
+
+def fleet(n: int, **kwargs: Any) -> list[PodView]:
+    return [pod(f"w{i}", **kwargs) for i in range(n)]
+
+
+def test_new_pods_get_their_condition_and_state_then_nothing_more_is_written() -> None:
+    pods = fleet(4)
+    obs = observe(policy(), pods, {p.uid: reading(p) for p in pods})
+    plan = plan_policy(obs)
+    assert sorted(w.pod for w in plan.conditions) == ["w0", "w1", "w2", "w3"]
+    assert all(w.condition.status == "True" for w in plan.conditions)
+    assert all(w.create for w in plan.circuit_states) and len(plan.circuit_states) == 4
+    assert plan.policy_status is not None
+    assert plan.policy_status.status["matchedPods"] == 4
+    settled = settle(obs, plan)
+    assert writes(plan_policy(settled)) == 0
+    assert writes(plan_policy(dataclasses.replace(settled, now=NOW + 3600))) == 0
+
+
+def test_a_trip_marks_the_pod_unready_with_events_and_recovers() -> None:
+    pods = fleet(4)
+    obs = settle(
+        *(lambda o: (o, plan_policy(o)))(observe(policy(), pods, {p.uid: reading(p) for p in pods}))
+    )
+    tripped = {**obs.readings, pods[0].uid: reading(pods[0], "open", trips=1)}
+    plan = plan_policy(dataclasses.replace(obs, readings=tripped))
+    assert unready(plan) == ["w0"]
+    (write,) = [w for w in plan.conditions]
+    assert write.condition.reason == "CircuitOpen"
+    assert [e.reason for e in write.events] == ["PodMarkedUnready"]
+    (state,) = plan.circuit_states
+    assert [e.reason for e in state.events] == ["CircuitOpened"]
+    assert plan.policy_status is not None
+    assert plan.policy_status.status["unreadyPods"] == 1
+    assert plan.policy_status.status["openCircuits"] == 1
+    opened = settle(dataclasses.replace(obs, readings=tripped), plan)
+    assert writes(plan_policy(opened)) == 0
+    closed = {**tripped, pods[0].uid: reading(pods[0], "closed", trips=1)}
+    plan = plan_policy(dataclasses.replace(opened, readings=closed))
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+    assert [e.reason for e in plan.conditions[0].events] == ["PodMarkedReady"]
+
+
+def test_the_unready_cap_is_never_overshot_and_counts_pods_already_held() -> None:
+    pods = fleet(10, condition="True")
+    pol = policy(safety={"maxUnreadyPods": 3, "stormThreshold": "100%"})
+    readings = {p.uid: reading(p, "open", trips=1) for p in pods[:5]}
+    readings |= {p.uid: reading(p) for p in pods[5:]}
+    plan = plan_policy(observe(pol, pods, readings))
+    assert len(unready(plan)) == 3
+    assert plan.suppressed[("mark_unready", "cap")] == 2
+    assert plan.policy_status is not None
+    capped = {c["type"]: c for c in plan.policy_status.status["conditions"]}["Capped"]
+    assert capped["status"] == "True"
+    assert "SafetyCapReached" in [e.reason for e in plan.events]
+    # Two already held unready by us: only one more fits.
+    held = [pod(f"w{i}", condition="False", reason="CircuitOpen") for i in range(2)]
+    plan = plan_policy(observe(pol, held + pods[2:], readings))
+    assert len(unready(plan)) == 1
+
+
+def test_a_new_pod_held_back_by_a_cap_or_a_storm_still_gets_true() -> None:
+    pol = policy(safety={"maxUnreadyPods": 1, "stormThreshold": "100%"})
+    pods = fleet(4)  # no condition yet
+    readings = {p.uid: reading(p, "open") for p in pods[:2]} | {p.uid: reading(p) for p in pods[2:]}
+    plan = plan_policy(observe(pol, pods, readings))
+    statuses = {w.pod: (w.condition.status, w.condition.reason) for w in plan.conditions}
+    assert statuses == {
+        "w0": ("False", "CircuitOpen"),
+        "w1": ("True", "SafetyCapReached"),
+        "w2": ("True", "CircuitClosed"),
+        "w3": ("True", "CircuitClosed"),
+    }
+
+
+def test_percentage_caps_round_down() -> None:
+    pods = fleet(7, condition="True")
+    pol = policy(safety={"maxUnreadyPods": "25%", "stormThreshold": "100%"})
+    readings = {p.uid: reading(p, "open") for p in pods[:3]} | {p.uid: reading(p) for p in pods[3:]}
+    assert len(unready(plan_policy(observe(pol, pods, readings)))) == 1  # 25% of 7 = 1.75
+
+
+def test_a_storm_takes_no_new_action_but_still_restores() -> None:
+    pods = [pod("w0", condition="False", reason="CircuitOpen"), *fleet(4, condition="True")[1:]]
+    pol = policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "50%"})
+    readings = {pods[0].uid: reading(pods[0], "closed")}
+    readings |= {p.uid: reading(p, "open") for p in pods[1:]}
+    plan = plan_policy(observe(pol, pods, readings))
+    assert unready(plan) == []
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+    assert plan.suppressed[("mark_unready", "storm")] == 3
+    assert "SuspectedSharedOutage" in [e.reason for e in plan.events]
+    assert plan.policy_status is not None
+    storm = {c["type"]: c for c in plan.policy_status.status["conditions"]}
+    assert storm["SharedOutageSuspected"]["status"] == "True"
+
+
+def test_pause_keeps_observing_but_changes_no_pod() -> None:
+    pods = fleet(4, condition="True")
+    pol = policy(annotations={"circuitgate.io/paused": "true"})
+    readings = {pods[0].uid: reading(pods[0], "open")} | {p.uid: reading(p) for p in pods[1:]}
+    plan = plan_policy(observe(pol, pods, readings))
+    assert plan.conditions == []
+    assert len(plan.circuit_states) == 4  # observation stays current
+    assert plan.suppressed[("mark_unready", "paused")] == 1
+
+
+def test_dry_run_only_says_what_it_would_do() -> None:
+    pods = fleet(4, condition="True")
+    pol = policy(dryRun=True)
+    readings = {pods[0].uid: reading(pods[0], "open")} | {p.uid: reading(p) for p in pods[1:]}
+    plan = plan_policy(observe(pol, pods, readings))
+    assert plan.conditions == []
+    (event,) = [e for e in plan.events if e.reason == "PodMarkedUnready"]
+    fresh = pod("new")
+    plan = plan_policy(observe(pol, [fresh], {fresh.uid: reading(fresh)}))
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("new", "True")]
+    assert event.message.startswith("dry run: would mark unready")
+
+
+def test_a_pod_without_the_gate_gets_a_warning_not_a_condition() -> None:
+    p = pod("w0", gated=False)
+    plan = plan_policy(observe(policy(), [p], {p.uid: reading(p, "open")}))
+    assert plan.conditions == []
+    (warning,) = [e for e in plan.events if e.reason == "ReadinessGateMissing"]
+    assert warning.type == "Warning" and warning.ref.name == "w0"
+
+
+def test_pods_no_longer_selected_are_restored_and_their_states_removed() -> None:
+    gone = pod("w0", condition="False", reason="CircuitOpen", labels={"app": "web"})
+    states = {"w0": circuit_state(gone, state="open")}
+    plan = plan_policy(observe(policy(), [gone], {}, states=states))
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+    assert [d.name for d in plan.circuit_state_deletes] == ["w0"]
+
+
+def test_node_cordon_respects_cap_and_storm() -> None:
+    gpu = {"nvidia.com/gpu.present": "true"}
+    nodes = [node("n1", labels=gpu), node("n2", labels=gpu), node("n3", labels=gpu)]
+    pods = [pod(f"w{i}", node=f"n{i % 3 + 1}", condition="True") for i in range(9)]
+    pol = policy(
+        nodeRemediation={"enabled": True, "tripThreshold": 2, "minDistinctPods": 1},
+        safety={"maxCordonedNodes": 1, "stormThreshold": "100%", "maxUnreadyPods": "100%"},
+    )
+    trips = {n.name: [Trip("x", NOW - 5), Trip("y", NOW - 4)] for n in nodes[:2]}
+    trips["n1"].append(Trip("z", NOW - 3))
+    plan = plan_policy(
+        observe(pol, pods, {p.uid: reading(p) for p in pods}, nodes=nodes, trips=trips)
+    )
+    assert [c.node for c in plan.nodes] == ["n1"]  # the worst node, and only one
+    assert plan.suppressed[("cordon", "cap")] == 1
+    cordoned = [
+        dataclasses.replace(nodes[0], unschedulable=True, annotations={CORDONED_BY: "ns/pol"}),
+        *nodes[1:],
+    ]
+    plan = plan_policy(
+        observe(pol, pods, {p.uid: reading(p) for p in pods}, nodes=cordoned, trips=trips)
+    )
+    assert plan.nodes == []  # n1 is held, the cap is full
+
+
+def test_cleanup_restores_pods_removes_states_and_undoes_cordons() -> None:
+    pol = policy()
+    held = pod("w0", condition="False", reason="CircuitOpen")
+    admin = pod("w1", condition="False", reason="SomeoneElse")
+    ours = node("n1", unschedulable=True, annotations={CORDONED_BY: "ns/pol"})
+    theirs = node("n2", unschedulable=True)
+    plan = plan_cleanup(
+        pol,
+        pods={p.name: p for p in (held, admin)},
+        circuit_states={"w0": circuit_state(held), "w1": circuit_state(admin)},
+        nodes={"n1": ours, "n2": theirs},
+        now=NOW,
+    )
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+    assert sorted(d.name for d in plan.circuit_state_deletes) == ["w0", "w1"]
+    assert [(c.node, c.action) for c in plan.nodes] == [("n1", "uncordon")]

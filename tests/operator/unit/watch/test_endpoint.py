@@ -1,0 +1,177 @@
+"""Following real endpoints (a separate process on loopback addresses): long-poll, fallback to
+polling, bounded reads, and watchers that leave nothing behind when stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from circuitgate_devkit.cluster.fake_endpoints import FakeWorkers
+from circuitgate_devkit.waiting import eventually_async
+from circuitgate_operator.contract import Reading
+from circuitgate_operator.model import WatchSpec
+from circuitgate_operator.watch.endpoint import EndpointWatcher, fetch_reading
+from circuitgate_operator.watch.pool import Target, WatcherPool, new_session
+
+
+def test_long_poll_hears_a_trip_at_once(fake_workers: FakeWorkers) -> None:
+    host = fake_workers.add()
+    readings: list[tuple[float, Reading]] = []
+
+    async def scenario() -> float:
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(long_poll=30, poll_interval=10),
+                on_reading=lambda r: readings.append((time.time(), r)),
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            # The long-poll is now held open by the endpoint.
+            await eventually_async(lambda: fake_workers.show(host)["open_requests"] == 1)
+            opened = await asyncio.to_thread(fake_workers.trip, host, trips=1)
+            await eventually_async(lambda: readings[-1][1].state == "open")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert not watcher.polling
+            return readings[-1][0] - opened
+
+    latency = asyncio.run(scenario())
+    assert latency < 1.0  # nowhere near the 10 s poll interval
+    assert [r.state for _, r in readings] == ["closed", "open"]
+
+
+def test_an_endpoint_without_long_poll_is_polled_at_the_interval(fake_workers: FakeWorkers) -> None:
+    host = fake_workers.add()
+    fake_workers.set(host, mode="no_long_poll")
+    readings: list[Reading] = []
+
+    async def scenario() -> EndpointWatcher:
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(long_poll=30, poll_interval=1),
+                on_reading=readings.append,
+            )
+            began = time.monotonic()
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) >= 4, timeout=10, what="4 readings")
+            elapsed.append(time.monotonic() - began)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return watcher
+
+    elapsed: list[float] = []
+    watcher = asyncio.run(scenario())
+    assert watcher.polling
+    # Not a hot loop: one plain GET, one long-poll answered at once, then one per second, so
+    # the fourth reading comes two poll intervals in at the earliest.
+    assert elapsed[0] >= 1.8, f"4 readings in {elapsed[0]:.2f} s"
+    assert fake_workers.show(host)["total_requests"] == len(readings)
+    assert all(r.state == "closed" for r in readings)
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "reason"),
+    [
+        ("malformed", "malformed", "malformed document: not JSON"),
+        ("invalid", "malformed", "malformed document: breakers/0/state"),
+        ("oversized", "oversized", "oversized answer: more than 65536 bytes"),
+        ("slow", "timeout", "no complete answer within 1s"),
+        ("http500", "http_status", "HTTP 500 instead of 200"),
+        ("refused", "refused", "connection refused"),
+    ],
+)
+def test_a_bad_answer_is_unknown_with_a_kind_and_a_reason(
+    fake_workers: FakeWorkers, mode: str, kind: str, reason: str
+) -> None:
+    host = fake_workers.add()
+    fake_workers.trip(host, trips=1)  # whatever it says, it never reads as closed
+    if mode == "refused":
+        fake_workers.set(host, listening=False)
+    else:
+        fake_workers.set(host, mode=mode)
+
+    async def read() -> tuple[Reading, float]:
+        async with new_session() as session:
+            started = time.monotonic()
+            reading = await fetch_reading(
+                session, fake_workers.url(host), timeout=1.0, max_bytes=65536
+            )
+            return reading, time.monotonic() - started
+
+    reading, took = asyncio.run(read())
+    assert reading.state == "unknown" and not reading.reachable
+    assert reading.error == kind
+    assert reading.reason.startswith(reason)
+    assert took < 2.0
+
+
+def test_a_failed_endpoint_is_retried_after_the_interval_and_recovers(
+    fake_workers: FakeWorkers,
+) -> None:
+    host = fake_workers.add()
+    fake_workers.set(host, mode="http500")
+    readings: list[Reading] = []
+
+    async def scenario() -> None:
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(poll_interval=1, timeout=1),
+                on_reading=readings.append,
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            await asyncio.to_thread(fake_workers.set, host, mode="normal")
+            await eventually_async(lambda: readings[-1].state == "closed", timeout=3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert readings[0].state == "unknown"
+    assert fake_workers.show(host)["total_requests"] <= 4
+
+
+def test_stopped_watchers_leave_no_task_and_no_connection(fake_workers: FakeWorkers) -> None:
+    hosts = [fake_workers.add() for _ in range(20)]
+
+    async def scenario() -> None:
+        baseline = len(asyncio.all_tasks())
+        session = new_session()
+        heard: dict[str, Reading] = {}
+        pool = WatcherPool(session, heard.__setitem__)
+        spec = WatchSpec(long_poll=30)
+        await pool.sync({h: Target(fake_workers.url(h), spec) for h in hosts})
+        await eventually_async(lambda: len(heard) == 20)
+
+        async def all_held() -> bool:
+            shown = await asyncio.gather(*(asyncio.to_thread(fake_workers.show, h) for h in hosts))
+            return all(s["open_requests"] == 1 for s in shown)
+
+        await eventually_async(all_held)
+        assert len(asyncio.all_tasks()) == baseline + 20
+        # Half the pods go away: their watchers stop at once, the others carry on.
+        await pool.sync({h: Target(fake_workers.url(h), spec) for h in hosts[10:]})
+        assert pool.keys == frozenset(hosts[10:])
+        assert len(asyncio.all_tasks()) == baseline + 10
+
+        async def released(subset: list[str]) -> bool:
+            shown = await asyncio.gather(*(asyncio.to_thread(fake_workers.show, h) for h in subset))
+            return all(s["open_requests"] == 0 for s in shown)
+
+        await eventually_async(lambda: released(hosts[:10]))
+        await pool.close()
+        assert len(asyncio.all_tasks()) == baseline
+        await eventually_async(lambda: released(hosts))
+        connector = session.connector
+        assert connector is not None
+        assert not connector._acquired  # type: ignore[attr-defined]
+        await session.close()
+
+    asyncio.run(scenario())
