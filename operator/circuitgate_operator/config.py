@@ -26,6 +26,9 @@ class OperatorConfig:
     webhook_port: int = 9443
     webhook_cert_dir: str = ""  # empty: a fresh self-signed certificate in a temp folder
     webhook_name: str = "circuitgate-operator"
+    # A ClusterRole of the release that owns the webhook configuration, so the garbage
+    # collector deletes it with the release even when the operator cannot (empty: none).
+    webhook_owner: str = ""
     peering_lifetime: int = 60
     peering_name: str = "circuitgate"
     max_document_bytes: int = 256 * 1024
@@ -44,6 +47,7 @@ class OperatorConfig:
             webhook_port=int(env.get("CIRCUITGATE_WEBHOOK_PORT", default.webhook_port)),
             webhook_cert_dir=env.get("CIRCUITGATE_WEBHOOK_CERT_DIR", default.webhook_cert_dir),
             webhook_name=env.get("CIRCUITGATE_WEBHOOK_NAME", default.webhook_name),
+            webhook_owner=env.get("CIRCUITGATE_WEBHOOK_OWNER", default.webhook_owner),
             peering_lifetime=int(env.get("CIRCUITGATE_PEERING_LIFETIME", default.peering_lifetime)),
             peering_name=env.get("CIRCUITGATE_PEERING_NAME", default.peering_name),
             max_document_bytes=int(

@@ -54,14 +54,30 @@ def client_config(url: str, ca_bundle: bytes) -> dict[str, Any]:
     return {"url": f"{url.rstrip('/')}/{HANDLER_ID}", "caBundle": bundle}
 
 
+def owned_by_cluster_role(name: str, uid: str) -> dict[str, str]:
+    """An owner reference to a ClusterRole: a cluster-scoped object may only be owned by one."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "name": name,
+            "uid": uid}  # fmt: skip
+
+
 def webhook_configuration(
-    name: str, url: str, ca_bundle: bytes, namespaces: list[str]
+    name: str,
+    url: str,
+    ca_bundle: bytes,
+    namespaces: list[str],
+    owner: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     values = sorted(namespaces) or [_NO_NAMESPACE]
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/part-of": "circuitgate"},
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "circuitgate"}},
+        "metadata": metadata,
         "webhooks": [
             {
                 "name": f"readiness-gate.{name}.circuitgate.io",
@@ -144,9 +160,24 @@ class WebhookSetup:
                 await asyncio.sleep(2)
                 self._changed.set()
 
+    async def _owner(self) -> dict[str, str] | None:
+        """The release's ClusterRole as owner: ``helm uninstall`` deletes it, and the garbage
+        collector then deletes the configuration, even when this process is gone or (as the
+        release's RBAC goes first) no longer allowed to."""
+        if not self.config.webhook_owner:
+            return None
+        role = await self.operator.api.request(
+            "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{self.config.webhook_owner}"
+        )
+        return owned_by_cluster_role(role["metadata"]["name"], role["metadata"]["uid"])
+
     async def _apply(self, namespaces: list[str]) -> None:
         body = webhook_configuration(
-            self.config.webhook_name, self.url, self.cafile.read_bytes(), namespaces
+            self.config.webhook_name,
+            self.url,
+            self.cafile.read_bytes(),
+            namespaces,
+            owner=await self._owner(),
         )
         path = f"{_PATH}/{self.config.webhook_name}"
         try:

@@ -18,57 +18,29 @@ import yaml
 
 from circuitgate_devkit.cluster.examples import example_objects
 from circuitgate_devkit.node.cluster import NodeCluster
-from circuitgate_devkit.node.images import build_dockerfile_image
-from circuitgate_devkit.paths import CHART, REPO
 from circuitgate_devkit.waiting import eventually
+from tests.node.release import (
+    GATE,
+    OPERATOR_NAMESPACE,
+    REDIS_IMAGE,
+    RELEASE,
+    WORKER_IMAGE,
+    installed_chart,
+    load_images,
+)
 
 pytestmark = pytest.mark.node
 
-OPERATOR_IMAGE = "circuitgate.local/circuitgate-operator:0.1.0"
-WORKER_IMAGE = "circuitgate.local/circuitgate-example-worker:0.1.0"
-REDIS_IMAGE = "circuitgate.local/redis:7"
-RELEASE, OPERATOR_NAMESPACE, NAMESPACE = "circuitgate-operator", "circuitgate-system", "workers"
-GATE = "circuitgate.io/circuit-closed"
+NAMESPACE = "workers"
 _SUCCESSES = re.compile(r'^circuitgate_calls_total\{[^}]*outcome="success"[^}]*\} (\S+)$', re.M)
 
 
 @pytest.fixture(scope="module")
 def operator(node_cluster: NodeCluster) -> Iterator[str]:
-    """The images in the node, the chart installed with node remediation allowed, its pod
-    Ready by its own probes; at the end ``helm uninstall`` must leave only the CRDs."""
-    for dockerfile, name in [
-        ("docker/operator.Dockerfile", OPERATOR_IMAGE),
-        ("examples/worker/Dockerfile", WORKER_IMAGE),
-        ("devkit/circuitgate_devkit/node/redis.Dockerfile", REDIS_IMAGE),
-    ]:
-        node_cluster.load_image(build_dockerfile_image(REPO / dockerfile, name))
-    repository, _, tag = OPERATOR_IMAGE.rpartition(":")
-    node_cluster.helm(
-        "install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=Never", "--set", "nodeRemediation.enabled=true",
-        "--wait", "--timeout", "3m", timeout=240,
-    )  # fmt: skip
-    yield f"deployment/{RELEASE}"
-    node_cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-    release = ["-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"]
-
-    def left() -> str:
-        cluster_wide = "clusterroles,clusterrolebindings,mutatingwebhookconfigurations"
-        found = node_cluster.kubectl("get", cluster_wide, *release).stdout
-        found += node_cluster.kubectl(
-            "get", "all,sa,cm,secrets,leases", "-n", OPERATOR_NAMESPACE, *release
-        ).stdout
-        return found.strip()
-
-    # The operator pod takes its grace period to go; nothing else may stay.
-    eventually(lambda: not left(), timeout=60, interval=1, what="helm uninstall to leave nothing")
-    crds = set(node_cluster.kubectl("get", "crd", "-o", "name").stdout.split())
-    prefix = "customresourcedefinition.apiextensions.k8s.io/"
-    assert {
-        f"{prefix}circuitpolicies.circuitgate.io",
-        f"{prefix}circuitstates.circuitgate.io",
-    } <= crds
+    """The chart installed with node remediation allowed (the story cordons the node)."""
+    load_images(node_cluster)
+    with installed_chart(node_cluster, "nodeRemediation.enabled=true") as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ reach it). Stopping leaves nothing behind: processes, pod cgroups, /run entries,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -29,7 +30,13 @@ from .runtime import (
     corefile,
     kubelet_config,
 )
-from .sweep import RunSnapshot, foreign_pod_cgroups, kill_node_processes, remove_pod_cgroups
+from .sweep import (
+    CGROUP_ROOT,
+    RunSnapshot,
+    foreign_pod_cgroups,
+    kill_node_processes,
+    remove_pod_cgroups,
+)
 
 __all__ = ("NodeCluster", "NodeUnavailable")
 
@@ -116,6 +123,17 @@ class NodeCluster(ControlPlane):
              "images", "import", str(archive)],
             check=True, timeout=300,
         )  # fmt: skip
+
+    def container_pids(self, namespace: str, pod: str) -> list[int]:
+        """The host pids of a pod's first container: found by its cgroup, which the kubelet
+        names by the pod's uid and the container's id (to freeze or kill it from outside)."""
+        status = json.loads(self.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+        uid = status["metadata"]["uid"]
+        container = status["status"]["containerStatuses"][0]["containerID"].partition("://")[2]
+        pids: set[int] = set()
+        for procs in CGROUP_ROOT.glob(f"pids/kubepods/**/pod{uid}/{container}/cgroup.procs"):
+            pids.update(int(line) for line in procs.read_text().split())
+        return sorted(pids)
 
     # -- the control plane's hooks -----------------------------------------------------------
 

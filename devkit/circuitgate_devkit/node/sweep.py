@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = (
+    "CGROUP_ROOT",
     "RunSnapshot",
     "foreign_pod_cgroups",
     "kill_node_processes",

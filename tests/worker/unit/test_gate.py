@@ -8,6 +8,7 @@ delivering.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from circuitgate.breaker_set import BreakerSet
 from circuitgate.gate import ConsumptionGate
 from circuitgate.settings import load_settings
 from circuitgate.shared_state import State
+from circuitgate_devkit.waiting import eventually
 
 GUARDED = "app.guarded"
 UNGUARDED = "app.unguarded"
@@ -173,14 +175,30 @@ def waiting(channel: Any, queue: str) -> list[str]:
     return ids
 
 
-def drain(connection: Connection, seconds: float = 0.05) -> None:
-    """Let the transport poll and deliver for ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            connection.drain_events(timeout=left)
-        except TimeoutError:
-            return
+def drain(connection: Connection, channel: Any, polls: int = 3) -> None:
+    """Let the transport poll ``polls`` times, delivering what it may: enough for anything
+    deliverable to arrive, so an empty delivery list then means nothing was let through.
+
+    A poll is the channel asking its QoS whether it may consume (kombu's virtual channels do
+    on every drain while they have consumers), which is where the gate answers.
+    """
+    asked = [0]
+    can_consume = channel.qos.can_consume
+
+    def counted() -> bool:
+        asked[0] += 1
+        return bool(can_consume())
+
+    def polled() -> bool:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.01)
+        return asked[0] >= polls
+
+    channel.qos.can_consume = counted
+    try:
+        eventually(polled, timeout=5, interval=0, what=f"{polls} polls of the transport")
+    finally:
+        channel.qos.can_consume = can_consume
 
 
 def run_due_timers(timer: Timer, after: float = PAUSER_INTERVAL * 1.2) -> None:
@@ -249,10 +267,10 @@ def test_nothing_is_fetched_while_open_and_the_waiting_message_comes_after(
     consumer, _ = started(channel, [cpu], breakers)
     breakers.default.open()
     publish(channel, cpu, "t1")
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == []
     breakers.default.half_open()
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == ["t1"]
 
 
@@ -338,7 +356,7 @@ def test_a_breaker_bound_to_a_queue_pauses_that_queue_alone(
     assert channel.qos.can_consume()  # the CPU queue keeps flowing
     publish(channel, gpu, "on-gpu")
     publish(channel, cpu, "on-cpu")
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == ["on-cpu"]
 
 
@@ -351,12 +369,12 @@ def test_the_pauser_follows_the_breaker_on_the_consumers_timer(
     run_due_timers(consumer.timer)
     assert not consumer.task_consumer.consuming_from(gpu)
     publish(channel, gpu, "waited")
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == []
     split.gpu.close()
     run_due_timers(consumer.timer)
     assert consumer.task_consumer.consuming_from(gpu)
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == ["waited"]
 
 
@@ -368,7 +386,7 @@ def test_a_refusal_pauses_its_queue_at_once_and_the_message_is_not_delivered_bac
     split.gpu.open()  # since the pauser last looked
     assert consumer.handle(message) is None
     assert not consumer.task_consumer.consuming_from(gpu)  # no timer has run
-    drain(connection)
+    drain(connection, channel)
     assert consumer.delivered == []
     assert waiting(channel, gpu) == ["t1"]
 
