@@ -8,6 +8,8 @@ reach it). Stopping leaves nothing behind: processes, pod cgroups, /run entries,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -15,9 +17,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 from circuitgate_devkit.cluster.control_plane import ControlPlane, ControlPlaneUnavailable
 from circuitgate_devkit.cluster.pki import Leaf
+from circuitgate_devkit.waiting import TimedOut, eventually
 
 from .images import build_pause_image
 from .netns import NetworkNamespace
@@ -52,6 +56,28 @@ class NodeUnavailable(ControlPlaneUnavailable):
     """Something the node needs is missing or would not start; the message says what."""
 
 
+_LOCK_FILE = Path("/run/circuitgate-node.lock")
+
+
+def _exclusive_lock() -> IO[str]:
+    """One node per machine: kubelets share the pod cgroups, so a second would fight the first
+    (and its sweep would kill the first's pods). Held until stop; the kernel drops it if this
+    process dies."""
+    lock = _LOCK_FILE.open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "unknown"
+        lock.close()
+        raise NodeUnavailable(f"another test node runs on this machine (pid {owner})") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 class NodeCluster(ControlPlane):
     """`ControlPlane` plus a scheduler, every controller, containerd and a kubelet."""
 
@@ -65,6 +91,7 @@ class NodeCluster(ControlPlane):
         self.node_startup_seconds: float | None = None
         self._run_before: RunSnapshot | None = None
         self._forward_socket: socket.socket | None = None
+        self._lock: IO[str] | None = None
 
     @property
     def address(self) -> str:
@@ -82,11 +109,12 @@ class NodeCluster(ControlPlane):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._lock = _exclusive_lock()
         self._check_prerequisites()
         began = time.monotonic()
-        self.netns.create()
-        self._run_before = RunSnapshot.take()
         try:
+            self.netns.create()
+            self._run_before = RunSnapshot.take()
             super().start()
             self._start_scheduler()
             self._start_service_network()
@@ -95,12 +123,14 @@ class NodeCluster(ControlPlane):
             self._start_kubelet()
             self._wait_node_ready(began + self.startup_timeout)
         except BaseException:
-            self.stop()
+            self.stop(keep_workdir=True)  # its logs say why
             raise
         self.node_startup_seconds = time.monotonic() - began
 
     def stop(self, *, keep_workdir: bool = False) -> None:
         socket_path = self.files.containerd_socket if self.workdir else None
+        if socket_path is not None and self._running("kubelet"):
+            self._delete_pods()
         super().stop(keep_workdir=True)
         if socket_path is not None:
             kill_node_processes(socket_path)
@@ -115,6 +145,27 @@ class NodeCluster(ControlPlane):
         if self.workdir is not None and not keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def _running(self, name: str) -> bool:
+        return any(p.name == name and p.popen.poll() is None for p in self._processes)
+
+    def _delete_pods(self) -> None:
+        """Let the kubelet stop every pod (CNI DEL frees its address) before the sweep;
+        whatever is still there after the wait is killed by it."""
+        self.kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=0",
+                     "--force", "--wait=false", check=False, timeout=60)  # fmt: skip
+
+        ctr = ["ctr", "--address", str(self.files.containerd_socket), "-n", "k8s.io"]
+
+        def sandboxes_gone() -> bool:
+            run = self._run([*ctr, "tasks", "ls", "-q"], check=False, timeout=30)
+            return run.returncode == 0 and not run.stdout.strip()
+
+        with contextlib.suppress(TimedOut):
+            eventually(sandboxes_gone, timeout=30, interval=0.5, what="every pod torn down")
 
     def load_image(self, archive: Path) -> None:
         """Import an OCI archive into the node's containerd (pods use imagePullPolicy: Never)."""
@@ -194,6 +245,8 @@ class NodeCluster(ControlPlane):
             "--cluster-signing-key-file": str(pki / "ca.key"),
             "--allocate-node-cidrs": "false",
             "--use-service-account-credentials": "true",
+            # Not /usr/libexec/kubernetes: nothing of the node is written outside its folder.
+            "--flex-volume-plugin-dir": str(self.files.root / "volume-plugins"),
         })  # fmt: skip
         return flags
 
@@ -256,7 +309,7 @@ class NodeCluster(ControlPlane):
                        files.pod_logs, files.sysctl_dir):  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)
         files.containerd_config.write_text(containerd_config(files))
-        (files.cni_conf_dir / "10-circuitgate.conflist").write_text(cni_config())
+        (files.cni_conf_dir / "10-circuitgate.conflist").write_text(cni_config(files))
         (files.root / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         # A private mount namespace where files stand over the sysctls the kubelet writes.
         binds = []

@@ -16,6 +16,7 @@ it is never copied into an image.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -70,8 +71,7 @@ def _pause_source() -> Path:
 def build_pause_image() -> Path:
     """The pause image as an OCI archive, compiled once per source (a static binary, ~800 KB)."""
     source = _pause_source()
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    archive = image_cache() / f"pause-{digest}.tar"
+    archive = image_cache() / f"pause-{_key(PAUSE_IMAGE, source.read_bytes())}.tar"
     if archive.exists():
         return archive
     with tempfile.TemporaryDirectory(prefix="circuitgate-pause-") as work:
@@ -83,7 +83,7 @@ def build_pause_image() -> Path:
              str(source)],
             check=True, capture_output=True,
         )  # fmt: skip
-        partial = archive.with_suffix(".partial")
+        partial = archive.with_suffix(f".{os.getpid()}.partial")
         pack_image(rootfs, PAUSE_IMAGE, partial, entrypoint=["/pause"], user="65535:65535")
         shutil.move(partial, archive)
     return archive
@@ -104,7 +104,7 @@ def build_base_image() -> Path:
         _run(["chroot", str(rootfs), "python3", "-m", "venv", "/usr/local"], "venv")
         for cache in ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
             shutil.rmtree(rootfs / cache, ignore_errors=True)
-        partial = archive.with_suffix(".partial")
+        partial = archive.with_suffix(f".{os.getpid()}.partial")
         pack_image(
             rootfs,
             "circuitgate.local/python:3.11-slim-bookworm",
@@ -152,7 +152,7 @@ def build_dockerfile_image(dockerfile: Path, name: str) -> Path:
              "--volume", f"{HOST_CA}:{BUILD_CA}:ro", "-t", name, str(REPO)],
             f"buildah bud {dockerfile.name}", timeout=1800,
         )  # fmt: skip
-        partial = archive.with_suffix(".partial")
+        partial = archive.with_suffix(f".{os.getpid()}.partial")
         _run(["buildah", *storage, "push", name, f"oci-archive:{partial}:{name}"], "buildah push")
         shutil.move(partial, archive)
     return archive

@@ -29,10 +29,14 @@ SERVICE_SUBNET = "10.0.0.0/24"
 CLUSTER_DOMAIN = "cluster.local"
 
 KUBELET_SYSCTLS = {
-    # What kubelet's container manager sets at start (protectKernelDefaults: false).
+    # Every sysctl kubelet's container manager checks at start, at the value it wants: with
+    # protectKernelDefaults it fails on a difference instead of writing the machine's.
     "/proc/sys/vm/overcommit_memory": "1",
+    "/proc/sys/vm/panic_on_oom": "0",
     "/proc/sys/kernel/panic": "10",
     "/proc/sys/kernel/panic_on_oops": "1",
+    "/proc/sys/kernel/keys/root_maxkeys": "1000000",
+    "/proc/sys/kernel/keys/root_maxbytes": "25000000",
 }
 
 
@@ -89,6 +93,8 @@ disabled_plugins = [
   "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
+  # It would create /opt/containerd on the host.
+  "io.containerd.internal.v1.opt",
 ]
 
 [grpc]
@@ -112,7 +118,7 @@ disabled_plugins = [
 """
 
 
-def cni_config() -> str:
+def cni_config(files: NodeFiles) -> str:
     """Pods on a bridge inside the namespace, addresses from host-local IPAM."""
     return json.dumps(
         {
@@ -127,6 +133,8 @@ def cni_config() -> str:
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
+                        # Not /var/lib/cni: the address reservations stay in the node's folder.
+                        "dataDir": str(files.root / "cni" / "ipam"),
                         "ranges": [[{"subnet": POD_SUBNET}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                     },
@@ -177,6 +185,8 @@ def kubelet_config(files: NodeFiles, *, address: str, ca_file: Path, tls: tuple[
         },
         "authorization": {"mode": "Webhook"},
         "failSwapOn": False,
+        "protectKernelDefaults": True,
+        "volumePluginDir": str(files.root / "volume-plugins"),
         "podLogsDir": str(files.pod_logs),
         "resolvConf": str(files.root / "resolv.conf"),
         "clusterDNS": [address],

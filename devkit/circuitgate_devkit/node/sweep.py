@@ -49,13 +49,15 @@ def _pids_in(cgroup: Path) -> set[int]:
 
 
 def _pids_talking_to(socket_path: Path) -> set[int]:
-    """Processes whose command line names the node's containerd socket: its shims."""
-    needle = str(socket_path).encode()
+    """The node's shims: ``containerd-shim-runc-v2 ... -address <its containerd socket>``."""
+    address = [b"-address", str(socket_path).encode()]
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
-                if needle in (proc / "cmdline").read_bytes():
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                pairs = [argv[i : i + 2] for i in range(len(argv) - 1)]
+                if argv[0].endswith(b"containerd-shim-runc-v2") and address in pairs:
                     pids.add(int(proc.name))
     return pids
 
@@ -125,4 +127,9 @@ def leftovers(containerd_socket: Path, netns: Path) -> list[str]:
     left += [str(cgroup) for cgroup in _pod_cgroup_dirs()]
     if netns.exists():
         left.append(str(netns))
+    # Host paths the node's components would write by default, moved into its folder.
+    for path in (Path("/var/lib/cni/networks/circuitgate-node"), Path("/opt/containerd"),
+                 Path("/usr/libexec/kubernetes")):  # fmt: skip
+        if path.exists():
+            left.append(str(path))
     return left
