@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CACHE  ?= $(HOME)/.cache/circuitgate
 export CIRCUITGATE_CACHE := $(CACHE)
 
-.PHONY: test demo setup system-packages control-plane lint typecheck docs pytest bench clean
+.PHONY: test demo setup system-packages control-plane lint typecheck docs pytest nightly bench clean
 
 test: setup control-plane lint typecheck docs pytest
 
@@ -48,6 +48,11 @@ docs: $(VENV)/.installed
 
 pytest:
 	$(PY) -m pytest
+
+# The property tests with many more examples (minutes, not seconds): for a nightly job.
+nightly: setup
+	HYPOTHESIS_PROFILE=nightly $(PY) -m pytest tests/worker/properties tests/operator/properties \
+		tests/operator/unit/watch/test_fuzzed_replies.py
 
 bench: setup
 	$(PY) bench/amplification.py

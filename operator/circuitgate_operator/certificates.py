@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -13,7 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ("make_certificate", "subject_name")
+__all__ = (
+    "make_certificate",
+    "new_certificate",
+    "serves_host",
+    "subject_name",
+    "write_certificate",
+)
 
 _VALID = datetime.timedelta(days=365)
 
@@ -63,11 +70,10 @@ def _usage(*, sign_certificates: bool) -> x509.KeyUsage:
     )
 
 
-def make_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
-    """A CA and a serving certificate for host (an IP or a DNS name), written to directory as
-    ``tls.crt``, ``tls.key`` and ``ca.crt``; returns those paths. The CA's key is never
-    written: nothing else is ever signed with it."""
-    directory.mkdir(parents=True, exist_ok=True)
+def new_certificate(host: str) -> dict[str, bytes]:
+    """A CA and a serving certificate for host (an IP or a DNS name), as PEM under the names a
+    ``kubernetes.io/tls`` Secret uses: ``tls.crt``, ``tls.key`` and ``ca.crt``. The CA's key
+    is dropped: nothing else is ever signed with it."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate(
         "circuitgate-webhook-ca",
@@ -92,16 +98,43 @@ def make_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
             (x509.SubjectAlternativeName([subject_name(host)]), False),
         ],
     )
-    certfile, keyfile, cafile = directory / "tls.crt", directory / "tls.key", directory / "ca.crt"
-    certfile.write_bytes(serving.public_bytes(serialization.Encoding.PEM))
-    keyfile.touch(mode=0o600)
-    keyfile.chmod(0o600)  # before the key is in it, whatever the file was
-    keyfile.write_bytes(
-        key.private_bytes(
+    return {
+        "tls.crt": serving.public_bytes(serialization.Encoding.PEM),
+        "tls.key": key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
-    )
-    cafile.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        ),
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+    }
+
+
+def serves_host(pems: Mapping[str, bytes], host: str, *, margin: datetime.timedelta) -> bool:
+    """Whether ``pems`` (as `new_certificate` returns) is a serving certificate for host that
+    stays valid for ``margin`` more: a shared one made for another host, or about to expire,
+    is replaced rather than served."""
+    try:
+        serving = x509.load_pem_x509_certificate(pems["tls.crt"])
+        x509.load_pem_x509_certificate(pems["ca.crt"])
+        names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (KeyError, ValueError, x509.ExtensionNotFound):
+        return False
+    now = datetime.datetime.now(datetime.UTC)
+    return subject_name(host) in names and serving.not_valid_after_utc - margin > now
+
+
+def write_certificate(directory: Path, pems: Mapping[str, bytes]) -> tuple[Path, Path, Path]:
+    """Write ``pems`` to directory; returns the certificate, key and CA paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    certfile, keyfile, cafile = directory / "tls.crt", directory / "tls.key", directory / "ca.crt"
+    certfile.write_bytes(pems["tls.crt"])
+    keyfile.touch(mode=0o600)
+    keyfile.chmod(0o600)  # before the key is in it, whatever the file was
+    keyfile.write_bytes(pems["tls.key"])
+    cafile.write_bytes(pems["ca.crt"])
     return certfile, keyfile, cafile
+
+
+def make_certificate(directory: Path, host: str) -> tuple[Path, Path, Path]:
+    """A new certificate for host (`new_certificate`), written to directory."""
+    return write_certificate(directory, new_certificate(host))

@@ -29,6 +29,9 @@ class OperatorConfig:
     # A ClusterRole of the release that owns the webhook configuration, so the garbage
     # collector deletes it with the release even when the operator cannot (empty: none).
     webhook_owner: str = ""
+    # The Secret ("namespace/name") holding the certificate all replicas serve (empty: one of
+    # this process's own, which only a single replica can use).
+    webhook_secret: str = ""
     peering_lifetime: int = 60
     peering_name: str = "circuitgate"
     max_document_bytes: int = 256 * 1024
@@ -48,6 +51,7 @@ class OperatorConfig:
             webhook_cert_dir=env.get("CIRCUITGATE_WEBHOOK_CERT_DIR", default.webhook_cert_dir),
             webhook_name=env.get("CIRCUITGATE_WEBHOOK_NAME", default.webhook_name),
             webhook_owner=env.get("CIRCUITGATE_WEBHOOK_OWNER", default.webhook_owner),
+            webhook_secret=env.get("CIRCUITGATE_WEBHOOK_SECRET", default.webhook_secret),
             peering_lifetime=int(env.get("CIRCUITGATE_PEERING_LIFETIME", default.peering_lifetime)),
             peering_name=env.get("CIRCUITGATE_PEERING_NAME", default.peering_name),
             max_document_bytes=int(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 
 __all__ = (
+    "INT64_MAX",
     "SCHEMA_ID",
     "SCHEMA_PATH",
     "TRIPPED_STATES",
@@ -29,6 +30,8 @@ __all__ = (
 
 SCHEMA_ID = "circuitgate.io/breaker-state/v1"
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "breaker-state.v1.json"
+# The schema bounds every integer to this: what the API server stores in an integer field.
+INT64_MAX = 2**63 - 1
 
 
 class BreakerState(StrEnum):
@@ -99,17 +102,33 @@ def unknown(url: str, error: ErrorKind, reason: str) -> Reading:
 
 
 def _valid_time(value: str | None) -> bool:
+    """RFC 3339 with a zone, and an instant that UTC can spell (year 1 at +01:00 cannot)."""
     if value is None:
         return True
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            return False
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return False
-    return parsed.tzinfo is not None
+    return True
 
 
 def parse_document(url: str, payload: bytes) -> Reading:
-    """Turn an answer body into a Reading: the pod's most severe breaker, or unknown."""
+    """Turn an answer body into a Reading: the pod's most severe breaker, or unknown.
+
+    Never raises: a hostile body can make the parser or the validator fail in ways no list of
+    exception types foresees (nesting deep enough for a RecursionError, a time past year 9999
+    once in UTC); any of them is an unknown Reading with the exception's name as the reason.
+    """
+    try:
+        return _read(url, payload)
+    except Exception as error:  # any failure on a reply is a reading, not a crash
+        return unknown(url, "malformed", f"malformed document: {type(error).__name__}")
+
+
+def _read(url: str, payload: bytes) -> Reading:
     try:
         document = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -133,12 +152,13 @@ def parse_document(url: str, payload: bytes) -> Reading:
         state=BreakerState(worst["state"]),
         reachable=True,
         breaker=worst["name"],
-        failures=worst["consecutive_failures"],
-        trips=sum(b["trips"] for b in breakers),
+        # int(): JSON Schema counts 5.0 as an integer; CircuitState's fields want 5.
+        failures=int(worst["consecutive_failures"]),
+        trips=min(sum(int(b["trips"]) for b in breakers), INT64_MAX),
         opened_at=_normalise_time(worst["opened_at"]),
         may_close_at=_normalise_time(worst["may_close_at"]),
         consumption_paused=any(b["consumption_paused"] for b in breakers),
-        sequence=document["sequence"],
+        sequence=int(document["sequence"]),
     )
 
 

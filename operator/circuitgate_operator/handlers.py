@@ -69,7 +69,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     operator = Operator(config)
     await operator.start()
     memo.operator = operator
-    memo.webhook = WebhookSetup(config, operator) if config.webhook else None
+    memo.webhook = (
+        await WebhookSetup.start(config, operator, standalone=settings.peering.standalone)
+        if config.webhook
+        else None
+    )
     settings.admission.server = memo.webhook.server() if memo.webhook else _no_admission_server
     settings.admission.managed = None  # we keep the configuration ourselves (webhook.py)
 
@@ -128,9 +132,10 @@ async def inject_readiness_gate(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any
 ) -> None:
     """Add the readiness gate to a new pod that exactly one policy selects."""
-    if _webhook(memo) is None:
+    webhook = _webhook(memo)
+    if webhook is None:
         return
     namespace = body.get("metadata", {}).get("namespace") or ""
-    gates = readiness_gates_with_ours(body, namespace, _operator(memo).view.policies)
+    gates = readiness_gates_with_ours(body, namespace, await webhook.policies(namespace))
     if gates is not None:
         patch.setdefault("spec", {})["readinessGates"] = gates

@@ -15,6 +15,7 @@ from aiohttp import web
 from .act.api import KubeApi, load_api_client
 from .act.apply import Applier
 from .act.events import EventRecorder
+from .act.listing import Lister
 from .config import OperatorConfig
 from .contract import BreakerState
 from .decide.ledger import TripLedger
@@ -42,6 +43,7 @@ class Operator:
         self._session: aiohttp.ClientSession | None = None
         self._recorder: EventRecorder | None = None
         self._applier: Applier | None = None
+        self._lister: Lister | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_runner: web.AppRunner | None = None
 
@@ -53,6 +55,7 @@ class Operator:
         )
         self._session = new_session()
         self._recorder = EventRecorder(self._api)
+        self._lister = Lister(self._api, self.view)
         self._applier = Applier(
             self._api,
             self.view,
@@ -96,6 +99,12 @@ class Operator:
     def recorder(self) -> EventRecorder:
         assert self._recorder is not None, "operator not started"
         return self._recorder
+
+    @property
+    def lister(self) -> Lister:
+        """The one Lister the policy loops share, so one namespace is listed once."""
+        assert self._lister is not None, "operator not started"
+        return self._lister
 
     @property
     def applier(self) -> Applier:

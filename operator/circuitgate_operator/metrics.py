@@ -40,7 +40,7 @@ class Metrics:
         self.actions = Counter(
             "circuitgate_operator_actions",
             "Changes made to pods and nodes (mark_unready, mark_ready, cordon, uncordon, "
-            "release, evict).",
+            "release, forget, evict).",
             ["action"],
             registry=self.registry,
         )

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .names import CONDITION_TYPE
+from .clock import parse_time
+from .names import CONDITION_TYPE, label_value
 
 __all__ = (
     "EXCLUDE_LABEL",
@@ -36,7 +37,8 @@ __all__ = (
 
 PAUSE_ANNOTATION = "circuitgate.io/paused"
 EXCLUDE_LABEL = "circuitgate.io/exclude"
-# On each CircuitState: the policy that wrote it, so its policy can list and clean up its own.
+# On each CircuitState: the policy that wrote it (its label-safe name, `PolicyView.label`), so
+# its policy can list and clean up its own.
 POLICY_LABEL = "circuitgate.io/policy"
 
 IntOrPercent = int | str
@@ -95,14 +97,19 @@ class WatchSpec:
 
 @dataclass(frozen=True)
 class Taint:
+    """A node taint; ``time_added`` (NoExecute taints carry one) is written back as it was."""
+
     key: str
     value: str
     effect: str
+    time_added: str = ""
 
     def to_json(self) -> dict[str, str]:
         data = {"key": self.key, "effect": self.effect}
         if self.value:
             data["value"] = self.value
+        if self.time_added:
+            data["timeAdded"] = self.time_added
         return data
 
     def __str__(self) -> str:
@@ -165,6 +172,11 @@ class PolicyView:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def label(self) -> str:
+        """The policy's name as a label value (hashed when longer than a label allows)."""
+        return label_value(self.name)
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -180,6 +192,8 @@ class PodView:
     conditions: Mapping[str, Condition] = field(default_factory=dict)
     container_ports: Mapping[str, int] = field(default_factory=dict)
     resource_version: str = ""
+    # Unix time the pod's latest running container started; None while none runs.
+    started_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -208,6 +222,8 @@ class NodeView:
     unschedulable: bool = False
     taints: tuple[Taint, ...] = ()
     resource_version: str = ""
+    # From managedFields: (manager, Unix time) of each writer that set spec.unschedulable.
+    cordoned_by_managers: tuple[tuple[str, float], ...] = ()
 
     @property
     def excluded(self) -> bool:
@@ -216,6 +232,8 @@ class NodeView:
 
 @dataclass(frozen=True)
 class CircuitStateView:
+    """``policy``: the label-safe name of the policy that wrote it (`PolicyView.label`)."""
+
     namespace: str
     name: str
     policy: str
@@ -313,6 +331,18 @@ def parse_condition(raw: Mapping[str, Any]) -> Condition:
     )
 
 
+def _started_at(meta: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
+    """When the latest running container started. A pod whose status lists no containers at
+    all has no kubelet reporting on it (an API-only test cluster): its creation stands in."""
+    statuses = status.get("containerStatuses")
+    if not statuses:
+        return parse_time(meta.get("creationTimestamp"))
+    started = [
+        parse_time(((s.get("state") or {}).get("running") or {}).get("startedAt")) for s in statuses
+    ]
+    return max((t for t in started if t is not None), default=None)
+
+
 def parse_pod(body: Mapping[str, Any]) -> PodView:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
@@ -336,7 +366,18 @@ def parse_pod(body: Mapping[str, Any]) -> PodView:
         conditions=conditions,
         container_ports=ports,
         resource_version=meta.get("resourceVersion", ""),
+        started_at=_started_at(meta, status),
     )
+
+
+def _unschedulable_managers(meta: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    found = []
+    for entry in meta.get("managedFields") or ():
+        fields = ((entry.get("fieldsV1") or {}).get("f:spec")) or {}
+        when = parse_time(entry.get("time"))
+        if "f:unschedulable" in fields and when is not None:
+            found.append((str(entry.get("manager") or ""), when))
+    return tuple(found)
 
 
 def parse_node(body: Mapping[str, Any]) -> NodeView:
@@ -349,10 +390,16 @@ def parse_node(body: Mapping[str, Any]) -> NodeView:
         annotations=dict(meta.get("annotations") or {}),
         unschedulable=bool(spec.get("unschedulable", False)),
         taints=tuple(
-            Taint(t.get("key", ""), t.get("value") or "", t.get("effect", ""))
+            Taint(
+                t.get("key", ""),
+                t.get("value") or "",
+                t.get("effect", ""),
+                str(t.get("timeAdded") or ""),
+            )
             for t in spec.get("taints") or ()
         ),
         resource_version=meta.get("resourceVersion", ""),
+        cordoned_by_managers=_unschedulable_managers(meta),
     )
 
 

@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 from .act.api import ApiError
 from .act.apply import ApplyResult
 from .act.events import event_name
+from .act.listing import node_scopes, policy_scopes
 from .act.requests import circuit_states_path
 from .contract import BreakerState, Reading
+from .decide.circuit_state import startup_grace_ends
 from .decide.cleanup import plan_cleanup
 from .decide.intents import EventIntent, Plan
 from .decide.ledger import TripLedger
 from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
 from .decide.plan import plan_policy
+from .decide.readiness import open_evidence_ends
 from .decide.selection import endpoint_url, select_pods
 from .model import (
     POLICY_LABEL,
@@ -48,6 +51,11 @@ logger = logging.getLogger(__name__)
 COALESCE_SECONDS = 0.02
 EVICTION_RETRY_SECONDS = 5.0
 _MAX_RETRY_SECONDS = 30.0
+# How long a stopping loop waits for the answers to writes it has sent (kopf cancels the
+# daemon for good after 10 s).
+APPLY_DRAIN_SECONDS = 8.0
+# How often the view is listed again, to forget what kopf's resumed watches no longer list.
+RELIST_SECONDS = 300.0
 
 
 class PolicyLoop:
@@ -73,6 +81,7 @@ class PolicyLoop:
         self._watch_started: dict[str, float] = {}
         self._evicted: dict[str, float] = {}
         self._failures = 0
+        self._applying: asyncio.Future[ApplyResult] | None = None
 
     @property
     def ledger(self) -> TripLedger:
@@ -84,15 +93,17 @@ class PolicyLoop:
         if reading.error is not None:
             self.operator.metrics.endpoint_errors.labels(kind=reading.error).inc()
         pod = self.pods_by_uid.get(uid)
-        if pod is not None:
-            self.ledger.observe(pod.node_name, pod.name, reading, time.time())
+        policy = self.operator.view.policies.get(self.namespace, self.name)
+        if pod is not None and policy is not None:
+            limit = policy.spec.nodes.trip_threshold
+            self.ledger.observe(pod.node_name, pod.name, reading, time.time(), limit=limit)
         if self.readings.get(uid) != reading:
             self.readings[uid] = reading
             self.wake.set()
 
     async def run(self) -> None:
         view = self.operator.view
-        await self._seed_circuit_states()
+        await self._first_listing()
         view.listen(self.namespace, self.wake)
         self.operator.loops[self.key] = self
         self.wake.set()
@@ -107,29 +118,39 @@ class PolicyLoop:
                         await self.wake.wait()
                 await asyncio.sleep(COALESCE_SECONDS)
                 self.wake.clear()
+                await self._list(time.time() - RELIST_SECONDS)
                 deadline = await self.reconcile()
                 self._reconciles.inc()
         finally:
             view.unlisten(self.namespace, self.wake)
+            if self._applying is not None and not self._applying.done():
+                # Writes already sent land whatever happens to us: have their answers before
+                # the deletion handler, which waits for this loop to go, looks at the nodes.
+                await asyncio.wait([self._applying], timeout=APPLY_DRAIN_SECONDS)
             if self.operator.loops.get(self.key) is self:
                 del self.operator.loops[self.key]
             await self.pool.close()
             self.operator.update_gauges()
 
-    async def _seed_circuit_states(self) -> None:
-        """Put the namespace's CircuitStates in the view before the first decision.
+    async def _first_listing(self) -> None:
+        """No decision before a complete listing made after this loop began: kopf's own may
+        still be under way (after a restart), or have missed deletions (after a pause)."""
+        started, failures = time.time(), 0
+        while not await self._list(started):
+            failures += 1
+            await asyncio.sleep(min(2.0**failures, _MAX_RETRY_SECONDS))
 
-        kopf delivers each resource's initial listing on its own: after a restart the pods and
-        the endpoint readings can arrive before the CircuitStates, and a plan made then would
-        write them again and repeat their Events.
-        """
+    async def _list(self, since: float) -> bool:
+        """Have everything this policy depends on listed completely since ``since``; False
+        (logged) if the API server could not list it."""
         try:
-            answer = await self.operator.api.request("GET", circuit_states_path(self.namespace))
+            changed = await self.operator.lister.ensure(policy_scopes(self.namespace), since=since)
         except ApiError as error:
-            logger.warning("could not list CircuitStates in %s: %s", self.namespace, error)
-            return
-        for item in answer.get("items") or ():
-            self.operator.observe("circuit_states", "ADDED", item)
+            logger.warning("policy %s: could not list what it depends on: %s", self.key, error)
+            return False
+        if changed:
+            self.operator.view.notify(self.namespace)
+        return True
 
     async def reconcile(self) -> float | None:
         """One pass: watchers to match the selection, then decide and apply. Returns when the
@@ -147,6 +168,7 @@ class PolicyLoop:
         await self._sync_watchers(policy, selected)
         spec = policy.spec
         keep = max(spec.nodes.window, spec.nodes.cooldown)
+        self.ledger.retain({pod.name for pod in selected})
         trips = self.ledger.by_node(keep, now)
         self._evicted = {p: t for p, t in self._evicted.items() if now - t < EVICTION_RETRY_SECONDS}
         observation = PolicyObservation(
@@ -164,6 +186,12 @@ class PolicyLoop:
                 if key.startswith(f"{self.namespace}/")
             },
             evicted_recently=frozenset(self._evicted),
+            watched_elsewhere=frozenset(
+                pod.name
+                for key, watched in selection.watched.items()
+                if key != self.key
+                for pod in watched
+            ),
             first_read_pending=frozenset(
                 uid
                 for uid, started in self._watch_started.items()
@@ -172,7 +200,8 @@ class PolicyLoop:
         )
         plan = plan_policy(observation)
         self._count_states(plan, selected)
-        result = await self.operator.applier.apply(plan)
+        self._applying = asyncio.ensure_future(self.operator.applier.apply(plan))
+        result = await asyncio.shield(self._applying)
         if logger.isEnabledFor(logging.DEBUG) and (
             result.writes or result.failures or plan.suppressed
         ):
@@ -212,6 +241,16 @@ class PolicyLoop:
                 if due is not None:
                     deadlines.append(due + 0.05)
         deadlines += [t + EVICTION_RETRY_SECONDS for t in self._evicted.values()]
+        stored = self.operator.view.circuit_states.in_namespace(self.namespace)
+        for uid, pod in self.pods_by_uid.items():
+            reading = self.readings.get(uid)
+            if reading is not None and reading.reachable:
+                continue
+            # An endpoint still unreachable when its startup grace ends is worth a Warning
+            # then; an open state it can no longer confirm stops holding the pod unready.
+            state = stored.get(pod.name)
+            ends = open_evidence_ends(state.status) if state is not None else None
+            deadlines += [t for t in (startup_grace_ends(pod, now), ends) if t and t > now]
         deadlines += [
             started + policy.spec.watch.timeout
             for uid, started in self._watch_started.items()
@@ -263,19 +302,38 @@ class PolicyLoop:
 
 
 async def clean_up_policy(operator: Operator, body: Mapping[str, Any]) -> bool:
-    """Undo what a deleted policy did; True once nothing is left to undo."""
+    """Undo what a deleted policy did; True once nothing is left to undo. A second pass removes
+    the CircuitStates of the pods the first one restored.
+
+    kopf stops the policy's loop in parallel with this handler: until it has stopped (with
+    the answers to its writes, a cordon among them) nothing is decided, and then the nodes are
+    listed afresh, so a cordon that landed after the view last showed the node is undone too.
+    """
     policy = parse_policy(body)
-    plan = plan_cleanup(
-        policy,
-        pods=operator.view.pods.in_namespace(policy.namespace),
-        circuit_states=await _circuit_states_of(operator, policy),
-        nodes=operator.view.nodes_by_name(),
-        now=time.time(),
-    )
-    result = await operator.applier.apply(plan)
-    operator.metrics.count(plan, result)
-    operator.trips.pop(policy.uid, None)
-    return result.failures == 0 and result.conflicts == 0
+    if policy.key in operator.loops:
+        return False
+    try:
+        await operator.lister.ensure(node_scopes(), since=time.time())
+    except ApiError as error:
+        logger.warning("policy %s: could not list the nodes to clean up: %s", policy.key, error)
+        return False
+    for _ in range(2):
+        plan = plan_cleanup(
+            policy,
+            pods=operator.view.pods.in_namespace(policy.namespace),
+            circuit_states=await _circuit_states_of(operator, policy),
+            nodes=operator.view.nodes_by_name(),
+            now=time.time(),
+            others=operator.view.policies.in_namespace(policy.namespace).values(),
+        )
+        result = await operator.applier.apply(plan)
+        operator.metrics.count(plan, result)
+        if result.failures or result.conflicts:
+            return False
+        if not plan.conditions:
+            operator.trips.pop(policy.uid, None)
+            return True
+    return False
 
 
 async def _circuit_states_of(operator: Operator, policy: PolicyView) -> dict[str, CircuitStateView]:
@@ -283,7 +341,7 @@ async def _circuit_states_of(operator: Operator, policy: PolicyView) -> dict[str
     answer = await operator.api.request(
         "GET",
         circuit_states_path(policy.namespace),
-        query={"labelSelector": f"{POLICY_LABEL}={policy.name}"},
+        query={"labelSelector": f"{POLICY_LABEL}={policy.label}"},
     )
     states = [parse_circuit_state(item) for item in answer.get("items") or ()]
     return {state.name: state for state in states}

@@ -3,12 +3,14 @@ to our own writes, with wake-ups for whoever decides on a namespace.
 
 An object is replaced only by a newer resourceVersion, so a late watch event never undoes what
 the answer to our own write already showed (which would make us write the same thing twice).
+A complete listing of our own (`replace`) also makes the view forget what the cluster no longer
+holds: kopf's resumed watch re-lists without reporting the deletions it missed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from .model import (
@@ -33,6 +35,12 @@ def is_newer(new: str, old: str) -> bool:
     if new.isdigit() and old.isdigit():
         return int(new) >= int(old)
     return True
+
+
+def _later(seen: str, version: str) -> bool:
+    """Whether resourceVersion seen is strictly after version (False when not comparable: the
+    listing is the authority then, and the watch brings back whatever it missed)."""
+    return seen.isdigit() and version.isdigit() and int(seen) > int(version)
 
 
 class ObjectStore(Generic[V]):
@@ -60,6 +68,22 @@ class ObjectStore(Generic[V]):
             return False
         items[name] = (version, self._parse(body))
         return True
+
+    def replace(self, namespace: str, bodies: Iterable[Mapping[str, Any]], version: str) -> bool:
+        """Take in a complete listing of a namespace made at resourceVersion ``version``: what it
+        holds is observed, and what it lacks is forgotten unless seen after the listing was made
+        (an object created since). Return whether anything changed."""
+        listed: set[str] = set()
+        changed = False
+        for body in bodies:
+            listed.add((body.get("metadata") or {}).get("name") or "")
+            changed |= self.observe(body)
+        items = self._items.get(namespace, {})
+        for name, (seen, _) in list(items.items()):
+            if name not in listed and not _later(seen, version):
+                del items[name]
+                changed = True
+        return changed
 
     def forget(self, namespace: str, name: str) -> None:
         self._items.get(namespace, {}).pop(name, None)

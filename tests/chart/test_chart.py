@@ -33,6 +33,8 @@ EVERYTHING: dict[str, Any] = {
     "webhook": {"enabled": True},
 }
 NAMESPACED: dict[str, Any] = {**EVERYTHING, "watchNamespaces": ["team-a", "team-b"]}
+# The Role (in the release's namespace) for the webhook certificate's Secret.
+CERTIFICATE_ROLE = "-webhook-certificate"
 
 
 def container(manifest: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,7 +211,11 @@ def test_watching_some_namespaces_grants_namespaced_rights_there_only() -> None:
     cluster = granted(manifest)
     assert not {r for r in cluster if "/pods" in r or "circuitgate.io" in r or "events" in r}
     assert "/namespaces:watch" in cluster
-    roles = {o["metadata"]["namespace"]: o for o in manifest if o["kind"] == "Role"}
+    roles = {
+        o["metadata"]["namespace"]: o
+        for o in manifest
+        if o["kind"] == "Role" and not o["metadata"]["name"].endswith(CERTIFICATE_ROLE)
+    }
     # Events about nodes (cluster-wide objects) go to "default", as kubectl's do.
     assert sorted(roles) == ["default", "team-a", "team-b"]
     assert granted([roles["default"]], "Role") == {
@@ -221,10 +227,36 @@ def test_watching_some_namespaces_grants_namespaced_rights_there_only() -> None:
         rights = granted([roles[namespace]], "Role")
         assert {"/pods:watch", "/pods/status:patch", "/pods/eviction:create"} <= rights
         assert "kopf.dev/kopfpeerings:watch" in rights
-    bindings = {o["metadata"]["namespace"] for o in manifest if o["kind"] == "RoleBinding"}
+    bindings = {
+        o["metadata"]["namespace"]
+        for o in manifest
+        if o["kind"] == "RoleBinding" and not o["metadata"]["name"].endswith(CERTIFICATE_ROLE)
+    }
     assert bindings == set(roles)
     peerings = {o["metadata"]["namespace"] for o in manifest if o["kind"] == "KopfPeering"}
     assert peerings == {"team-a", "team-b"}
+
+
+@pytest.mark.parametrize("values", [EVERYTHING, NAMESPACED], ids=["all", "ns"])
+def test_the_replicas_share_one_certificate_secret_and_may_touch_no_other(
+    values: dict[str, Any],
+) -> None:
+    manifest = render(values)
+    env = {e["name"]: e.get("value") for e in container(manifest)["env"]}
+    namespace, _, secret = env["CIRCUITGATE_WEBHOOK_SECRET"].partition("/")
+    assert namespace == NAMESPACE
+    (role,) = [o for o in manifest if o["kind"] == "Role" and
+               o["metadata"]["name"].endswith(CERTIFICATE_ROLE)]  # fmt: skip
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert granted([role], "Role") == {
+        "/secrets:create", f"/secrets:get={secret}", f"/secrets:update={secret}",
+    }  # fmt: skip
+    (binding,) = [o for o in manifest if o["kind"] == "RoleBinding" and
+                  o["metadata"]["name"] == role["metadata"]["name"]]  # fmt: skip
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert not {r for r in granted(manifest) if "secrets" in r}  # nothing cluster-wide
+    without = render({**values, "webhook": {"enabled": False}})
+    assert not [o for o in without if o["metadata"]["name"].endswith(CERTIFICATE_ROLE)]
 
 
 def test_an_image_digest_wins_over_the_tag() -> None:

@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
+import math
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+import types
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, NoReturn, TypeVar, cast
 
 import pybreaker
 from celery.exceptions import Ignore, Reject, Retry
 
+from .heartbeat import Heartbeat
 from .settings import Settings
-from .shared_state import BreakerFields, BreakerSnapshot, SharedBreakerState, State
+from .shared_state import (
+    CLAIMS_KEPT,
+    BreakerFields,
+    BreakerSnapshot,
+    SharedBreakerState,
+    State,
+    token_key,
+    token_label,
+)
 from .storage import SharedMemoryStorage
 
 __all__ = ("NEVER_COUNTED", "Admission", "SharedCircuitBreaker", "open_period")
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
 
 NEVER_COUNTED: tuple[type[BaseException], ...] = (Retry, Reject, Ignore)
 """Celery's control-flow exceptions say nothing about the worker's health."""
@@ -42,7 +58,7 @@ class Admission(enum.Enum):
     """What the breaker lets a task do."""
 
     RUN = "run"
-    """The circuit is closed: run as usual."""
+    """The circuit is closed (or the caller did not claim the trial): run as usual."""
     TRIAL = "trial"
     """Run as the one half-open trial whose outcome closes or re-opens the circuit."""
     REFUSE = "refuse"
@@ -53,10 +69,18 @@ def open_period(consecutive_trips: int, settings: Settings, rand: float) -> floa
     """Seconds to stay open: exponential in consecutive trips, capped, with jitter.
 
     ``rand`` is uniform in [0, 1); jitter spreads workers that tripped together so they
-    do not send their trials in step.
+    do not send their trials in step. The growth is judged in logarithms first, so a worker
+    that has tripped a thousand times in a row gets the cap, not an `OverflowError`.
     """
-    base = settings.reset_timeout * settings.backoff_multiplier ** max(consecutive_trips - 1, 0)
-    capped = min(base, settings.max_reset_timeout)
+    exponent = max(consecutive_trips - 1, 0)
+    growth = exponent * math.log(settings.backoff_multiplier)
+    log_period = math.log(settings.reset_timeout) + growth
+    if log_period >= math.log(settings.max_reset_timeout):
+        capped = settings.max_reset_timeout
+    elif growth < _LOG_FLOAT_MAX:  # exact for any sensible settings
+        capped = settings.reset_timeout * settings.backoff_multiplier**exponent
+    else:  # a tiny reset_timeout: the power alone would not fit a float
+        capped = math.exp(log_period)
     return min(capped * (1 + settings.jitter * (2 * rand - 1)), settings.max_reset_timeout)
 
 
@@ -64,11 +88,14 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     """One circuit for the whole worker: the main process and every pool child.
 
     It keeps pybreaker's face (``fail_max``, ``reset_timeout``, ``exclude``, listeners,
-    ``current_state``, ``fail_counter``, ``call``) over a `SharedMemoryStorage`, and
-    replaces the parts that cannot work across processes: pybreaker's ``call()`` holds a
-    per-process lock for the whole call (one task at a time under the threads pool) and
-    moves between states in several unsynchronised steps. Here each decision is one short
-    transaction on the shared page, and a call runs outside any lock.
+    ``current_state``, ``fail_counter``, ``call``, ``calling``, generators, the decorator,
+    ``throw_new_error_on_trip``) over a `SharedMemoryStorage`, and replaces the parts that
+    cannot work across processes: pybreaker's ``call()`` holds a per-process lock for the
+    whole call (one task at a time under the threads pool) and moves between states in
+    several unsynchronised steps. Here each decision is one short transaction on the shared
+    page, and a call runs outside any lock; so listeners are called from any thread, without
+    a lock, and must be thread-safe. Where circuitgate differs from pybreaker (one trial with
+    a deadline, backoff, neutral outcomes) see docs/pybreaker-compatibility.md.
     """
 
     def __init__(
@@ -78,30 +105,83 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         shared: SharedBreakerState | None = None,
         name: str = "default",
         listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
+        exclude: Iterable[type[BaseException] | Callable[[BaseException], bool]] = (),
+        throw_new_error_on_trip: bool = True,
+        success_threshold: int = 1,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        heartbeat_interval: float | None = None,
     ) -> None:
+        self._check_success_threshold(success_threshold)
+        if heartbeat_interval is not None and not 0 < heartbeat_interval < math.inf:
+            raise ValueError(  # NaN or <= 0 would make the heartbeat thread spin
+                f"heartbeat_interval={heartbeat_interval!r} is invalid: allowed is a finite"
+                " number > 0"
+            )
         self.settings = settings
         self.shared = shared or SharedBreakerState()
-        exclude: list[Any] = [*NEVER_COUNTED, *settings.ignore_exceptions]
+        excluded: list[Any] = [*settings.ignore_exceptions, *exclude]
         if settings.count_exceptions:
             counted = settings.count_exceptions
-            exclude.append(lambda exc: not isinstance(exc, counted))
+            excluded.append(lambda exc: not isinstance(exc, counted))
         super().__init__(
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout,
-            exclude=exclude,
+            exclude=excluded,
             listeners=list(listeners),
             state_storage=SharedMemoryStorage(self.shared),
             name=name,
+            throw_new_error_on_trip=throw_new_error_on_trip,
         )
         self._clock = clock
         self._wall_clock = wall_clock
         self._rand = rand
+        self._heartbeat_interval = heartbeat_interval
         self._tokens = itertools.count()
         self.polls = 0
         """Times this process asked `fetch_allowed` (the consumer's polls, in the main process)."""
+
+    # -- settings that pybreaker lets callers change ---------------------------------------
+
+    @property
+    def fail_max(self) -> int:
+        return self.settings.fail_max
+
+    @fail_max.setter
+    def fail_max(self, number: int) -> None:
+        """Takes effect at once, in this process only (like pybreaker, per instance)."""
+        self.settings = dataclasses.replace(self.settings, fail_max=number)
+
+    @property
+    def reset_timeout(self) -> float:
+        return self.settings.reset_timeout
+
+    @reset_timeout.setter
+    def reset_timeout(self, timeout: float) -> None:
+        """Takes effect from the next trip decided in this process (set it before the fork)."""
+        if isinstance(timeout, int | float) and timeout > self.settings.max_reset_timeout:
+            raise ValueError(
+                f"reset_timeout={timeout!r} is above max_reset_timeout="
+                f"{self.settings.max_reset_timeout!r}; raise circuitgate_max_reset_timeout first"
+            )
+        self.settings = dataclasses.replace(self.settings, reset_timeout=timeout)
+
+    @property
+    def success_threshold(self) -> int:
+        return 1
+
+    @success_threshold.setter
+    def success_threshold(self, threshold: int) -> None:
+        self._check_success_threshold(threshold)
+
+    @staticmethod
+    def _check_success_threshold(threshold: int) -> None:
+        if threshold != 1:
+            raise ValueError(
+                f"success_threshold={threshold!r} is not supported: circuitgate lets one"
+                " trial run per half-open period, and its success closes the circuit"
+            )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -122,12 +202,16 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         """Whether the consumer may fetch now. Runs on every poll: one shared read, one clock.
 
         Open: not until the open period ends. Half-open: not while the trial is out, unless
-        it is overdue (``open_until`` holds the trial's deadline then). Forced open: never
-        (``open_until`` is infinite).
+        it is overdue (``open_until`` holds the trial's deadline then, pushed on while the
+        trial runs). Forced open: never (``open_until`` is infinite).
         """
         self.polls += 1
         state, open_until = self.shared.gate_view()
         return state.flowing or self._clock() >= open_until
+
+    def is_system_error(self, exception: BaseException) -> bool:
+        """pybreaker's rule (``exclude``), and Celery's control flow never counts."""
+        return not isinstance(exception, NEVER_COUNTED) and super().is_system_error(exception)
 
     def counts(self, exc: BaseException) -> bool:
         """Whether this exception is evidence that the worker is broken."""
@@ -135,64 +219,121 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
     # -- deciding ------------------------------------------------------------------------
 
-    def admit(self, token: str) -> Admission:
+    def admit(self, token: str, *, claim: bool = True) -> Admission:
         """Decide whether the task identified by ``token`` may run on this worker now.
 
         Asking again with the same token gives the same answer, so the main process can
         claim the trial when a message arrives and the pool child confirm it.
+
+        ``claim=False`` never claims the trial: RUN when flowing, REFUSE during the open
+        period (counted as refused), TRIAL if ``token`` already is the trial, and RUN where
+        it would have claimed the trial. It is for a message that will not run now (an ETA
+        or countdown): the caller lets it wait unclaimed and admits it again, with
+        ``claim=True``, when it really runs, so a waiting message never holds the worker
+        paused for ``trial_timeout``.
         """
         state, open_until = self.shared.gate_view()
         now = self._clock()
         if state.flowing:
             return Admission.RUN
         if state is not State.HALF_OPEN and now < open_until:
-            with self.shared.transaction() as fields:
-                fields.refused_total += 1
+            self.shared.update(_count_refused)
             return Admission.REFUSE
         changes: Transitions = []
-        with self.shared.transaction() as fields:
-            admission = self._admit(fields, token.encode()[:64], now, changes)
+        admission = self.shared.update(lambda f: self._admit(f, token, now, changes, claim=claim))
         self._announce(changes)
         return admission
 
-    def _admit(self, f: BreakerFields, token: bytes, now: float, changes: Transitions) -> Admission:
+    def _admit(
+        self, f: BreakerFields, token: str, now: float, changes: Transitions, *, claim: bool
+    ) -> Admission:
         if State(f.state).flowing:
             return Admission.RUN
-        if f.state == State.HALF_OPEN and f.trial_id == token:
+        key = token_key(token)
+        if f.state == State.HALF_OPEN and f.trial_key == key:
             return Admission.TRIAL
-        if now >= f.open_until:  # the open period, or an overdue trial, is over
+        if now >= f.open_until:  # the open period is over, or the trial's owner went silent
+            if not claim:
+                return Admission.RUN
             if f.state == State.OPEN:
                 changes.append((State.OPEN, State.HALF_OPEN))
             f.state = State.HALF_OPEN
             f.success_counter = 0
-            f.trial_id = token
+            f.trial_key = key
+            f.trial_id = token_label(token)
+            _remember_claim(f, key)
+            f.claims += 1
             f.open_until = now + self.settings.trial_timeout
             return Admission.TRIAL
         f.refused_total += 1
         return Admission.REFUSE
 
+    def trial_running(self, token: str) -> contextlib.AbstractContextManager[None]:
+        """Wrap the run of the task ``token``: if it is the trial, keep its claim while it runs.
+
+        The trial's deadline (``trial_timeout``) is pushed on every quarter of it by a
+        heartbeat thread, so however long a healthy trial runs, no other task is claimed as
+        the trial and the consumer stays paused, in every process; if this process dies the
+        heartbeat stops and the claim lapses. A trial that hangs keeps it no longer than
+        ``max_trial_seconds`` from here: Celery sets no time limit by default, and a wedged
+        driver call must not pause the worker forever. For any other task (the common case)
+        this is one shared read and no thread.
+        """
+        state, key = self.shared.trial_view()
+        if state is not State.HALF_OPEN or key != token_key(token):
+            return contextlib.nullcontext()
+        not_after = self._clock() + self.settings.max_trial_seconds
+        if not self.heartbeat(token, not_after=not_after):
+            return contextlib.nullcontext()
+        interval = self._heartbeat_interval or self.settings.trial_timeout / 4
+        return Heartbeat(
+            lambda: self.heartbeat(token, not_after=not_after),
+            interval,
+            name=f"circuitgate-trial-{self.name}",
+        )
+
+    def heartbeat(self, token: str, *, not_after: float = math.inf) -> bool:
+        """Push the running trial's deadline a full ``trial_timeout`` on, but not past
+        ``not_after``; False if ``token`` is no longer the trial (it was given up on, or the
+        circuit moved on) or ``not_after`` has come, so the heartbeat stops."""
+        key = token_key(token)
+        now = self._clock()
+
+        def push(f: BreakerFields) -> bool:
+            if f.state != State.HALF_OPEN or f.trial_key != key:
+                return False
+            f.open_until = max(f.open_until, min(now + self.settings.trial_timeout, not_after))
+            return now < not_after
+
+        return self.shared.update(push)
+
     def record_success(self, token: str) -> None:
-        """A task ran to the end (or failed in a way that does not count)."""
+        """A task ran to the end. Any trial claimed since the last trip closes the circuit."""
         changes: Transitions = []
-        with self.shared.transaction() as f:
+
+        def succeed(f: BreakerFields) -> None:
             f.successes_total += 1
-            if f.state == State.HALF_OPEN and f.trial_id == token.encode()[:64]:
+            if self._claimed_trial(f, token):
                 f.trial_successes += 1
                 self._close(f, changes)
             elif f.state == State.CLOSED:
                 f.fail_counter = 0
                 self._push_outcome(f, failed=False)
+
+        self.shared.update(succeed)
         self._announce(changes)
         for listener in self.listeners:
             listener.success(self)
 
-    def record_failure(self, token: str, exc: BaseException) -> None:
-        """A task failed in a way that counts against the worker."""
+    def record_failure(self, token: str, exc: BaseException) -> bool:
+        """A task failed in a way that counts against the worker; True if that tripped it."""
         changes: Transitions = []
-        with self.shared.transaction() as f:
+
+        def fail(f: BreakerFields) -> None:
             f.failures_total += 1
-            if f.state == State.HALF_OPEN and f.trial_id == token.encode()[:64]:
+            if self._claimed_trial(f, token):
                 f.trial_failures += 1
+                f.fail_counter += 1  # as pybreaker: a failed trial is one more failure
                 self._trip(f, changes)
             elif State(f.state).flowing:
                 f.fail_counter += 1
@@ -201,17 +342,35 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 if tripped and f.state == State.CLOSED:  # forced closed never trips
                     self._trip(f, changes)
             # Failures of tasks that started before the trip change nothing more.
-        self._announce(changes)
-        for listener in self.listeners:
+
+        self.shared.update(fail)
+        for listener in self.listeners:  # as pybreaker: the failure, then the state change
             listener.failure(self, exc)
+        self._announce(changes)
+        return bool(changes)
 
     def release(self, token: str) -> None:
-        """The trial ended without a verdict (a poison message): the next task tries instead."""
-        with self.shared.transaction() as f:
-            if f.state == State.HALF_OPEN and f.trial_id == token.encode()[:64]:
+        """The task ended without a verdict: neither success nor failure.
+
+        For outcomes that say nothing about the worker (Celery's Retry, Reject and Ignore,
+        excluded exceptions, a revoked task, a poison message). Counters stay as they are
+        (the run of failures goes on); if ``token`` holds the trial, the claim is dropped
+        and the next task tries at once.
+        """
+        key = token_key(token)
+        changes: Transitions = []
+
+        def drop(f: BreakerFields) -> None:
+            _forget_claim(f, key)
+            if f.state == State.HALF_OPEN and f.trial_key == key:
+                changes.append((State.HALF_OPEN, State.OPEN))
                 f.state = State.OPEN
+                f.trial_key = 0
                 f.trial_id = b""
                 f.open_until = self._clock()
+
+        self.shared.update(drop)
+        self._announce(changes)
 
     def force(self, state: State | None) -> None:
         """Hold the circuit open or closed by hand, or (None) give it back to the rules.
@@ -219,12 +378,15 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         Forced open drains the worker for maintenance: nothing is fetched and whatever
         arrives goes back to the queue. Back to automatic starts closed, with no history.
         """
+        if state not in (None, State.FORCED_OPEN, State.FORCED_CLOSED):
+            raise ValueError(f"cannot force {state!r}: only FORCED_OPEN or FORCED_CLOSED")
         changes: Transitions = []
-        with self.shared.transaction() as f:
+
+        def force(f: BreakerFields) -> None:
             if state is State.FORCED_OPEN and f.state != State.FORCED_OPEN:
                 changes.append((State(f.state), State.FORCED_OPEN))
                 f.state = State.FORCED_OPEN
-                f.trial_id = b""
+                self._forget_trials(f)
                 f.opened_at = self._wall_clock()
                 f.open_until = float("inf")
             elif state is State.FORCED_CLOSED and f.state != State.FORCED_CLOSED:
@@ -233,16 +395,22 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 f.state = State.FORCED_CLOSED
             elif state is None and f.state != State.CLOSED:
                 self._close(f, changes)
-            elif state not in (None, State.FORCED_OPEN, State.FORCED_CLOSED):
-                raise ValueError(f"cannot force {state!r}: only FORCED_OPEN or FORCED_CLOSED")
+
+        self.shared.update(force)
         self._announce(changes)
 
     def note_handed_back(self) -> None:
         """Count a message this worker gave back to the queue after a counted failure."""
-        with self.shared.transaction() as f:
-            f.handed_back_total += 1
+        self.shared.update(_count_handed_back)
 
-    # -- transitions (inside a transaction) ----------------------------------------------
+    # -- transitions (inside `SharedBreakerState.update`) ----------------------------------------
+
+    @staticmethod
+    def _claimed_trial(f: BreakerFields, token: str) -> bool:
+        """Whether ``token`` was claimed as a trial since the last trip, and may give a verdict."""
+        if f.state not in (State.OPEN, State.HALF_OPEN) or not f.claims:
+            return False
+        return token_key(token) in f.claimed
 
     def _trip(self, f: BreakerFields, changes: Transitions) -> None:
         changes.append((State(f.state), State.OPEN))
@@ -250,7 +418,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         f.trips += 1
         f.consecutive_trips += 1
         f.success_counter = 0
-        f.trial_id = b""
+        self._forget_trials(f)
         f.open_period = open_period(f.consecutive_trips, self.settings, self._rand())
         f.opened_at = self._wall_clock()
         f.open_until = self._clock() + f.open_period
@@ -261,10 +429,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         f.state = State.CLOSED
         f.fail_counter = 0
         f.consecutive_trips = 0
-        f.trial_id = b""
+        self._forget_trials(f)
         f.opened_at = 0.0
         f.open_until = 0.0
         self._clear_window(f)
+
+    @staticmethod
+    def _forget_trials(f: BreakerFields) -> None:
+        f.trial_key = 0
+        f.trial_id = b""
+        f.claims = 0
+        for slot in range(CLAIMS_KEPT):
+            f.claimed[slot] = 0
 
     def _push_outcome(self, f: BreakerFields, *, failed: bool) -> None:
         size = self.settings.window_size
@@ -297,7 +473,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 new.name.lower(),
                 snapshot.fail_counter,
                 snapshot.trips,
-                snapshot.open_period if new is State.OPEN else 0.0,
+                # What is left of it: none after a released trial, the next task tries.
+                max(snapshot.open_until - self._clock(), 0.0) if new is State.OPEN else 0.0,
             )
             for listener in self.listeners:
                 listener.state_change(
@@ -309,42 +486,143 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     # -- pybreaker's public face ---------------------------------------------------------
 
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``func`` under the breaker; raise `pybreaker.CircuitBreakerError` when refused."""
+        """Run ``func`` under the breaker, as pybreaker does.
+
+        Refused: `pybreaker.CircuitBreakerError`. A counted failure that trips the circuit
+        raises `pybreaker.CircuitBreakerError` from the original when
+        ``throw_new_error_on_trip`` (the default), else the original. A generator is
+        guarded until it is exhausted. Outcomes that do not count are neutral (`release`).
+        """
+        token = self._enter(func, *args, **kwargs)
+        try:
+            with self.trial_running(token):
+                result = func(*args, **kwargs)
+        except BaseException as exc:
+            self._settle_error(token, exc)
+            raise
+        if isinstance(result, types.GeneratorType):
+            return cast(T, self._guard_generator(token, result))
+        self.record_success(token)
+        return result
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """The body of a ``with`` block under the breaker, by the same rules as `call`."""
+        token = self._enter(self.calling)
+        try:
+            with self.trial_running(token):
+                yield
+        except BaseException as exc:
+            self._settle_error(token, exc)
+            raise
+        self.record_success(token)
+
+    def call_async(self, func: Any, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: pybreaker's Tornado path would bypass the shared trial and backoff rules."""
+        raise NotImplementedError(
+            "SharedCircuitBreaker.call_async is not supported: pybreaker runs Tornado"
+            " coroutines under its own per-process rules, without circuitgate's single trial"
+            " and backoff; await the coroutine inside `with breaker.calling():` instead"
+        )
+
+    def _enter(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> str:
         token = f"call-{os.getpid()}-{threading.get_ident()}-{next(self._tokens)}"
         if self.admit(token) is Admission.REFUSE:
             raise pybreaker.CircuitBreakerError(f"circuit {self.name} is open")
         for listener in self.listeners:
             listener.before_call(self, func, *args, **kwargs)
+        return token
+
+    def _settle_error(self, token: str, exc: BaseException) -> None:
+        """Record ``exc``; raise `pybreaker.CircuitBreakerError` if it tripped the circuit."""
+        if not self.counts(exc) or isinstance(exc, GeneratorExit):
+            self.release(token)
+        elif self.record_failure(token, exc) and self._throw_new_error_on_trip:
+            raise pybreaker.CircuitBreakerError(
+                f"circuit {self.name} opened: failures threshold reached or trial failed"
+            ) from exc
+
+    def _guard_generator(
+        self, token: str, generator: Generator[Any, Any, T]
+    ) -> Generator[Any, Any, T]:
         try:
-            result = func(*args, **kwargs)
+            with self.trial_running(token):  # the trial runs while it is consumed
+                result = yield from generator
         except BaseException as exc:
-            if self.counts(exc):
-                self.record_failure(token, exc)
-            else:
-                self.record_success(token)
+            self._settle_error(token, exc)
             raise
         self.record_success(token)
         return result
 
     def open(self) -> bool:
-        """Trip now, as if ``fail_max`` had been reached."""
+        """Trip now, as if ``fail_max`` had been reached; pybreaker's return value."""
         changes: Transitions = []
-        with self.shared.transaction() as f:
+
+        def trip(f: BreakerFields) -> None:
             if f.state != State.OPEN:
                 self._trip(f, changes)
+            else:  # as pybreaker: the open period starts again (no new trip is counted)
+                f.opened_at = self._wall_clock()
+                f.open_until = self._clock() + f.open_period
+
+        self.shared.update(trip)
         self._announce(changes)
-        return True
+        return bool(self._throw_new_error_on_trip)
 
     def close(self) -> None:
-        """Close now and forget the failures."""
+        """Close now and forget the failures (as pybreaker, also when already closed)."""
         changes: Transitions = []
-        with self.shared.transaction() as f:
+
+        def close(f: BreakerFields) -> None:
             if f.state != State.CLOSED:
                 self._close(f, changes)
+            f.fail_counter = 0
+            self._clear_window(f)
+
+        self.shared.update(close)
         self._announce(changes)
 
     def half_open(self) -> None:
-        """End the open period now, so the next task is the trial (forced open stays)."""
-        with self.shared.transaction() as f:
-            if f.state == State.OPEN:
+        """Half-open now, as pybreaker does: the next task is the trial (forced states stay).
+
+        No trial is claimed yet: the next `admit` claims it, by the usual single-trial rule.
+        """
+        changes: Transitions = []
+
+        def half_open(f: BreakerFields) -> None:
+            if f.state in (State.CLOSED, State.OPEN):
+                changes.append((State(f.state), State.HALF_OPEN))
+                f.state = State.HALF_OPEN
+                f.trial_key = 0
+                f.trial_id = b""
                 f.open_until = self._clock()
+
+        self.shared.update(half_open)
+        self._announce(changes)
+
+
+def _count_refused(f: BreakerFields) -> None:
+    f.refused_total += 1
+
+
+def _count_handed_back(f: BreakerFields) -> None:
+    f.handed_back_total += 1
+
+
+def _remember_claim(f: BreakerFields, key: int) -> None:
+    """Keep ``key`` among this half-open period's claims, oldest first: in the first empty
+    slot, or, when all CLAIMS_KEPT are live, in place of the oldest."""
+    live = [claim for claim in f.claimed if claim]
+    if len(live) == CLAIMS_KEPT:
+        live.pop(0)
+    _store_claims(f, [*live, key])
+
+
+def _forget_claim(f: BreakerFields, key: int) -> None:
+    """Drop ``key`` from the claims, so its slot serves the next one."""
+    _store_claims(f, [claim for claim in f.claimed if claim and claim != key])
+
+
+def _store_claims(f: BreakerFields, live: list[int]) -> None:
+    for slot in range(CLAIMS_KEPT):
+        f.claimed[slot] = live[slot] if slot < len(live) else 0

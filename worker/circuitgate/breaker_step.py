@@ -8,6 +8,7 @@ from typing import Any
 from celery import bootsteps
 
 from .breaker_set import BreakerSet
+from .guarded_request import guard_outcomes_in_main
 from .settings import Settings, load_settings
 from .task_guard import guard
 
@@ -48,6 +49,7 @@ class BreakerStep(bootsteps.Step):
         guarded = [task for task in parent.app.tasks.values() if is_guarded(task, settings)]
         for task in guarded:
             guard(task, breakers)
+            guard_outcomes_in_main(task, breakers)
         parent.circuit_breakers = breakers
         parent.circuit_guarded_tasks = frozenset(task.name for task in guarded)
         logger.info(

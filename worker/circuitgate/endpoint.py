@@ -125,6 +125,34 @@ class _ChangeNotifier:
             time.sleep(self._interval)
 
 
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\n"
+)
+_ALIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+OVER_BOUND_RESERVE = 8
+"""Connections past the bound read at once, each only for ``/healthz``."""
+OVER_BOUND_TIMEOUT = 1.0
+"""Seconds a connection past the bound has to send its request head."""
+_MAX_HEADER_LINES = 100
+
+
+def _answer_past_the_bound(request: socket.socket) -> None:
+    """Past the bound only ``/healthz`` is served: liveness must not depend on slow clients.
+
+    Reads the request head with a short timeout (all of it, so closing does not reset a
+    connection whose answer is still on its way), answers, and closes.
+    """
+    request.settimeout(OVER_BOUND_TIMEOUT)
+    with request.makefile("rb") as head:
+        request_line = head.readline(MAX_URL + 64)
+        for _ in range(_MAX_HEADER_LINES):
+            if head.readline(MAX_URL) in (b"\r\n", b"\n", b""):
+                break
+    alive = request_line.split()[:2] == [b"GET", b"/healthz"]
+    request.sendall(_ALIVE if alive else _REFUSED)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -133,19 +161,28 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], endpoint: BreakerEndpoint) -> None:
         self.endpoint = endpoint
         self.slots = threading.BoundedSemaphore(endpoint.max_connections)
+        self.reserve = threading.BoundedSemaphore(OVER_BOUND_RESERVE)
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            # Over the connection bound: answer at once instead of queueing a thread.
+        if self.slots.acquire(blocking=False):
+            super().process_request(request, client_address)
+        elif self.reserve.acquire(blocking=False):
+            threading.Thread(
+                target=self._serve_past_the_bound, args=(request,), daemon=True
+            ).start()
+        else:  # over the reserve too: answer at once instead of queueing a thread
             with contextlib.suppress(OSError):
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Retry-After: 1\r\nConnection: close\r\n\r\n"
-                )
+                request.sendall(_REFUSED)
             self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
+
+    def _serve_past_the_bound(self, request: socket.socket) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                _answer_past_the_bound(request)
+        finally:
+            self.shutdown_request(request)
+            self.reserve.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import state as worker_state
+from kombu.entity import Queue
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
-from .shared_state import State
+from .requeue import requeue_now
 
 __all__ = ("ConsumptionGate", "QueuePauser")
 
@@ -65,15 +67,16 @@ class QueuePauser:
     """Cancels consuming from a queue while its breaker refuses fetches, and resumes it after.
 
     Checks every ``interval`` seconds on the consumer's own event loop, so the consumer is
-    only ever touched from its thread.
+    only ever touched from its thread. It looks at the queues consumed now (a queue added by
+    ``add_consumer`` is gated too) and resumes only the queues it cancelled itself (a queue
+    an admin cancelled stays cancelled).
     """
 
     def __init__(self, consumer: Any, breakers: BreakerSet, interval: float = 0.1) -> None:
         self.consumer = consumer
         self.breakers = breakers
         self.interval = interval
-        self.paused: set[str] = set()
-        self._queues = {queue.name: queue for queue in consumer.task_consumer.queues}
+        self.paused: dict[str, Queue] = {}
         self._timer: Any = None
 
     def start(self) -> None:
@@ -87,16 +90,16 @@ class QueuePauser:
 
     def tick(self) -> None:
         task_consumer = self.consumer.task_consumer
-        for name, queue in self._queues.items():
-            allowed = self.breakers.for_queue(name).fetch_allowed()
-            if not allowed and name not in self.paused:
-                task_consumer.cancel_by_queue(name)
-                self.paused.add(name)
-                logger.info("circuitgate: paused consuming from %s", name)
-            elif allowed and name in self.paused:
+        for queue in list(task_consumer.queues):
+            if not self.breakers.for_queue(queue.name).fetch_allowed():
+                task_consumer.cancel_by_queue(queue.name)
+                self.paused[queue.name] = queue
+                logger.info("circuitgate: paused consuming from %s", queue.name)
+        for name, queue in list(self.paused.items()):
+            if self.breakers.for_queue(name).fetch_allowed():
                 task_consumer.add_queue(queue)
                 task_consumer.consume()
-                self.paused.discard(name)
+                del self.paused[name]
                 logger.info("circuitgate: resumed consuming from %s", name)
 
 
@@ -112,7 +115,7 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
     def gated_max_estimate() -> int | None:
         # Outside the closed state only the one trial message may come in (SQS fetches in
         # batches of up to ten otherwise).
-        if gate_view()[0] is not State.CLOSED:
+        if not gate_view()[0].flowing:
             return 1
         estimate: int | None = max_estimate()
         return estimate
@@ -131,14 +134,25 @@ def _gate_strategy(
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
         breaker = breakers.for_queue(queue_of(message.delivery_info))
-        if breaker.admit(token) is Admission.REFUSE:
+        if breaker.admit(token, claim=_runs_now(headers, body, token)) is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
             # message is pushed back, on RabbitMQ it is requeued; not a failure, not run here.
-            message.reject_log_error(logger, errors, requeue=True)
+            requeue_now(message, lambda: message.reject_log_error(logger, errors, requeue=True))
             logger.info("circuit %s is open: handed %s back unexecuted", breaker.name, token)
             return None
         return strategy(message, body, ack, reject, *args, **kwargs)
 
     return gated
+
+
+def _runs_now(headers: dict[str, Any], body: Any, token: str) -> bool:
+    """Whether the message goes to the pool now, so it may be claimed as the trial here.
+
+    A message with an ETA or countdown waits in the worker's timer, and a message with an
+    expiry or a revoked id may never run: none may hold the trial (and the worker paused)
+    meanwhile. They are admitted without a claim; the child claims when one really runs.
+    """
+    fields = headers if "task" in headers else (body if isinstance(body, dict) else {})
+    return not (fields.get("eta") or fields.get("expires") or token in worker_state.revoked)

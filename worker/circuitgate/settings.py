@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,8 +20,11 @@ __all__ = ("BREAKER_KEYS", "PREFIX", "BreakerSpec", "InvalidSetting", "Settings"
 PREFIX = "circuitgate_"
 
 
-class InvalidSetting(ImproperlyConfigured):
-    """A ``circuitgate_*`` setting has a value the breaker cannot work with."""
+class InvalidSetting(ImproperlyConfigured, ValueError):
+    """A ``circuitgate_*`` setting has a value the breaker cannot work with.
+
+    Also a `ValueError`, which is what code building a breaker by hand expects.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,10 @@ class Settings:
     """The open period varies by up to this share either way, so workers do not retry in step."""
     trial_timeout: float = 600.0
     """Seconds after which a half-open trial that never reported is given up on."""
+    max_trial_seconds: float = 10800.0
+    """Longest a running trial keeps its claim (its heartbeat pushes the deadline on until
+    then): a trial that hangs, with no Celery time limit to end it, lets another try after
+    this many seconds instead of pausing the worker forever."""
     count_exceptions: tuple[type[BaseException], ...] = ()
     """Only these exceptions count against the breaker (empty: every exception counts)."""
     ignore_exceptions: tuple[type[BaseException], ...] = ()
@@ -72,6 +80,12 @@ class Settings:
     """Breakers bound to queues, as ``{name: {"queues": [...], "fail_max": 3, ...}}``: when one
     opens only its queues pause. Queues bound to none share the ``default`` breaker."""
 
+    def __post_init__(self) -> None:
+        # Built by hand (as pybreaker users build a breaker), not through `load_settings`:
+        # the same checks, named by field.
+        _checked({name: getattr(self, name) for name in _CHECKS}, str)
+        _check_relations(self, str)
+
 
 @dataclasses.dataclass(frozen=True)
 class BreakerSpec:
@@ -84,8 +98,8 @@ class BreakerSpec:
 
 BREAKER_KEYS = (
     "fail_max", "failure_rate_threshold", "window_size", "min_calls", "reset_timeout",
-    "backoff_multiplier", "max_reset_timeout", "jitter", "trial_timeout", "count_exceptions",
-    "ignore_exceptions", "handback", "max_deliveries",
+    "backoff_multiplier", "max_reset_timeout", "jitter", "trial_timeout", "max_trial_seconds",
+    "count_exceptions", "ignore_exceptions", "handback", "max_deliveries",
 )  # fmt: skip
 """The settings a breaker entry of ``circuitgate_breakers`` may override."""
 
@@ -97,10 +111,15 @@ def _bool(value: Any) -> bool:
 
 
 def _host(value: Any) -> str:
+    # The endpoint's server binds an IPv4 socket; an IPv6 address would pass here and then
+    # fail at worker start.
+    allowed = "an IPv4 address such as 0.0.0.0 or 127.0.0.1 (the endpoint listens on IPv4)"
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError("an IP address such as 0.0.0.0 or 127.0.0.1") from None
+        raise ValueError(allowed) from None
+    if address.version != 4:
+        raise ValueError(allowed)
     return str(value)
 
 
@@ -121,13 +140,18 @@ def _number(
     *, low: float, high: float | None = None, low_open: bool = False
 ) -> Callable[[Any], float]:
     bound = f"> {low}" if low_open else f">= {low}"
-    allowed = f"a number {bound}" + (f" and <= {high}" if high is not None else "")
+    allowed = f"a finite number {bound}" + (f" and <= {high}" if high is not None else "")
 
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(allowed)
         number = float(value)
-        if number < low or (low_open and number == low) or (high is not None and number > high):
+        if (
+            not math.isfinite(number)
+            or number < low
+            or (low_open and number == low)
+            or (high is not None and number > high)
+        ):
             raise ValueError(allowed)
         return number
 
@@ -162,17 +186,22 @@ def _exceptions(value: Any) -> tuple[type[BaseException], ...]:
     return tuple(classes)
 
 
+_SECONDS = _number(low=0, low_open=True, high=10_000_000)
+"""A duration, at most about 115 days, so no deadline or timer computed from it leaves the
+range of a float or of the platform's time_t."""
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "enabled": _bool,
     "fail_max": _int_at_least(1),
     "failure_rate_threshold": _optional(_number(low=0, high=1, low_open=True)),
     "window_size": _int_at_least(1, MAX_WINDOW),
     "min_calls": _int_at_least(1, MAX_WINDOW),
-    "reset_timeout": _number(low=0, low_open=True),
+    "reset_timeout": _SECONDS,
     "backoff_multiplier": _number(low=1),
-    "max_reset_timeout": _number(low=0, low_open=True),
+    "max_reset_timeout": _SECONDS,
     "jitter": _number(low=0, high=0.99),
-    "trial_timeout": _number(low=0, low_open=True),
+    "trial_timeout": _SECONDS,
+    "max_trial_seconds": _SECONDS,
     "count_exceptions": _exceptions,
     "ignore_exceptions": _exceptions,
     "handback": _bool,
@@ -195,8 +224,9 @@ def load_settings(conf: Mapping[str, Any]) -> Settings:
             f"unknown setting {unknown[0]}; known settings: {', '.join(sorted(known))}"
         )
     raw = {name: conf[PREFIX + name] for name in _CHECKS if PREFIX + name in conf}
-    settings = Settings(**_checked(raw, lambda name: PREFIX + name))
-    _check_relations(settings, lambda name: PREFIX + name)
+    checked = _checked(raw, lambda name: PREFIX + name)
+    _check_relations(_Draft(Settings, checked), lambda name: PREFIX + name)
+    settings = Settings(**checked)
     if PREFIX + "breakers" in conf:
         breakers = _breakers(conf[PREFIX + "breakers"], settings)
         settings = dataclasses.replace(settings, breakers=breakers)
@@ -213,7 +243,19 @@ def _checked(raw: Mapping[str, Any], key: Callable[[str], str]) -> dict[str, Any
     return values
 
 
-def _check_relations(settings: Settings, key: Callable[[str], str]) -> None:
+class _Draft:
+    """Settings not built yet: ``changes`` over ``base`` (an instance, or the class's
+    defaults), so relations are checked, and named as the caller knows them, first."""
+
+    def __init__(self, base: Settings | type[Settings], changes: Mapping[str, Any]) -> None:
+        self._base = base
+        self._changes = changes
+
+    def __getattr__(self, name: str) -> Any:
+        return self._changes[name] if name in self._changes else getattr(self._base, name)
+
+
+def _check_relations(settings: Settings | _Draft, key: Callable[[str], str]) -> None:
     if settings.min_calls > settings.window_size:
         raise InvalidSetting(
             f"{key('min_calls')}={settings.min_calls} is invalid: allowed is an integer"
@@ -271,7 +313,8 @@ def _breakers(value: Any, base: Settings) -> tuple[BreakerSpec, ...]:
             owner[queue] = name
         overrides = {key: entry[key] for key in BREAKER_KEYS if key in entry}
         label = functools.partial("{}[{!r}]".format, where)
-        settings = dataclasses.replace(base, **_checked(overrides, label))
-        _check_relations(settings, label)
+        checked = _checked(overrides, label)
+        _check_relations(_Draft(base, checked), label)
+        settings = dataclasses.replace(base, **checked)
         specs.append(BreakerSpec(name=name, queues=tuple(queues), settings=settings))
     return tuple(specs)

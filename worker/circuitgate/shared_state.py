@@ -2,28 +2,55 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import enum
 import fcntl
+import hashlib
 import mmap
 import os
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ("MAX_WINDOW", "BreakerFields", "BreakerSnapshot", "SharedBreakerState", "State")
+__all__ = (
+    "CLAIMS_KEPT",
+    "MAX_WINDOW",
+    "BreakerFields",
+    "BreakerSnapshot",
+    "SharedBreakerState",
+    "State",
+    "token_key",
+    "token_label",
+)
 
 MAX_WINDOW = 1024
 """Largest sliding window of call outcomes the shared page can hold."""
+CLAIMS_KEPT = 8
+"""Trial claims of one half-open period remembered, so a replaced trial's late verdict counts."""
 
 _TRIAL_ID_SIZE = 64
 _SPINS = 10_000
 T = TypeVar("T")
+
+
+def token_key(token: str) -> int:
+    """A task's identity on the page: a 64-bit digest, so any id of any length fits.
+
+    Tokens are only compared, never read back, so a digest serves where a prefix of a long
+    id would make two tasks one. Never 0, which marks an empty slot.
+    """
+    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def token_label(token: str) -> bytes:
+    """The token as people see it in a snapshot: at most 64 bytes, cut between characters."""
+    encoded = token.encode("utf-8", "surrogatepass")[:_TRIAL_ID_SIZE]
+    return encoded.decode("utf-8", "ignore").encode()
 
 
 class State(enum.IntEnum):
@@ -44,10 +71,9 @@ class State(enum.IntEnum):
 
 
 class BreakerFields(ctypes.Structure):
-    """The shared page. Written only inside `SharedBreakerState.transaction()`."""
+    """The shared page. Written only inside `SharedBreakerState.update`."""
 
     _fields_ = (
-        ("seq", ctypes.c_uint64),  # seqlock: odd while a writer is inside
         ("version", ctypes.c_uint64),  # bumped when what a watcher sees changes
         ("state", ctypes.c_uint8),
         ("fail_counter", ctypes.c_uint32),  # consecutive failures
@@ -59,7 +85,11 @@ class BreakerFields(ctypes.Structure):
         # time.monotonic() (system-wide on Linux): end of the open period, or the half-open
         # trial's deadline.
         ("open_until", ctypes.c_double),
-        ("trial_id", ctypes.c_char * _TRIAL_ID_SIZE),
+        ("trial_id", ctypes.c_char * _TRIAL_ID_SIZE),  # for people: `token_label`
+        ("trial_key", ctypes.c_uint64),  # the trial's `token_key`; 0: none
+        # Every `token_key` claimed as the trial since the last trip (a ring of CLAIMS_KEPT).
+        ("claimed", ctypes.c_uint64 * CLAIMS_KEPT),
+        ("claims", ctypes.c_uint32),  # claims since the last trip
         ("window_len", ctypes.c_uint32),
         ("window_pos", ctypes.c_uint32),
         ("window_failures", ctypes.c_uint32),
@@ -74,7 +104,6 @@ class BreakerFields(ctypes.Structure):
         ("handed_back_total", ctypes.c_uint64),
     )
 
-    seq: int
     version: int
     state: int
     fail_counter: int
@@ -85,6 +114,9 @@ class BreakerFields(ctypes.Structure):
     open_period: float
     open_until: float
     trial_id: bytes
+    trial_key: int
+    claimed: ctypes.Array[ctypes.c_uint64]
+    claims: int
     window_len: int
     window_pos: int
     window_failures: int
@@ -113,6 +145,8 @@ class BreakerSnapshot:
     open_period: float
     open_until: float
     trial_id: str | None
+    trial_claims: int
+    """Trials claimed since the last trip: more than one only when one was given up on."""
     window_calls: int
     window_failures: int
     paused_seconds: float
@@ -134,6 +168,26 @@ def _gate_fields(f: BreakerFields) -> tuple[State, float]:
     return State(f.state), f.open_until
 
 
+def _trial_fields(f: BreakerFields) -> tuple[State, int]:
+    return State(f.state), f.trial_key
+
+
+class _Page(ctypes.Structure):
+    """Two copies of the fields; ``seq`` counts publishes and its parity names the live one.
+
+    A writer fills the other copy and then flips ``seq`` (one aligned 64-bit store), so a
+    writer SIGKILLed half way through leaves only the copy nobody reads torn.
+    """
+
+    _fields_ = (("seq", ctypes.c_uint64), ("copies", BreakerFields * 2))
+
+    seq: int
+    copies: ctypes.Array[BreakerFields]
+
+
+_SIZE = ctypes.sizeof(_Page)
+
+
 def _snapshot(f: BreakerFields) -> BreakerSnapshot:
     return BreakerSnapshot(
         version=f.version,
@@ -145,7 +199,8 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         opened_at=f.opened_at or None,
         open_period=f.open_period,
         open_until=f.open_until,
-        trial_id=f.trial_id.decode() or None,
+        trial_id=f.trial_id.decode("utf-8", "replace") or None,
+        trial_claims=f.claims,
         window_calls=f.window_len,
         window_failures=f.window_failures,
         paused_seconds=f.paused_seconds
@@ -185,65 +240,87 @@ class SharedBreakerState:
     (including those that replace others under ``--max-tasks-per-child``) inherit the same
     mapping. Writers take a thread lock and a POSIX record lock on the backing file: the
     kernel releases the record lock if its holder is SIGKILLed, so a dead child never
-    wedges the worker. Readers take no lock; they retry on a torn read (a seqlock), which
-    keeps the consumption gate's per-poll check a plain memory read.
+    wedges the worker. Readers take no lock; they read the live copy of two and retry if a
+    publish happened meanwhile, which keeps the consumption gate's per-poll check a plain
+    memory read.
     """
 
     def __init__(self) -> None:
         directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, path = tempfile.mkstemp(prefix="circuitgate-", dir=directory)
         os.unlink(path)  # nothing to clean up, whatever kills us
-        size = ctypes.sizeof(BreakerFields)
-        os.ftruncate(fd, size)
+        os.ftruncate(fd, _SIZE)
         self._fd = fd
-        self._map = mmap.mmap(fd, size, mmap.MAP_SHARED)
-        self._fields = BreakerFields.from_buffer(self._map)
+        self._map = mmap.mmap(fd, _SIZE, mmap.MAP_SHARED)
+        self._page = _Page.from_buffer(self._map)
+        # Views of the two copies, made once: the gate reads one on every poll.
+        self._copies: tuple[BreakerFields, BreakerFields] = tuple(self._page.copies)
         self._thread_lock = threading.Lock()
         _instances.add(self)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[BreakerFields]:
-        """Hold the breaker exclusively across threads and processes, and publish the result."""
+    def update(self, body: Callable[[BreakerFields], T]) -> T:
+        """``body(fields)`` holding the breaker exclusively across threads and processes;
+        its changes are published when it returns, and its result returned.
+
+        The body works on a copy: an exception (or a SIGKILL) inside leaves the page as it
+        was. A signal handler may raise anywhere here (billiard's soft time limit, for a
+        signal any thread received): the thread lock is taken and let go by ``with`` (no
+        bytecode runs between acquiring and being protected), the record lock is taken
+        inside ``try`` and always let go in ``finally`` (unlocking a lock not held does
+        nothing), and the publish is one store of ``seq`` after filling a copy nobody reads.
+        So no signal is blocked and waiting for the lock stays interruptible. A callback and
+        not a context manager, whose own frames would let a handler raise with the lock held.
+        """
         with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            fields = self._fields
-            if fields.seq & 1:
-                fields.seq += 1  # a writer was killed inside; its writes stand, finish them
-            before = _visible(fields)
-            fields.seq += 1
             try:
-                yield fields
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
+                page = self._page
+                live = page.seq & 1
+                work = BreakerFields.from_buffer_copy(self._copies[live])
+                result = body(work)
+                self._publish(page, self._copies[live], self._copies[1 - live], work)
+                return result
             finally:
-                if _visible(fields) != before:
-                    fields.version += 1
-                    _account_pause(fields, was_flowing=State(before[0]).flowing)
-                fields.seq += 1
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
-    def _consistent(self, read: Callable[[BreakerFields], T]) -> T:
-        """``read(fields)`` from a moment when no writer was inside, without taking the lock.
+    @staticmethod
+    def _publish(
+        page: _Page, live: BreakerFields, spare: BreakerFields, work: BreakerFields
+    ) -> None:
+        before = _visible(live)
+        if _visible(work) != before:
+            work.version = live.version + 1
+            _account_pause(work, was_flowing=State(before[0]).flowing)
+        ctypes.memmove(ctypes.addressof(spare), ctypes.addressof(work), ctypes.sizeof(work))
+        page.seq += 1  # readers now see the new copy; the old one is the next spare
 
-        After many tries the writer is taken to be dead (SIGKILLed mid-write); reading
-        under the lock then repairs the page.
+    def _consistent(self, read: Callable[[BreakerFields], T]) -> T:
+        """``read(fields)`` from a moment when no publish happened, without taking the lock.
+
+        A writer only ever fills the copy not in use, so a read of the live copy is whole
+        unless ``seq`` moved meanwhile (a second writer may then have refilled it): retry.
+        After many tries (writers without pause) read under the lock.
         """
-        fields = self._fields
+        page, copies = self._page, self._copies
         for _ in range(_SPINS):
-            seq = fields.seq
-            if not seq & 1:
-                value = read(fields)
-                if fields.seq == seq:
-                    return value
+            seq = page.seq
+            value = read(copies[seq & 1])
+            if page.seq == seq:
+                return value
             os.sched_yield()
-        with self.transaction() as locked:
-            return read(locked)
+        return self.update(read)
 
     def version(self) -> int:
         """The change counter alone: one aligned 64-bit read, cheap enough to poll."""
-        return self._fields.version
+        return self._copies[self._page.seq & 1].version
 
     def gate_view(self) -> tuple[State, float]:
         """State and end of the open period: all that the per-poll gate check reads."""
         return self._consistent(_gate_fields)
+
+    def trial_view(self) -> tuple[State, int]:
+        """State and the trial's `token_key`: enough to tell whether a task is the trial."""
+        return self._consistent(_trial_fields)
 
     def snapshot(self) -> BreakerSnapshot:
         """Every field, read consistently without blocking writers."""
@@ -252,6 +329,6 @@ class SharedBreakerState:
     def close(self) -> None:
         """Unmap the page; the memory goes away with the last process that maps it."""
         _instances.discard(self)
-        del self._fields
+        del self._page, self._copies
         self._map.close()
         os.close(self._fd)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pybreaker
 
-from .shared_state import SharedBreakerState, State
+from .shared_state import BreakerFields, SharedBreakerState, State
 
 __all__ = ("SharedMemoryStorage",)
 
@@ -42,24 +42,22 @@ class SharedMemoryStorage(pybreaker.CircuitBreakerStorage):
 
     @state.setter
     def state(self, state: str) -> None:
-        with self.shared.transaction() as fields:
-            fields.state = _STATES[state]
+        self._set("state", _STATES[state])
 
     def increment_counter(self) -> None:
-        with self.shared.transaction() as fields:
-            fields.fail_counter += 1
+        self.shared.update(_increment_fail_counter)
 
     def reset_counter(self) -> None:
-        with self.shared.transaction() as fields:
-            fields.fail_counter = 0
+        self._set("fail_counter", 0)
 
     def increment_success_counter(self) -> None:
-        with self.shared.transaction() as fields:
-            fields.success_counter += 1
+        self.shared.update(_increment_success_counter)
 
     def reset_success_counter(self) -> None:
-        with self.shared.transaction() as fields:
-            fields.success_counter = 0
+        self._set("success_counter", 0)
+
+    def _set(self, name: str, value: object) -> None:
+        self.shared.update(lambda fields: setattr(fields, name, value))
 
     @property
     def counter(self) -> int:
@@ -76,5 +74,12 @@ class SharedMemoryStorage(pybreaker.CircuitBreakerStorage):
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
-        with self.shared.transaction() as fields:
-            fields.opened_at = value.timestamp()
+        self._set("opened_at", value.timestamp())
+
+
+def _increment_fail_counter(fields: BreakerFields) -> None:
+    fields.fail_counter += 1
+
+
+def _increment_success_counter(fields: BreakerFields) -> None:
+    fields.success_counter += 1

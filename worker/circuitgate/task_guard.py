@@ -14,7 +14,15 @@ from celery.exceptions import Ignore, Reject
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 
-__all__ = ("DELIVERIES_HEADER", "FAILED_ON_HEADER", "DeliveryRecord", "guard")
+__all__ = (
+    "DELIVERIES_HEADER",
+    "FAILED_ON_HEADER",
+    "STOPPED",
+    "DeliveryRecord",
+    "guard",
+    "hand_back",
+    "log_poison",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +92,11 @@ def guard(task: Task, breakers: BreakerSet) -> None:
     task.acks_late = True
 
 
+STOPPED: tuple[type[BaseException], ...] = (SystemExit, KeyboardInterrupt)
+"""The child is being stopped (revoke with terminate, a hard time limit, a cold shutdown):
+nothing about the worker's health, and the message is settled by Celery, not handed back."""
+
+
 def _execute(
     task: Task, breaker: SharedCircuitBreaker, run: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
@@ -92,48 +105,66 @@ def _execute(
     if breaker.admit(token) is Admission.REFUSE:
         raise Reject(f"circuit {breaker.name} is open; handing {token} back", requeue=True)
     try:
-        result = run(*args, **kwargs)
+        with breaker.trial_running(token):
+            result = run(*args, **kwargs)
     except BaseException as exc:
-        if not breaker.counts(exc):
-            breaker.record_success(token)
+        if isinstance(exc, STOPPED) or not breaker.counts(exc):
+            # Neutral: Retry, Reject, Ignore and excluded exceptions are not successes either.
+            breaker.release(token)
             raise
         record = DeliveryRecord.from_request(request)
         if record.is_poison(breaker.settings.max_deliveries):
-            # Poison: it failed on every worker that took it, so it says nothing about this one.
             breaker.release(token)
-            logger.error(
-                "task %s failed on %d workers in %d deliveries; failing it for good without"
-                " counting it",
-                token,
-                len(set(record.failed_on)),
-                record.delivery,
-            )
+            log_poison(token, record)
             raise
         breaker.record_failure(token, exc)
         if breaker.settings.handback:
-            _hand_back(task, breaker, request, record, exc)
+            if hand_back(task, breaker, request, record, exc):
+                raise Ignore() from exc
+            raise Reject(exc, requeue=True) from exc
         raise
     breaker.record_success(token)
     return result
 
 
-def _hand_back(
+def log_poison(token: str, record: DeliveryRecord) -> None:
+    """Poison: it failed on every worker that took it, so it says nothing about this one."""
+    logger.error(
+        "task %s failed on %d workers in %d deliveries; failing it for good without counting it",
+        token,
+        len(set(record.failed_on)),
+        record.delivery,
+    )
+
+
+def hand_back(
     task: Task,
     breaker: SharedCircuitBreaker,
     request: Any,
     record: DeliveryRecord,
     exc: BaseException,
-) -> None:
-    """Publish the message again for another worker, then drop this delivery.
+) -> bool:
+    """Publish the message again for another worker; False if the broker refused the copy.
 
     Like Celery's own ``retry()``: the copy keeps the task id and routing and carries the
-    delivery record, then this delivery is acknowledged. The copy is published first, so a
-    crash in between can duplicate the message but never lose it.
+    delivery record. The caller then drops this delivery once the copy is out (a crash in
+    between can duplicate the message but never lose it), or gives it back to the queue as
+    it came when the copy could not be published.
     """
     headers = dict(getattr(request, "headers", None) or {})
     headers.update(record.after_failure_on(request.hostname or "unknown"))
-    signature = task.signature_from_request(request, headers=headers)
-    signature.apply_async()
+    try:
+        task.signature_from_request(request, headers=headers).apply_async()
+    except Exception as refused:
+        logger.error(
+            "task %s failed (%r) on delivery %d; its copy could not be published (%r), so"
+            " its message goes back to the queue as it came",
+            request.id,
+            exc,
+            record.delivery,
+            refused,
+        )
+        return False
     breaker.note_handed_back()
     logger.warning(
         "task %s failed (%r) on delivery %d; handed back to the queue",
@@ -141,4 +172,4 @@ def _hand_back(
         exc,
         record.delivery,
     )
-    raise Ignore() from exc
+    return True

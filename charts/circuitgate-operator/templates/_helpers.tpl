@@ -49,6 +49,11 @@ app.kubernetes.io/part-of: circuitgate
 {{- printf "%s.%s" (include "circuitgate-operator.fullname" .) .Release.Namespace | trunc 253 }}
 {{- end }}
 
+{{/* The Secret holding the certificate every replica's webhook server presents. */}}
+{{- define "circuitgate-operator.webhookSecretName" -}}
+{{- printf "%s-webhook-certificate" (include "circuitgate-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "circuitgate-operator.webhookServiceName" -}}
 {{- printf "%s-webhook" (include "circuitgate-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

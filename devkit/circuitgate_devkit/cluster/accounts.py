@@ -15,6 +15,7 @@ same command a user runs, so only ever one scope's permissions are granted at a 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class OperatorIdentity:
     user: str  # system:serviceaccount:NAMESPACE:NAME
     webhook_name: str  # the one MutatingWebhookConfiguration the account may change
     namespaces: tuple[str, ...]  # what it is granted to serve; () for all
+    webhook_secret: str = ""  # "namespace/name" of the webhook certificate's Secret, if any
 
     @classmethod
     def admin(
@@ -93,7 +95,7 @@ class ChartAccount:
         manifest = self.control_plane.helm(
             "get", "manifest", self.release, "--namespace", self.namespace
         ).stdout
-        account, webhook_name = _account_and_webhook(manifest)
+        account, webhook_name, webhook_secret = _account_and_webhook(manifest)
         kubeconfig = service_account_kubeconfig(
             self.control_plane, self.namespace, account, self.workdir / "kubeconfig", hours=6
         )
@@ -102,6 +104,7 @@ class ChartAccount:
             user=f"system:serviceaccount:{self.namespace}:{account}",
             webhook_name=webhook_name,
             namespaces=(),
+            webhook_secret=webhook_secret,
         )
         self._wait_granted(())
         return self
@@ -120,9 +123,7 @@ class ChartAccount:
             )  # fmt: skip
             self._scope = scope
             self._wait_granted(scope)
-        self._identity = OperatorIdentity(
-            self._identity.kubeconfig, self._identity.user, self._identity.webhook_name, scope
-        )
+        self._identity = dataclasses.replace(self._identity, namespaces=scope)
         return self._identity
 
     def uninstall(self) -> None:
@@ -169,13 +170,17 @@ class ChartAccount:
         )
 
 
-def _account_and_webhook(manifest: str) -> tuple[str, str]:
-    """The ServiceAccount's name and the webhook configuration name, as the chart rendered
-    them for the operator's Deployment."""
+def _account_and_webhook(manifest: str) -> tuple[str, str, str]:
+    """The ServiceAccount's name, the webhook configuration's name and its certificate's
+    Secret, as the chart rendered them for the operator's Deployment."""
     (deployment,) = [
         doc for doc in yaml.safe_load_all(manifest) if doc and doc["kind"] == "Deployment"
     ]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container.get("env") or []}
-    return pod["serviceAccountName"], env["CIRCUITGATE_WEBHOOK_NAME"]
+    return (
+        pod["serviceAccountName"],
+        env["CIRCUITGATE_WEBHOOK_NAME"],
+        env.get("CIRCUITGATE_WEBHOOK_SECRET") or "",
+    )

@@ -2,7 +2,8 @@
 
 It follows the contract exactly (``GET /circuit``, long-poll with ``?since=SEQ&wait=SECONDS``,
 ``/healthz``, ``/readyz``), with documents built by ``circuitgate.contract`` itself, and can be
-told to misbehave (malformed, oversized, slow, refusing connections, no long-poll support).
+told to misbehave (malformed, oversized, slow, refusing connections, no long-poll support,
+hostile answers; ``max_wait`` caps its long-polls as a worker's setting does).
 A control API on its own port sets each address's breaker. When the real endpoint server
 (``circuitgate.endpoint``) lands, ``FakeWorkers`` is the one class to swap.
 
@@ -23,7 +24,12 @@ from aiohttp import web
 
 from circuitgate.contract import BreakerDocument, WorkerDocument
 
-MODES = ("normal", "malformed", "invalid", "oversized", "slow", "no_long_poll", "http500")
+MODES = (
+    "normal", "malformed", "invalid", "oversized", "slow", "no_long_poll", "http500",
+    # Hostile: a new sequence on every answer, at once; JSON nested past Python's recursion
+    # limit; a time that overflows once in UTC.
+    "instant_change", "nested", "year_one",
+)  # fmt: skip
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Endpoint:
     )
     sequence: int = 1
     mode: str = "normal"
+    max_wait: float = 300.0  # the longest a long-poll is held, as a worker's max_wait
     open_requests: int = 0
     total_requests: int = 0
     site: web.TCPSite | None = None
@@ -115,6 +122,15 @@ class Fleet:
             document = json.loads(endpoint.document())
             document["breakers"][0]["state"] = "ajar"
             return web.json_response(document)
+        if mode == "nested":
+            return web.Response(body=b"[" * 100_000 + b"]" * 100_000)
+        if mode == "year_one":
+            document = json.loads(endpoint.document())
+            document["breakers"][0]["opened_at"] = "0001-01-01T00:00:00+01:00"
+            return web.json_response(document)
+        if mode == "instant_change":
+            endpoint.bump()
+            return web.Response(body=endpoint.document(), content_type="application/json")
         if mode == "oversized":
             response = web.StreamResponse()
             response.content_type = "application/json"
@@ -127,7 +143,7 @@ class Fleet:
             return response
         since = request.query.get("since")
         if since is not None and mode != "no_long_poll":
-            wait = min(float(request.query.get("wait", "30")), 300.0)
+            wait = min(float(request.query.get("wait", "30")), endpoint.max_wait)
             deadline = time.monotonic() + wait
             while endpoint.sequence <= int(since):
                 remaining = deadline - time.monotonic()
@@ -172,6 +188,8 @@ class Fleet:
         if "breaker" in data:
             endpoint.breaker.update(data["breaker"])
             endpoint.bump()
+        if "max_wait" in data:
+            endpoint.max_wait = float(data["max_wait"])
         if "mode" in data:
             assert data["mode"] in MODES, data["mode"]
             endpoint.mode = data["mode"]

@@ -63,6 +63,7 @@ class OperatorProcess:
             "KUBECONFIG": str(identity.kubeconfig),
             # The webhook configuration the account may change (the chart's Deployment sets it).
             "CIRCUITGATE_WEBHOOK_NAME": identity.webhook_name,
+            "CIRCUITGATE_WEBHOOK_SECRET": identity.webhook_secret,
             "CIRCUITGATE_RESYNC_SECONDS": "5",
             **(env or {}),
         }
@@ -105,6 +106,13 @@ class OperatorProcess:
                 key, _, value = line.rpartition(" ")
                 samples[key] = float(value)
         return samples
+
+    @property
+    def webhook_port(self) -> int | None:
+        """The port its webhook server listens on (``--webhook-port``), if given."""
+        if "--webhook-port" not in self.argv:
+            return None
+        return int(self.argv[self.argv.index("--webhook-port") + 1])
 
     @property
     def webhook_name(self) -> str:

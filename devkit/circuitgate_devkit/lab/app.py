@@ -8,7 +8,8 @@ scenario (``celery -A circuitgate_devkit.lab.app worker``):
   snippet, `circuitgate_devkit.lab.seed_snippet`) or ``none``;
 - ``CIRCUITGATE_LAB_CONF``: JSON of extra ``app.conf`` keys (``circuitgate_*`` among them;
   the snippet's breaker takes ``circuitgate_fail_max`` and ``circuitgate_reset_timeout``);
-- ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken;
+- ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken, the
+  way the file says (`FAULTS`: empty raises `DeviceFault`);
 - ``CIRCUITGATE_LAB_LOG``: a path; every execution appends one JSON line to it;
 - ``CIRCUITGATE_LAB_EVENTS``: a path; the worker's events go there
   (`circuitgate_devkit.lab.recorder`), its tasks' too unless ``CIRCUITGATE_LAB_RECORD_TASKS``
@@ -16,9 +17,11 @@ scenario (``celery -A circuitgate_devkit.lab.app worker``):
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -33,7 +36,7 @@ from . import seed_snippet
 from .recorder import EVENTS_ENV, CircuitRecorder, RecorderStep, record_worker
 from .records import append_record
 
-__all__ = ("DeviceFault", "app", "infer", "preprocess")
+__all__ = ("FAULTS", "DeviceFault", "app", "infer", "preprocess", "retried")
 
 
 class DeviceFault(RuntimeError):
@@ -77,6 +80,20 @@ def _log(**record: Any) -> None:
         append_record(path, **record)
 
 
+def _raise() -> None:
+    raise DeviceFault("CUDA error: device unavailable")
+
+
+FAULTS: dict[str, Callable[[], object]] = {
+    "": _raise,
+    "sigkill": lambda: os.kill(os.getpid(), signal.SIGKILL),  # the OOM killer
+    "segfault": lambda: ctypes.string_at(0),  # a crash in a native library
+    "abort": os.abort,
+    "hang": lambda: time.sleep(3600),  # a hung device: only a time limit ends it
+}
+"""How a broken device shows itself, by the content of the fault file."""
+
+
 def _work(work_s: float, fail_s: float, poison: bool) -> str:
     fault = os.environ.get("CIRCUITGATE_LAB_FAULT")
     if poison:
@@ -84,7 +101,8 @@ def _work(work_s: float, fail_s: float, poison: bool) -> str:
         raise ValueError("poison message: this input fails everywhere")
     if fault and os.path.exists(fault):
         time.sleep(fail_s)
-        raise DeviceFault("CUDA error: device unavailable")
+        with open(fault) as how:
+            FAULTS[how.read().strip()]()
     time.sleep(work_s)
     return "ok"
 
@@ -118,4 +136,12 @@ def infer(
 @app.task(bind=True, name="lab.preprocess")
 def preprocess(self: Any, n: int, work_s: float = 0.1) -> None:
     """Pretend to prepare item ``n`` on the CPU: a broken GPU does not touch it."""
+    _logged(self, n, functools.partial(time.sleep, work_s))
+
+
+@app.task(bind=True, name="lab.retried", max_retries=3)
+def retried(self: Any, n: int, countdown: float = 2.0, work_s: float = 0.1) -> None:
+    """Ask to be retried later (an ETA message) on the first delivery, then run."""
+    if not self.request.retries:
+        raise self.retry(countdown=countdown)
     _logged(self, n, functools.partial(time.sleep, work_s))

@@ -69,8 +69,9 @@ class LabWorker:
         """What this worker did, recorded as it happened (`circuitgate_devkit.lab.recorder`)."""
         return EventLog(self.workdir / f"{self.name}.events.jsonl")
 
-    def break_device(self) -> None:
-        self.fault_file.touch()
+    def break_device(self, how: str = "") -> None:
+        """Break the device: ``how`` names one of the lab app's ``FAULTS`` (empty: it raises)."""
+        self.fault_file.write_text(how)
 
     def repair_device(self) -> None:
         self.fault_file.unlink(missing_ok=True)

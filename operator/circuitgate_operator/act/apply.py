@@ -26,6 +26,7 @@ from ..decide.intents import (
     Plan,
     PolicyStatusWrite,
 )
+from ..names import FIELD_MANAGER
 from ..view import ClusterView
 from .api import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, KubeApi
 from .events import EventRecorder
@@ -176,7 +177,11 @@ class Applier:
     async def _node(self, change: NodeChange, result: ApplyResult) -> None:
         body = node_patch(change)
         answer = await self.api.request(
-            "PATCH", f"/api/v1/nodes/{change.node}", body=body, content_type=MERGE_PATCH
+            "PATCH",
+            f"/api/v1/nodes/{change.node}",
+            body=body,
+            content_type=MERGE_PATCH,
+            query={"fieldManager": FIELD_MANAGER},
         )
         result.writes += 1
         result.count(change.action)

@@ -14,7 +14,7 @@ from ..decide.intents import (
     PolicyStatusWrite,
 )
 from ..model import POLICY_LABEL
-from ..names import CONDITION_TYPE, GROUP, VERSION
+from ..names import CONDITION_TYPE, GROUP, VERSION, label_value
 
 __all__ = (
     "circuit_state_body",
@@ -69,7 +69,7 @@ def circuit_state_body(write: CircuitStateWrite) -> dict[str, Any]:
         "metadata": {
             "name": write.name,
             "namespace": write.namespace,
-            "labels": {POLICY_LABEL: write.policy},
+            "labels": {POLICY_LABEL: label_value(write.policy)},
             "ownerReferences": [owner],
         },
         "spec": {},

@@ -19,10 +19,13 @@ def _percent(value: int | str) -> int | None:
 
 def resolve_cap(value: int | str, total: int) -> int:
     """The most objects a cap allows out of total. A percentage rounds down, so the cap is
-    never exceeded by rounding; a malformed value allows nothing."""
+    never exceeded by rounding, except that a percentage above 0 of more than one object
+    allows at least one: "25%" of 3 replicas must still let one be gated. A malformed value
+    allows nothing."""
     percent = _percent(value)
     if percent is not None:
-        return (percent * total) // 100
+        floor = 1 if percent > 0 and total > 1 else 0
+        return max((percent * total) // 100, floor)
     if isinstance(value, int):
         return max(value, 0)
     if isinstance(value, str) and value.isdigit():

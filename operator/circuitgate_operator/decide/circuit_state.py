@@ -7,19 +7,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..clock import rfc3339
-from ..contract import BreakerState, Reading
+from ..contract import TRIPPED_STATES, BreakerState, Reading
 from ..model import PodView
 from .intents import CircuitStateDelete, CircuitStateWrite, EventIntent, Plan, pod_ref
 from .observation import PolicyObservation
 from .readiness import restore
 
 __all__ = (
+    "STARTUP_GRACE_SECONDS",
     "circuit_events",
     "desired_circuit_state",
     "plan_circuit_states",
     "plan_orphans",
+    "startup_grace_ends",
     "status_patch",
 )
+
+# How long a worker's endpoint may refuse after its container started, before an endpoint
+# that has never answered is worth a Warning: a Celery app takes a while to import and start.
+STARTUP_GRACE_SECONDS = 60.0
 
 # Carried over from the last good reading while the endpoint cannot be read: an unreachable
 # worker has not forgotten its trips.
@@ -34,8 +40,12 @@ def desired_circuit_state(
     previous: Mapping[str, Any] | None,
     now: str,
 ) -> dict[str, Any]:
-    """The status to record. Keys with no value are left out rather than set to null, so the
-    stored object and this dict compare equal when nothing changed."""
+    """The status to record: only what a user reads (state, trips, the last change and why),
+    so a healthy worker costs no writes. ``failures`` are those that opened the breaker,
+    absent while it is closed (a healthy worker's counter moves with every task);
+    ``sequence`` is the document's at the last change recorded, never a change by itself.
+    Keys with no value are left out rather than set to null, so the stored object and this
+    dict compare equal when nothing changed."""
     previous = previous or {}
     status: dict[str, Any] = {"pod": pod.name, "policy": policy, "state": reading.state}
     if pod.node_name:
@@ -43,22 +53,36 @@ def desired_circuit_state(
     if reading.reachable:
         fresh = {
             "breaker": reading.breaker,
-            "failures": reading.failures,
+            "failures": _opening_failures(reading, previous),
             "trips": reading.trips,
             "openedAt": reading.opened_at,
             "mayCloseAt": reading.may_close_at,
             "consumptionPaused": reading.consumption_paused,
-            "sequence": reading.sequence,
         }
         status.update({key: value for key, value in fresh.items() if value is not None})
     else:
-        status.update({key: previous[key] for key in (*_REMEMBERED, "sequence") if key in previous})
+        status.update({key: previous[key] for key in _REMEMBERED if key in previous})
     same_state = previous.get("state") == reading.state and previous.get("lastTransitionTime")
     status["lastTransitionTime"] = previous["lastTransitionTime"] if same_state else now
     status["endpoint"] = {"url": reading.url, "reachable": reading.reachable}
     if reading.reason:
         status["endpoint"]["reason"] = reading.reason[:1024]
+    unchanged = {k: v for k, v in previous.items() if k != "sequence"} == status
+    sequence = previous.get("sequence") if unchanged or not reading.reachable else reading.sequence
+    if sequence is not None:
+        status["sequence"] = sequence
     return status
+
+
+def _opening_failures(reading: Reading, previous: Mapping[str, Any]) -> int | None:
+    """The failures that opened the breaker: read with its opening, kept while it stays open."""
+    if reading.state not in TRIPPED_STATES:
+        return None
+    same_opening = previous.get("state") in TRIPPED_STATES and (
+        previous.get("openedAt") == reading.opened_at
+    )
+    kept = previous.get("failures") if same_opening else None
+    return kept if isinstance(kept, int) else reading.failures
 
 
 def status_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,12 +101,39 @@ def status_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dic
     return patch
 
 
+def _ever_read(status: Mapping[str, Any] | None) -> bool:
+    """Whether a CircuitState carries what a good reading told (kept while unreachable)."""
+    return status is not None and any(key in status for key in _REMEMBERED)
+
+
+def startup_grace_ends(pod: PodView, now: float) -> float | None:
+    """When the pod's startup grace ends, if it has not yet."""
+    if pod.started_at is None or now >= pod.started_at + STARTUP_GRACE_SECONDS:
+        return None
+    return pod.started_at + STARTUP_GRACE_SECONDS
+
+
+def _never_answered(pod: PodView, status: Mapping[str, Any], now: float) -> list[EventIntent]:
+    """The Warning for an endpoint that has not answered since its container started, once the
+    grace is over; repeated each pass while it lasts (the loop posts a plan's Event once)."""
+    if pod.started_at is None or startup_grace_ends(pod, now) is not None:
+        return []
+    endpoint = status.get("endpoint") or {}
+    message = (
+        f"{endpoint.get('url', '?')}: {endpoint.get('reason', 'no usable answer')}; "
+        "no answer since the container started"
+    )
+    return [EventIntent(pod_ref(pod), "EndpointUnreachable", message, "Warning")]
+
+
 def circuit_events(
     pod: PodView, previous_state: str | None, status: Mapping[str, Any]
 ) -> list[EventIntent]:
-    """Events for a change of state (none when the state did not change)."""
+    """Events for a change of state (none when the state did not change). ``previous_state``
+    is None when no good reading was recorded before: a first unknown is not news yet (see
+    `_never_answered`), and neither is a first closed."""
     state = status["state"]
-    if state == previous_state:
+    if state == previous_state or (previous_state is None and state == BreakerState.UNKNOWN):
         return []
     ref = pod_ref(pod)
     breaker = status.get("breaker") or "?"
@@ -129,7 +180,8 @@ def _plan_circuit_state(
 ) -> dict[str, Any] | None:
     observed = obs.circuit_states.get(pod.name)
     if observed is not None and (
-        (observed.owner_uid and observed.owner_uid != pod.uid) or observed.policy != obs.policy.name
+        (observed.owner_uid and observed.owner_uid != pod.uid)
+        or observed.policy != obs.policy.label
     ):
         # Left by an earlier pod of the same name (the garbage collector may be slower) or
         # by another policy: remove it, and write ours once it is gone.
@@ -142,8 +194,11 @@ def _plan_circuit_state(
     status = desired_circuit_state(
         pod=pod, policy=obs.policy.name, reading=reading, previous=previous, now=stamp
     )
+    if status["state"] == BreakerState.UNKNOWN and not _ever_read(status):
+        plan.events.extend(_never_answered(pod, status, obs.now))
     if observed is None or dict(observed.status) != status:
-        events = circuit_events(pod, previous.get("state") if previous else None, status)
+        before = previous.get("state") if previous is not None and _ever_read(previous) else None
+        events = circuit_events(pod, before, status)
         plan.circuit_states.append(
             CircuitStateWrite(
                 namespace=pod.namespace,
@@ -161,15 +216,27 @@ def _plan_circuit_state(
 
 def plan_orphans(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]) -> None:
     """CircuitStates of this policy whose pod it no longer watches: give the pod's condition
-    back and remove the state."""
+    back, and only once it is back (a restore held back by a pause or refused by the API
+    server is tried again) remove the state, the only record that the pod is ours to restore.
+    A pod another policy watches now is that policy's: its state just goes."""
     stamp = rfc3339(obs.now)
     watched = {pod.name for pod in matched}
     for name, state in sorted(obs.circuit_states.items()):
-        if state.policy != obs.policy.name or name in watched:
+        if state.policy != obs.policy.label or name in watched:
             continue
         pod = obs.pods.get(name)
-        if pod is not None and pod.running:
+        if pod is not None and pod.running and name not in obs.watched_elsewhere:
             write = restore(pod, stamp, "no longer watched by policy " + obs.policy.name)
             if write is not None:
                 plan.conditions.append(write)
+                continue
         plan.circuit_state_deletes.append(CircuitStateDelete(state.namespace, name))
+    # A pod no policy watches, with no CircuitState (its creation failed while the mark
+    # landed: found by the model check) would keep our False for good: give it back too.
+    for name, pod in sorted(obs.pods.items()):
+        if name in watched or name in obs.watched_elsewhere or name in obs.circuit_states:
+            continue
+        if pod.running:
+            write = restore(pod, stamp, "watched by no policy")
+            if write is not None:
+                plan.conditions.append(write)

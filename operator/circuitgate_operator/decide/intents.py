@@ -26,8 +26,9 @@ __all__ = (
     "policy_ref",
 )
 
-# What a NodeChange does to a node.
-NodeAction = Literal["cordon", "uncordon", "release"]
+# What a NodeChange does to a node: cordon it, undo our cordon, let someone else's be (release),
+# or remove the release marks once they forgive nothing (forget).
+NodeAction = Literal["cordon", "uncordon", "release", "forget"]
 # The changes the operator counts (the actions metric) and may hold back.
 Action = Literal["mark_unready", "mark_ready", "evict"] | NodeAction
 # Why an action was held back; "budget" (a PodDisruptionBudget refused an eviction) is known
@@ -112,8 +113,9 @@ class CircuitStateDelete:
 
 @dataclass(frozen=True)
 class NodeChange:
-    """A node patch: cordon, release or undo. ``resource_version`` makes it a compare-and-set,
-    so a concurrent change by someone else fails the patch instead of being overwritten."""
+    """A node patch: cordon, release, undo or forget. ``resource_version`` makes it a
+    compare-and-set, so a concurrent change by someone else fails the patch instead of being
+    overwritten."""
 
     node: str
     action: NodeAction
@@ -127,11 +129,15 @@ class NodeChange:
 
 @dataclass(frozen=True)
 class Eviction:
+    """Evict a pod. ``unready``: it is unready already, so evicting it takes no slot of the
+    unready-pods cap (a pod that is still ready does)."""
+
     namespace: str
     pod: str
     node: str
     uid: str = ""
     events: tuple[EventIntent, ...] = ()
+    unready: bool = False
 
     @property
     def action(self) -> Action:

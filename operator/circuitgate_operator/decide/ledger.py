@@ -20,17 +20,41 @@ class TripLedger:
 
     def __init__(self) -> None:
         self._trips: dict[str, dict[tuple[str, str], float]] = {}
+        self._counted: dict[str, int] = {}  # each pod's trip counter at its last reading
 
-    def observe(self, node: str, pod: str, reading: Reading, now: float) -> bool:
+    def observe(self, node: str, pod: str, reading: Reading, now: float, *, limit: int) -> bool:
         """Record the opening a reading shows, if any; return whether it is a new one. An
-        opening time in the future (a skewed clock) counts as now."""
+        opening time in the future (a skewed clock) counts as now. Only the newest ``limit``
+        openings of one pod on one node are kept (the trip threshold: one pod never needs
+        more to cordon a node), so an endpoint reporting a new opening with every answer
+        cannot grow the ledger.
+
+        A watcher reads a few times a second at most, so a breaker may close and open again
+        between two readings: the rise of its trip counter since the last reading says how
+        many openings there were, and each counts. With no earlier reading (our restart) or
+        a counter that went back (the worker's), the reading shows one."""
+        before = self._counted.get(pod)
+        if reading.reachable:
+            self._counted[pod] = reading.trips
         if reading.state not in _TRIPPED or not reading.opened_at:
             return False
         trips = self._trips.setdefault(node, {})
         if (pod, reading.opened_at) in trips:
             return False
-        trips[(pod, reading.opened_at)] = min(parse_time(reading.opened_at) or now, now)
+        at = min(parse_time(reading.opened_at) or now, now)
+        missed = reading.trips - before if before is not None and reading.trips > before else 1
+        for extra in range(1, min(missed, limit)):
+            trips[(pod, f"{reading.opened_at}#{extra}")] = at
+        trips[(pod, reading.opened_at)] = at
+        mine = sorted((at, key) for key, at in trips.items() if key[0] == pod)
+        for _, key in mine[: max(len(mine) - limit, 0)]:
+            del trips[key]
         return True
+
+    def retain(self, pods: set[str]) -> None:
+        """Forget the counters of pods no longer watched (their trips stay until they age)."""
+        for pod in self._counted.keys() - pods:
+            del self._counted[pod]
 
     def by_node(self, keep: float, now: float) -> dict[str, list[Trip]]:
         """Trips younger than keep seconds, oldest first (older ones are dropped for good)."""

@@ -6,24 +6,29 @@ annotations say it did: a cordon or taint it did not make is never touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ..clock import parse_time, rfc3339
-from ..model import NodeRemediation, NodeView, Taint
+from ..model import NodeRemediation, NodeView, PodView, Taint
+from ..names import FIELD_MANAGER
 from .intents import NodeAction, NodeChange
 
 __all__ = (
     "CORDONED_AT",
     "CORDONED_BY",
     "CORDON_REASON",
+    "KEEP_CORDONED",
     "RELEASED_AT",
+    "RELEASED_BY",
     "TAINTED",
     "NodeDecision",
+    "SeenEviction",
     "Trip",
     "cooldown_deadline",
     "decide_node_action",
+    "evictions_on",
     "recent_trips",
 )
 
@@ -34,7 +39,17 @@ TAINTED = "circuitgate.io/taint"
 # When circuitgate last let go of a node (after its cool-down, or because someone else
 # uncordoned it): trips before it are forgiven, so only a new incident cordons it again.
 RELEASED_AT = "circuitgate.io/released-at"
+# The policy that let go of it: the one to remove both marks once the window has passed (no
+# trip before the release is inside it then: nothing is left to forgive), or when it goes.
+RELEASED_BY = "circuitgate.io/released-by"
+RELEASE_MARKS = (RELEASED_AT, RELEASED_BY)
 _OURS = (CORDONED_BY, CORDONED_AT, CORDON_REASON, TAINTED)
+# Set to "true" by an admin on a node we cordoned: the cordon is theirs from then on (the sure
+# way to take a node over, since `kubectl cordon` of a cordoned node changes nothing we see).
+KEEP_CORDONED = "circuitgate.io/keep-cordoned"
+# The pod condition the API server sets on a pod the Eviction API evicts (kubectl drain does).
+_DISRUPTION = "DisruptionTarget"
+_BY_EVICTION_API = "EvictionByEvictionAPI"
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,27 @@ class Trip:
 
     pod: str
     at: float
+
+
+@dataclass(frozen=True)
+class SeenEviction:
+    """A pod on a node evicted through the Eviction API, at Unix time ``at``."""
+
+    pod: str
+    at: float
+
+
+def evictions_on(node: str, pods: Iterable[PodView]) -> list[SeenEviction]:
+    """The evictions of the pods we can see on a node, from their DisruptionTarget condition."""
+    seen = []
+    for pod in pods:
+        condition = pod.conditions.get(_DISRUPTION)
+        if pod.node_name != node or condition is None or condition.status != "True":
+            continue
+        at = parse_time(condition.last_transition_time)
+        if condition.reason == _BY_EVICTION_API and at is not None:
+            seen.append(SeenEviction(pod.name, at))
+    return seen
 
 
 @dataclass(frozen=True)
@@ -67,13 +103,19 @@ def decide_node_action(
     spec: NodeRemediation,
     trips: Sequence[Trip],
     now: float,
+    evicted: Sequence[SeenEviction] = (),
 ) -> NodeDecision:
-    """The node action for one policy's view of one node (before caps, storm and pause)."""
+    """The node action for one policy's view of one node (before caps, storm and pause);
+    ``evicted``: the evictions seen on the node (`evictions_on`)."""
     owner = node.annotations.get(CORDONED_BY)
+    if owner == policy:
+        return _decide_ours(node, spec, trips, now, evicted)
+    if not owner and node.annotations.get(RELEASED_BY) == policy:
+        forget = _forget_release(node, spec, now)
+        if forget is not None:
+            return forget
     if node.excluded:
         return NodeDecision("none", f"node {node.name} is labelled circuitgate.io/exclude=true")
-    if owner == policy:
-        return _decide_ours(node, spec, trips, now)
     if owner:
         return NodeDecision("none", f"node {node.name} is managed by policy {owner}")
     if not spec.enabled:
@@ -95,7 +137,7 @@ def decide_node_action(
         CORDONED_BY: policy,
         CORDONED_AT: rfc3339(now, precise=True),
         CORDON_REASON: reason,
-        RELEASED_AT: None,
+        **dict.fromkeys(RELEASE_MARKS),
     }
     if not any(t.key == spec.taint.key and t.effect == spec.taint.effect for t in taints):
         taints = (*taints, spec.taint)
@@ -112,35 +154,110 @@ def decide_node_action(
     return NodeDecision("cordon", reason, change)
 
 
-def _decide_ours(
-    node: NodeView, spec: NodeRemediation, trips: Sequence[Trip], now: float
-) -> NodeDecision:
-    without_ours = _without_our_taint(node)
+def _cordoned_again_by_someone_else(node: NodeView, cordoned_at: float) -> bool:
+    """Whether another writer set spec.unschedulable after our cordon (managedFields keep
+    whole seconds: the second of our cordon counts as before it)."""
+    return any(
+        manager != FIELD_MANAGER and at >= int(cordoned_at) + 1
+        for manager, at in node.cordoned_by_managers
+    )
+
+
+def _drained_by_someone_else(
+    evicted: Sequence[SeenEviction],
+    spec: NodeRemediation,
+    trips: Sequence[Trip],
+    cordoned_at: float,
+) -> str | None:
+    """A pod evicted after our cordon that we did not evict (we evict only pods that tripped
+    there, and only when asked to): someone drains the node. Condition times keep whole
+    seconds: an eviction in the second of our cordon counts as after it (a drain follows a
+    cordon at once; at worst a node someone evicted from just then stays cordoned, theirs)."""
+    ours = {trip.pod for trip in trips} if spec.evict_tripped_pods else set()
+    for eviction in evicted:
+        if eviction.at >= int(cordoned_at) and eviction.pod not in ours:
+            return eviction.pod
+    return None
+
+
+def _someone_else(
+    node: NodeView,
+    spec: NodeRemediation,
+    trips: Sequence[Trip],
+    evicted: Sequence[SeenEviction],
+    cordoned_at: float,
+) -> str | None:
+    """What shows that the node is someone else's now, if anything does."""
     if not node.unschedulable:
-        reason = f"node {node.name} was uncordoned by someone else; circuitgate lets it be"
-        annotations: dict[str, str | None] = dict.fromkeys(_OURS)
-        annotations[RELEASED_AT] = rfc3339(now, precise=True)
+        return f"node {node.name} was uncordoned by someone else"
+    if node.annotations.get(KEEP_CORDONED) == "true":
+        return f"node {node.name} is annotated {KEEP_CORDONED}=true"
+    if _cordoned_again_by_someone_else(node, cordoned_at):
+        return f"node {node.name} was cordoned again by someone else"
+    drained = _drained_by_someone_else(evicted, spec, trips, cordoned_at)
+    if drained is not None:
+        return f"node {node.name} is being drained by someone else (pod {drained} evicted)"
+    return None
+
+
+def _decide_ours(
+    node: NodeView,
+    spec: NodeRemediation,
+    trips: Sequence[Trip],
+    now: float,
+    evicted: Sequence[SeenEviction],
+) -> NodeDecision:
+    """Checked before every other rule: an exclude label or someone else's change after
+    ours must not leave our cordon on for good."""
+    without_ours = _without_our_taint(node)
+    cordoned_at = parse_time(node.annotations.get(CORDONED_AT)) or now
+    someone_else = _someone_else(node, spec, trips, evicted, cordoned_at)
+    if someone_else is not None:
+        reason = f"{someone_else}; circuitgate lets it be"
+        annotations = _released(node, now)
         change = NodeChange(
             node.name, "release", None, without_ours, annotations, node.resource_version, reason
         )
         return NodeDecision("release", reason, change)
-    cordoned_at = parse_time(node.annotations.get(CORDONED_AT)) or now
     last = max([cordoned_at, *(trip.at for trip in trips)])
     quiet_for = now - last
-    if not spec.enabled or quiet_for >= spec.cooldown:
+    if not spec.enabled or node.excluded or quiet_for >= spec.cooldown:
         reason = (
-            "node remediation was disabled"
+            f"node {node.name} is labelled circuitgate.io/exclude=true"
+            if node.excluded
+            else "node remediation was disabled"
             if not spec.enabled
             else f"no trips for {int(quiet_for)}s (cool-down {int(spec.cooldown)}s)"
         )
         # Marked released too: the trips that led here are dealt with, and must not
         # cordon the node again while they are still inside the window.
-        annotations = {**dict.fromkeys(_OURS), RELEASED_AT: rfc3339(now, precise=True)}
+        annotations = _released(node, now)
         change = NodeChange(
             node.name, "uncordon", False, without_ours, annotations, node.resource_version, reason
         )
         return NodeDecision("uncordon", reason, change)
     return NodeDecision("hold", f"cooling down until {rfc3339(last + spec.cooldown)}")
+
+
+def _released(node: NodeView, now: float) -> dict[str, str | None]:
+    """The annotations of a node its policy lets go of: its marks go, the release's come."""
+    return {
+        **dict.fromkeys(_OURS),
+        RELEASED_AT: rfc3339(now, precise=True),
+        RELEASED_BY: node.annotations.get(CORDONED_BY),
+    }
+
+
+def _forget_release(node: NodeView, spec: NodeRemediation, now: float) -> NodeDecision | None:
+    """Remove the release marks once every trip they forgive is out of the window."""
+    released = parse_time(node.annotations.get(RELEASED_AT)) or 0.0
+    if now < released + spec.window:
+        return None
+    reason = f"the trips released at {rfc3339(released)} are out of the window"
+    change = NodeChange(
+        node.name, "forget", None, None, dict.fromkeys(RELEASE_MARKS), node.resource_version, reason
+    )
+    return NodeDecision("forget", reason, change)
 
 
 def _without_our_taint(node: NodeView) -> tuple[Taint, ...] | None:

@@ -31,6 +31,8 @@ class PolicyObservation:
     # Pods (by uid) whose endpoint is being read for the first time: their readiness waits for
     # that answer (bounded by the policy's timeout), rather than being written twice.
     first_read_pending: frozenset[str] = frozenset()
+    # Pods (by name) that another policy of the namespace watches: theirs, never restored here.
+    watched_elsewhere: frozenset[str] = frozenset()
 
     @property
     def matched(self) -> list[PodView]:

@@ -8,7 +8,11 @@ what the pause, a storm, the caps or a dry run hold back, and the status reports
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from ..contract import TRIPPED_STATES
+from ..model import PodView
 from .caps import storm_reached
 from .circuit_state import plan_circuit_states, plan_orphans
 from .intents import Plan
@@ -19,6 +23,20 @@ from .remediation import cordon_cap, plan_remediation
 from .restraint import Restraints, restrain
 
 __all__ = ("plan_policy",)
+
+
+def _tripped(
+    obs: PolicyObservation, matched: Sequence[PodView], states: Mapping[str, Mapping[str, Any]]
+) -> int:
+    """Watched pods whose circuit is tripped, by their reading first: a pod whose CircuitState
+    is being replaced (left by an earlier pod of its name) has none this pass, and must still
+    count towards a storm (found by the model check)."""
+    count = 0
+    for pod in matched:
+        reading = obs.reading(pod)
+        state = reading.state if reading is not None else states.get(pod.name, {}).get("state")
+        count += state in TRIPPED_STATES
+    return count
 
 
 def plan_policy(obs: PolicyObservation) -> Plan:
@@ -32,7 +50,7 @@ def plan_policy(obs: PolicyObservation) -> Plan:
     plan_remediation(plan, obs, matched)
     plan_overlaps(plan, obs)
 
-    tripped = sum(1 for s in states.values() if s["state"] in TRIPPED_STATES)
+    tripped = _tripped(obs, matched, states)
     storm = storm_reached(spec.safety.storm_threshold, len(matched), tripped)
     unready, cordoned = unready_cap(obs, matched), cordon_cap(obs, matched)
     restraints = Restraints(policy.paused, spec.dry_run, storm, unready, cordoned)

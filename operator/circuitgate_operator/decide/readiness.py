@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..clock import rfc3339
+from ..clock import parse_time, rfc3339
 from ..contract import BreakerState
 from ..model import Condition, PodView
 from ..names import CONDITION_TYPE
@@ -23,6 +23,7 @@ __all__ = (
     "condition_write",
     "decide_readiness",
     "first_condition",
+    "open_evidence_ends",
     "plan_overlaps",
     "plan_readiness",
     "restore",
@@ -33,6 +34,23 @@ __all__ = (
 # Reasons of the False conditions circuitgate writes; a False condition with another reason
 # was not written by us and is not ours to restore.
 OUR_UNREADY_REASONS = frozenset({"CircuitOpen", "CircuitForcedOpen"})
+# Recorded states that hold a pod unready (unknown keeps the False an open state set).
+_HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN, BreakerState.UNKNOWN})
+# How long an open state that named no end (forced open) stays evidence once its endpoint can
+# no longer be read.
+STALE_OPEN_SECONDS = 600.0
+
+
+def open_evidence_ends(status: Mapping[str, Any]) -> float | None:
+    """When a recorded open state stops being evidence of an open circuit, if the endpoint
+    cannot confirm it: at the end of the open period it showed (a live breaker is half-open
+    by then, and a re-opened one would say so), or STALE_OPEN_SECONDS after the last change
+    when it showed none. None when nothing says (never evidence to give a pod back on)."""
+    may_close = parse_time(status.get("mayCloseAt"))
+    if may_close is not None:
+        return may_close
+    since = parse_time(status.get("lastTransitionTime"))
+    return since + STALE_OPEN_SECONDS if since is not None else None
 
 
 def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condition | None:
@@ -124,6 +142,18 @@ def unready_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
     return Cap(obs.policy.spec.safety.max_unready_pods, len(matched), held)
 
 
+def _stale_open_over(obs: PolicyObservation, pod: PodView, status: Mapping[str, Any]) -> bool:
+    """Whether the pod has no good reading now and what is recorded of an open (or unknown)
+    circuit is no evidence any more."""
+    reading = obs.reading(pod)
+    if reading is not None and reading.reachable:
+        return False
+    if status.get("state") not in _HOLDING:
+        return False
+    ends = open_evidence_ends(status)
+    return ends is not None and obs.now >= ends
+
+
 def plan_readiness(
     plan: Plan,
     obs: PolicyObservation,
@@ -157,6 +187,16 @@ def plan_readiness(
         if pod.uid in obs.first_read_pending and pod.name not in states:
             continue
         status = states.get(pod.name, {"state": BreakerState.UNKNOWN})
+        if _stale_open_over(obs, pod, status):
+            # What is recorded is all there is (an unreadable endpoint, or a state read after a
+            # restart before its first answer), and it holds a pod unready only while it lasts.
+            ends = rfc3339(open_evidence_ends(status) or obs.now)
+            why = f"the breaker endpoint cannot be read, and its last open period ended at {ends}"
+            write = None if pod.uid in obs.first_read_pending else restore(pod, stamp, why)
+            if write is not None:
+                plan.conditions.append(write)
+            if write is not None or status.get("state") != BreakerState.UNKNOWN:
+                continue
         wanted = decide_readiness(pod, status, stamp)
         current = pod.gate_condition
         if wanted is None or same_condition(current, wanted):

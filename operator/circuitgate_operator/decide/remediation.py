@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from ..model import NodeView, PodView
 from .caps import Cap
 from .intents import EventIntent, Eviction, Plan, node_ref, pod_ref
-from .nodes import CORDONED_BY, NodeDecision, decide_node_action, recent_trips
+from .nodes import (
+    CORDONED_BY,
+    RELEASED_BY,
+    NodeDecision,
+    decide_node_action,
+    evictions_on,
+    recent_trips,
+)
 from .observation import PolicyObservation
 
 __all__ = ("cordon_cap", "plan_remediation")
@@ -21,12 +28,18 @@ __all__ = ("cordon_cap", "plan_remediation")
 
 def cordon_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
     """The cordoned-nodes cap: a percentage of the nodes the watched pods run on, counting the
-    nodes this policy holds cordoned now."""
+    nodes circuitgate holds cordoned now among them (for any policy: their pods lose those
+    nodes just the same) and those this policy holds anywhere."""
     key = obs.policy.key
+    ran_on = {pod.node_name for pod in matched if pod.node_name}
     held = sum(
-        1 for n in obs.nodes.values() if n.annotations.get(CORDONED_BY) == key and n.unschedulable
+        1
+        for n in obs.nodes.values()
+        if n.unschedulable
+        and (owner := n.annotations.get(CORDONED_BY))
+        and (owner == key or n.name in ran_on)
     )
-    total = len({pod.node_name for pod in matched if pod.node_name})
+    total = len(ran_on)
     return Cap(obs.policy.spec.safety.max_cordoned_nodes, total, held)
 
 
@@ -35,7 +48,11 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
     first, most recent trips first, the order in which a cap lets them through."""
     policy, spec = obs.policy, obs.policy.spec
     names = {pod.node_name for pod in matched if pod.node_name} | set(obs.trips)
-    names |= {n.name for n in obs.nodes.values() if n.annotations.get(CORDONED_BY) == policy.key}
+    names |= {
+        n.name
+        for n in obs.nodes.values()
+        if policy.key in (n.annotations.get(CORDONED_BY), n.annotations.get(RELEASED_BY))
+    }
     decisions: list[tuple[NodeView, NodeDecision, int]] = []
     for name in sorted(names):
         node = obs.nodes.get(name)
@@ -43,7 +60,12 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
             continue
         trips = obs.trips.get(name, ())
         decision = decide_node_action(
-            node, policy=policy.key, spec=spec.nodes, trips=trips, now=obs.now
+            node,
+            policy=policy.key,
+            spec=spec.nodes,
+            trips=trips,
+            now=obs.now,
+            evicted=evictions_on(name, obs.pods.values()),
         )
         count = len(recent_trips(node, trips, spec.nodes.window, obs.now))
         decisions.append((node, decision, count))
@@ -51,6 +73,8 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
     for node, decision, _ in decisions:
         if decision.action == "hold":
             _plan_evictions(plan, obs, node, matched)
+        elif decision.action == "forget" and decision.change is not None:
+            plan.nodes.append(decision.change)  # our own marks only: no news for anyone
         elif decision.change is not None:
             message = f"policy {policy.key}: {decision.reason}"
             event = (
@@ -77,4 +101,8 @@ def _plan_evictions(
             continue
         message = f"policy {obs.policy.key}: it tripped on node {node.name}, now cordoned"
         event = EventIntent(pod_ref(pod), "PodEvicted", message)
-        plan.evictions.append(Eviction(pod.namespace, pod.name, node.name, pod.uid, (event,)))
+        condition = pod.gate_condition
+        unready = condition is not None and condition.status == "False"
+        plan.evictions.append(
+            Eviction(pod.namespace, pod.name, node.name, pod.uid, (event,), unready=unready)
+        )

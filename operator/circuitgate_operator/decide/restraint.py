@@ -1,13 +1,15 @@
 """What holds planned actions back, applied once as a pass over the whole Plan.
 
 In order: the pause annotation (no new action at all), then a suspected shared outage and the
-safety caps (no new unready mark or cordon past them), then a dry run (what is left is only
+safety caps (no new unready mark, eviction or cordon past them: an eviction of a pod still
+ready takes a slot of the unready-pods cap, after the marks), then a dry run (what is left is only
 described, in Events). A first True on a pod that has no condition yet is never held back: it
 changes nothing a Service sees, and without it the gate would keep the pod unready for ever.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -65,12 +67,20 @@ def restrain(plan: Plan, restraints: Restraints) -> bool:
         if restraints.storm:
             _hold_conditions(plan, marks, "storm", STORM)
             plan.nodes = _drop(plan, plan.nodes, cordons, "storm")
+            plan.evictions = _drop(plan, plan.evictions, plan.evictions, "storm")
         else:
-            _, held_marks = restraints.unready.split(marks)
+            allowed, held_marks = restraints.unready.split(marks)
+            marked = {w.pod for w in allowed}
+            ready = [e for e in plan.evictions if not e.unready and e.pod not in marked]
+            after_marks = dataclasses.replace(
+                restraints.unready, held=restraints.unready.held + len(allowed)
+            )
+            _, held_evictions = after_marks.split(ready)
             _, held_cordons = restraints.cordoned.split(cordons)
             _hold_conditions(plan, held_marks, "cap", CAPPED)
+            plan.evictions = _drop(plan, plan.evictions, held_evictions, "cap")
             plan.nodes = _drop(plan, plan.nodes, held_cordons, "cap")
-            capped = bool(held_marks or held_cordons)
+            capped = bool(held_marks or held_evictions or held_cordons)
     if restraints.dry_run:
         plan.conditions = _describe(
             plan, plan.conditions, [w for w in plan.conditions if not w.first_true]

@@ -69,11 +69,19 @@ class EndpointWatcher:
     """Reads one pod's endpoint over and over and hands every Reading to ``on_reading``.
 
     The first request (and the first after a failure) is a plain GET. Then, in longPoll mode,
-    it asks ``?since=SEQ&wait=S``. An endpoint that answers a long-poll at once without a new
-    sequence does not support it, and is polled every ``poll_interval`` from then on. After a
-    failed request it waits ``poll_interval`` before trying again. Not a task itself: the
-    caller runs ``run()`` and stops it by cancelling, which closes the request at once.
+    every request asks ``?since=SEQ&wait=S``. A long-poll answered at once without a new
+    sequence is an endpoint that does not hold requests (or holds them for less than we
+    asked, its own cap): the next request waits until ``poll_interval`` has passed since this
+    one began, so such an endpoint is polled at the interval, and every later request probes
+    long-poll again, so a held answer (an endpoint with a ``max_wait`` below what we asked)
+    is long-polled at the length it holds. Nothing an endpoint answers makes more than one
+    request per ``MIN_GAP``. After a failed request it waits ``poll_interval``. Not a task
+    itself: the caller runs ``run()`` and stops it by cancelling, which closes the request
+    at once.
     """
+
+    MIN_GAP = 0.25  # seconds between two requests at least: 4 a second per pod at most
+    HELD = 1.0  # an answer this late (or after half the wait) was held: long-poll works
 
     def __init__(
         self,
@@ -89,33 +97,40 @@ class EndpointWatcher:
         self.spec = spec
         self.on_reading = on_reading
         self.max_bytes = max_bytes
+        # Whether the last round polled: always in poll mode, after an early answer otherwise.
         self.polling = spec.mode != "longPoll"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         since: int | None = None
         while True:
-            long_poll = not self.polling and since is not None
+            long_poll = self.spec.mode == "longPoll" and since is not None
             wait = self.spec.long_poll if long_poll else 0.0
             started = loop.time()
-            reading = await fetch_reading(
-                self.session,
-                self.url,
-                timeout=self.spec.timeout,
-                since=since if long_poll else None,
-                wait=wait,
-                max_bytes=self.max_bytes,
-            )
+            reading = await self._fetch(since if long_poll else None, wait)
             self.on_reading(reading)
             elapsed = loop.time() - started
             if not reading.reachable or reading.sequence is None:
                 since = None
                 await asyncio.sleep(self.spec.poll_interval)
                 continue
-            if long_poll and since is not None:
-                unchanged = reading.sequence <= since
-                if unchanged and elapsed < wait / 2:
-                    self.polling = True  # answered at once with nothing new: no long-poll here
+            if self.spec.mode == "longPoll":
+                early = long_poll and elapsed < min(self.HELD, wait / 2)
+                self.polling = early and reading.sequence == since
+            gap = self.spec.poll_interval if self.polling else self.MIN_GAP
             since = reading.sequence
-            if self.polling:
-                await asyncio.sleep(max(self.spec.poll_interval - elapsed, 0.0))
+            await asyncio.sleep(max(gap - elapsed, 0.0))
+
+    async def _fetch(self, since: int | None, wait: float) -> Reading:
+        """One request; whatever goes wrong in it is an unknown Reading, never our end."""
+        try:
+            return await fetch_reading(
+                self.session,
+                self.url,
+                timeout=self.spec.timeout,
+                since=since,
+                wait=wait,
+                max_bytes=self.max_bytes,
+            )
+        except Exception as error:  # the watcher never dies on a reply
+            return unknown(self.url, "other", f"request failed: {type(error).__name__}")

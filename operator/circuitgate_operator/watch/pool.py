@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..contract import Reading
+from ..contract import Reading, unknown
 from ..model import WatchSpec
 from .endpoint import DEFAULT_MAX_BYTES, EndpointWatcher
 
@@ -88,7 +88,7 @@ class WatcherPool:
             max_bytes=self.max_bytes,
         )
         task = asyncio.create_task(watcher.run(), name=f"circuitgate watcher {self.name} {key}")
-        task.add_done_callback(self._report)
+        task.add_done_callback(lambda done: self._report(key, target, done))
         return task
 
     async def _stop(self, keys: list[str]) -> None:
@@ -99,7 +99,13 @@ class WatcherPool:
             # wait(), not awaiting each task: our own cancellation must still propagate.
             await asyncio.wait(tasks)
 
-    @staticmethod
-    def _report(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("endpoint watcher %s crashed", task.get_name(), exc_info=task.exception())
+    def _report(self, key: str, target: Target, task: asyncio.Task[None]) -> None:
+        """A watcher that ended on an exception leaves the pod unknown, never at its last
+        reading (which may say open and reachable); the next ``sync`` starts a new one."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        logger.error("endpoint watcher %s crashed", task.get_name(), exc_info=error)
+        self.on_reading(
+            key, unknown(target.url, "other", f"watcher failed: {type(error).__name__}")
+        )

@@ -11,20 +11,7 @@ import pytest
 
 from circuitgate_devkit.cluster.accounts import ChartAccount, OperatorIdentity
 from circuitgate_devkit.cluster.control_plane import ControlPlane
-from circuitgate_devkit.cluster.fake_endpoints import FakeWorkers
-from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
-
-
-@pytest.fixture
-def cluster(
-    control_plane: ControlPlane, crds: list[str], namespace: str, fake_workers: FakeWorkers
-) -> Iterator[Cluster]:
-    """The test's namespace on the real API server, with worker endpoints to give pods."""
-    helper = Cluster(control_plane, namespace, fake_workers)
-    try:
-        yield helper
-    finally:
-        helper.close()
+from circuitgate_devkit.cluster.objects import OperatorProcess
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,24 @@ tripping, undo only that after the cool-down, and leave other people's cordons a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from circuitgate_devkit.cluster.accounts import OperatorIdentity
+from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_devkit.cluster.fault_proxy import FaultProxy, Faults
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
-from circuitgate_operator.decide.nodes import CORDONED_AT, CORDONED_BY, RELEASED_AT, TAINTED
+from circuitgate_operator.decide.nodes import (
+    CORDONED_AT,
+    CORDONED_BY,
+    KEEP_CORDONED,
+    RELEASED_AT,
+    TAINTED,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -39,6 +50,19 @@ def trip_again(cluster: Cluster, host: str, trips: int) -> None:
     cluster.workers.close(host)
     time.sleep(0.05)
     cluster.workers.trip(host, trips=trips)
+
+
+def cordoned_gpu_node(cluster: Cluster) -> tuple[str, dict[str, str]]:
+    """A GPU node with two worker pods, cordoned by us after three trips (long cool-down)."""
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    cluster.policy(**remediation(cooldownSeconds=600))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    trip_again(cluster, hosts["w0"], 2)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    return node, hosts
 
 
 def spec_of(cluster: Cluster, node: str) -> dict[str, Any]:
@@ -155,14 +179,7 @@ def test_a_node_an_admin_cordoned_or_excluded_is_never_touched(
 def test_an_admin_uncordon_is_respected_until_the_next_incident(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
-    node = cluster.node("gpu", labels=GPU)
-    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
-    cluster.policy(**remediation(cooldownSeconds=600))
-    eventually(lambda: len(cluster.circuit_states()) == 2)
-    cluster.workers.trip(hosts["w0"], trips=1)
-    cluster.workers.trip(hosts["w1"], trips=1)
-    trip_again(cluster, hosts["w0"], 2)
-    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    node, hosts = cordoned_gpu_node(cluster)
 
     cluster.control_plane.kubectl("uncordon", node)
     # circuitgate lets go: its taint and marks are removed, and it does not cordon again
@@ -218,3 +235,86 @@ def test_tripped_pods_are_evicted_as_far_as_the_disruption_budget_allows(
     assert evicted() == gone
     blocked = operator.metrics()
     assert blocked.get('circuitgate_operator_actions_total{action="evict"}') == 1
+
+
+def test_a_node_excluded_after_our_cordon_is_given_back_at_once(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    node, _ = cordoned_gpu_node(cluster)
+
+    cluster.core.patch_node(node, {"metadata": {"labels": {"circuitgate.io/exclude": "true"}}})
+    eventually(lambda: not spec_of(cluster, node).get("unschedulable"), what="our cordon undone")
+    assert OUR_TAINT not in (spec_of(cluster, node).get("taints") or [])
+    assert CORDONED_BY not in annotations_of(cluster, node)
+    status = eventually(lambda: (s := cluster.policy_status()).get("cordonedNodes") == 0 and s)
+    assert status["cordonedNodes"] == 0  # its slot of the cap is free again
+
+
+def test_a_policy_deleted_while_its_cordon_is_in_flight_leaves_no_cordon(
+    cluster: Cluster,
+    start_operator: Callable[..., OperatorProcess],
+    operator_identity: OperatorIdentity,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """The policy's loop stops in parallel with its deletion handler: a cordon it had sent
+    must have landed (and be undone) before the finalizer goes."""
+    proxy = FaultProxy(control_plane).start()
+    try:
+        kubeconfig = proxy.kubeconfig(operator_identity.kubeconfig, tmp_path / "slow-kubeconfig")
+        start_operator(env={"KUBECONFIG": str(kubeconfig)})
+        node = cluster.node("gpu", labels=GPU)
+        hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+        # No pod to restore (readiness off): the deletion handler has nothing to wait for.
+        spec = remediation(tripThreshold=2, cooldownSeconds=600)
+        cluster.policy(readiness={"enabled": False}, **spec)
+        eventually(lambda: len(cluster.circuit_states()) == 2)
+        cluster.workers.trip(hosts["w0"], trips=1)
+        eventually(lambda: cluster.state_of("w0").get("state") == "open")
+
+        # Every write from now on is held 4 s by the proxy: the second trip's reconciliation
+        # sends its cordon with its other writes, and the policy goes while they are held.
+        proxy.faults = Faults(latency=1.0, delay=4.0, writes_only=True)
+        delayed = proxy.counts["delayed"]
+        cluster.workers.trip(hosts["w1"], trips=1)
+        eventually(lambda: proxy.counts["delayed"] >= delayed + 3, timeout=10)
+        cluster.delete_policy("workers")
+
+        eventually(lambda: cluster.policy_object("workers") is None, timeout=60)
+        proxy.faults = Faults()
+        assert not spec_of(cluster, node).get("unschedulable")
+        assert CORDONED_BY not in annotations_of(cluster, node)
+        assert OUR_TAINT not in (spec_of(cluster, node).get("taints") or [])
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("admin", ["keep-cordoned", "drain"])
+def test_an_admin_who_keeps_or_drains_a_node_we_cordoned_makes_it_theirs(
+    cluster: Cluster, operator: OperatorProcess, admin: str
+) -> None:
+    """``kubectl cordon`` of a node we cordoned changes nothing we could see; the admin's
+    annotation, or the evictions of a drain, can be seen, and the cool-down then leaves the
+    cordon alone (only our taint and marks go)."""
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    cluster.policy(**remediation(tripThreshold=2, cooldownSeconds=15))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    cordoned_at = time.time()
+
+    kubectl = cluster.control_plane.kubectl
+    if admin == "keep-cordoned":
+        kubectl("annotate", "node", node, f"{KEEP_CORDONED}=true")
+    else:
+        kubectl("drain", node, "--force", "--ignore-daemonsets", "--timeout=2s", check=False)
+    eventually(lambda: CORDONED_BY not in annotations_of(cluster, node), what="our marks gone")
+    assert RELEASED_AT in annotations_of(cluster, node)
+    assert spec_of(cluster, node).get("unschedulable") is True
+    assert OUR_TAINT not in (spec_of(cluster, node).get("taints") or [])
+
+    eventually(lambda: time.time() > cordoned_at + 15, timeout=30, what="the cool-down over")
+    operator.settle(f"{cluster.namespace}/workers")
+    assert spec_of(cluster, node).get("unschedulable") is True

@@ -171,3 +171,69 @@ def test_overlapping_policies_are_reported_not_guessed(
     operator.settle(f"{cluster.namespace}/a", f"{cluster.namespace}/b")
     assert cluster.circuit_state("both") is None
     assert cluster.condition_status("both") == "True"
+
+
+def test_a_pod_relabelled_while_paused_is_restored_once_resumed(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    node = cluster.node("n1")
+    pods = [f"w{i}" for i in range(3)]
+    hosts = {p: cluster.worker_pod(p, node=node) for p in pods}
+    cluster.policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "100%"})
+    eventually(lambda: all(cluster.condition_status(p) == "True" for p in pods))
+    cluster.workers.trip(hosts["w0"], trips=1)
+    eventually(lambda: cluster.condition_status("w0") == "False")
+    cluster.patch_policy(
+        "workers", {"metadata": {"annotations": {"circuitgate.io/paused": "true"}}}
+    )
+    eventually(lambda: (c := cluster.policy_condition("Paused")) and c["status"] == "True")
+    cluster.core.patch_namespaced_pod(
+        "w0", cluster.namespace, {"metadata": {"labels": {"app": "web"}}}
+    )
+    operator.settle(f"{cluster.namespace}/workers")
+    cluster.patch_policy("workers", {"metadata": {"annotations": {"circuitgate.io/paused": None}}})
+    eventually(lambda: cluster.condition_status("w0") == "True", what="w0 given back")
+    eventually(lambda: cluster.circuit_state("w0") is None)
+
+
+def test_a_policy_name_longer_than_a_label_works_and_can_be_deleted(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    name = "workers-" + "x" * 70
+    node = cluster.node("n1")
+    hosts = {p: cluster.worker_pod(p, node=node) for p in ("w0", "w1")}
+    cluster.policy(name, safety={"maxUnreadyPods": 1, "stormThreshold": "100%"})
+    eventually(lambda: len(cluster.circuit_states()) == 2, what="CircuitStates created")
+    cluster.workers.trip(hosts["w0"], trips=1)
+    eventually(lambda: cluster.condition_status("w0") == "False")
+    cluster.delete_policy(name)
+    eventually(lambda: cluster.policy_object(name) is None, what="the finalizer let go")
+    assert cluster.condition_status("w0") == "True"
+    assert cluster.circuit_states() == []
+
+
+def test_a_healthy_worker_costs_no_writes_however_often_its_document_changes(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """A closed breaker's failure counter moves with every task, and a hostile endpoint may
+    answer each long-poll at once with a new sequence: neither is news for a user to read."""
+    node = cluster.node("n1")
+    host = cluster.worker_pod("w0", node=node)
+    cluster.policy()
+    key = f"{cluster.namespace}/workers"
+    eventually(lambda: cluster.state_of("w0").get("state") == "closed")
+    eventually(lambda: cluster.condition_status("w0") == "True")
+    operator.settle(key)
+    before = operator.writes()
+
+    for failures in (1, 2, 0, 3, 1, 0, 2, 4):
+        served = cluster.workers.show(host)["total_requests"]
+        cluster.workers.set(host, breaker={"consecutive_failures": failures})
+        eventually(lambda served=served: cluster.workers.show(host)["total_requests"] > served)
+    served = cluster.workers.show(host)["total_requests"]
+    cluster.workers.set(host, mode="instant_change")
+    eventually(lambda: cluster.workers.show(host)["total_requests"] >= served + 20)
+    operator.settle(key)
+
+    assert operator.writes() == before
+    assert cluster.state_of("w0")["state"] == "closed"

@@ -81,3 +81,73 @@ def test_anything_off_contract_is_unknown_never_closed(change: str) -> None:
 @pytest.mark.parametrize("payload", [b"", b"{", b"[]", b"null", b"\xff\xfe", b'"closed"'])
 def test_garbage_is_unknown(payload: bytes) -> None:
     assert parse_document(URL, payload).state == "unknown"
+
+
+INT64_MAX = 2**63 - 1
+
+
+def integer_fields(node: object, where: str = "") -> list[tuple[str, dict[str, object]]]:
+    """Every ``"type": "integer"`` in the schema, with where it is."""
+    found: list[tuple[str, dict[str, object]]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            found.append((where, node))
+        for key, value in node.items():
+            found += integer_fields(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += integer_fields(value, f"{where}/{index}")
+    return found
+
+
+def test_every_integer_of_the_schema_fits_an_int64() -> None:
+    """Anything above int64 would pass us and then fail every CircuitState patch with 422."""
+    fields = integer_fields(load_schema())
+    assert len(fields) >= 5
+    assert [where for where, field in fields if field.get("maximum") != INT64_MAX] == []
+
+
+def hostile(change: str) -> bytes:
+    data = json.loads(document(breaker("default", "open", trips=1)))
+    if change == "year one, east of UTC":
+        data["breakers"][0]["opened_at"] = "0001-01-01T00:00:00+01:00"
+    elif change == "year 9999, west of UTC":
+        data["breakers"][0]["may_close_at"] = "9999-12-31T23:59:59-01:00"
+    elif change == "sequence above int64":
+        data["sequence"] = 2**63
+    elif change == "trips above int64":
+        data["breakers"][0]["trips"] = 2**64
+    elif change == "integral float sequence":
+        data["sequence"] = 1e300
+    elif change == "NaN failures":
+        data["breakers"][0]["consecutive_failures"] = float("nan")
+    return json.dumps(data).encode()
+
+
+HOSTILE_CHANGES = (
+    "year one, east of UTC", "year 9999, west of UTC", "sequence above int64",
+    "trips above int64", "integral float sequence", "NaN failures",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested lists"),
+        pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, id="nested objects"),
+        pytest.param(b"1" * 10_000, id="a 10000-digit number"),
+        pytest.param(b'{"schema": 1e999999}', id="an infinite float"),
+        *(pytest.param(hostile(change), id=change) for change in HOSTILE_CHANGES),
+    ],
+)
+def test_a_hostile_document_is_unknown_never_an_exception(payload: bytes) -> None:
+    reading = parse_document(URL, payload)
+    assert reading.state == "unknown" and not reading.reachable
+    assert reading.error == "malformed" and reading.reason
+
+
+def test_the_pods_trips_are_summed_within_int64() -> None:
+    """Each breaker in range, their sum not necessarily: the sum is what CircuitState holds."""
+    many = [breaker(f"b{n}", "open", trips=INT64_MAX) for n in range(3)]
+    reading = parse_document(URL, document(*many))
+    assert reading.state == "open" and reading.trips == INT64_MAX

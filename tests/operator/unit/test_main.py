@@ -12,9 +12,15 @@ def test_the_environment_alone_configures_it() -> None:
         "CIRCUITGATE_WEBHOOK": "on",
         "CIRCUITGATE_RESYNC_SECONDS": "5",
         "CIRCUITGATE_WEBHOOK_PORT": "8443",
+        "CIRCUITGATE_WEBHOOK_SECRET": "circuitgate/webhook-certificate",
     }
     config = configure(parse_args([]), env)
-    assert config == OperatorConfig(webhook=True, resync_seconds=5.0, webhook_port=8443)
+    assert config == OperatorConfig(
+        webhook=True,
+        resync_seconds=5.0,
+        webhook_port=8443,
+        webhook_secret="circuitgate/webhook-certificate",
+    )
 
 
 def test_options_win_over_the_environment() -> None:

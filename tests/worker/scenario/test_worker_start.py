@@ -19,4 +19,4 @@ def test_an_invalid_setting_stops_the_worker_at_start(make_lab: Callable[..., La
     assert worker.process.wait(60) != 0
     output = worker.output()
     assert "circuitgate_jitter=2 is invalid" in output
-    assert "a number >= 0 and <= 0.99" in output
+    assert "a finite number >= 0 and <= 0.99" in output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import threading
 import time
 from typing import Any
 
@@ -13,19 +14,10 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from circuitgate.breaker import Admission, SharedCircuitBreaker, open_period
 from circuitgate.settings import Settings
-from circuitgate.shared_state import State
+from circuitgate.shared_state import CLAIMS_KEPT, State
+from circuitgate_devkit.waiting import eventually
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class DeviceFault(Exception):
-    pass
+from .fakes import DeviceFault, FakeClock
 
 
 class Recorder(pybreaker.CircuitBreakerListener):
@@ -178,12 +170,16 @@ def test_call_keeps_pybreakers_face() -> None:
     clock = FakeClock()
     breaker = make(clock)
     assert breaker.call(lambda: 42) == 42
-    for _ in range(3):
+    for _ in range(2):
         with pytest.raises(DeviceFault):
             breaker.call(_raise)
+    # As pybreaker (throw_new_error_on_trip=True): the tripping call raises its own error.
+    with pytest.raises(pybreaker.CircuitBreakerError) as tripped:
+        breaker.call(_raise)
+    assert isinstance(tripped.value.__cause__, DeviceFault)
     with pytest.raises(pybreaker.CircuitBreakerError):
         breaker.call(lambda: 42)
-    with pytest.raises(KeyError):  # not a system error: passes through, counts as success
+    with pytest.raises(KeyError):  # not a system error: passes through, neutral
         make(clock, ignore_exceptions=(KeyError,)).call(_raise_key)
 
 
@@ -260,3 +256,210 @@ def test_trial_outcomes_are_counted() -> None:
     breaker.record_success("trial2")
     snapshot = breaker.snapshot()
     assert (snapshot.trial_failures, snapshot.trial_successes) == (1, 1)
+
+
+def trip_and_wait(breaker: SharedCircuitBreaker, clock: FakeClock) -> None:
+    for i in range(3):
+        fail(breaker, f"t{i}")
+    clock.now += 10  # the open period is over
+
+
+def test_the_late_success_of_a_replaced_trial_still_closes_the_circuit() -> None:
+    """Issue 14 item 3: an overdue trial replaced by another must not lose its verdict."""
+    clock = FakeClock()
+    breaker = make(clock, trial_timeout=30)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("slow") is Admission.TRIAL
+    clock.now += 30  # overdue, and nothing kept its claim alive
+    assert breaker.admit("second") is Admission.TRIAL
+    breaker.record_success("slow")
+    assert breaker.snapshot().state is State.CLOSED
+
+
+def test_a_running_trial_keeps_its_claim_however_long_it_runs() -> None:
+    """Issue 14 item 3: a healthy task longer than trial_timeout closes the circuit."""
+    clock = FakeClock()
+    breaker = make(clock, trial_timeout=30)
+    breaker._heartbeat_interval = 0.01  # real seconds; the fake clock moves by hand
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("long") is Admission.TRIAL
+    with breaker.trial_running("long"):
+        for _ in range(10):  # 270 s of fake time: nine trial timeouts
+            clock.now += 27
+            eventually(
+                lambda: breaker.snapshot().open_until >= clock.now + 29,
+                timeout=10,
+                interval=0.005,
+                what="the heartbeat to push the trial's deadline on",
+            )
+            assert breaker.admit("other") is Admission.REFUSE
+            assert not breaker.fetch_allowed()
+    breaker.record_success("long")
+    assert breaker.snapshot().state is State.CLOSED
+    assert breaker.snapshot().trial_claims == 0
+
+
+def test_a_trial_whose_process_stopped_beating_is_replaced() -> None:
+    clock = FakeClock()
+    breaker = make(clock, trial_timeout=30)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("gone") is Admission.TRIAL
+    with breaker.trial_running("gone"):
+        pass  # the heartbeat stops with the block, as it stops with a dead process
+    clock.now += 30
+    assert breaker.admit("next") is Admission.TRIAL
+    assert breaker.snapshot().trial_claims == 2
+
+
+def test_trial_running_costs_one_shared_read_for_any_task_but_the_trial() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    transactions = []
+    real = breaker.shared.update
+
+    def counted(body: Any) -> Any:
+        transactions.append(1)
+        return real(body)
+
+    breaker.shared.update = counted  # type: ignore[method-assign]
+    threads = threading.active_count()
+    with breaker.trial_running("ordinary"):
+        assert threading.active_count() == threads
+    assert transactions == []
+
+
+def test_an_unclaimed_admission_never_claims_the_trial() -> None:
+    """Issue 14 item 4: an ETA message is admitted unclaimed until it really runs."""
+    clock = FakeClock()
+    breaker = make(clock)
+    assert breaker.admit("eta", claim=False) is Admission.RUN  # flowing
+    for i in range(3):
+        fail(breaker, f"t{i}")
+    assert breaker.admit("eta", claim=False) is Admission.REFUSE  # the open period
+    assert breaker.snapshot().refused_total == 1
+    clock.now += 10
+    assert breaker.admit("eta", claim=False) is Admission.RUN  # would have claimed
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.trial_id, snapshot.trial_claims) == (State.OPEN, None, 0)
+    assert breaker.fetch_allowed()
+    assert breaker.admit("trial") is Admission.TRIAL
+    assert breaker.admit("trial", claim=False) is Admission.TRIAL
+    assert breaker.admit("eta", claim=False) is Admission.REFUSE  # the trial is out
+    assert breaker.admit("eta") is Admission.REFUSE
+
+
+def test_a_non_ascii_task_id_over_64_bytes_is_a_trial_like_any_other() -> None:
+    """Issue 14 item 5: the old 64-byte cut split a character and the page stopped decoding."""
+    clock = FakeClock()
+    breaker = make(clock)
+    trip_and_wait(breaker, clock)
+    token = "задача-" * 10  # 130 bytes of UTF-8
+    assert breaker.admit(token) is Admission.TRIAL
+    snapshot = breaker.snapshot()
+    assert snapshot.trial_id is not None and token.startswith(snapshot.trial_id)
+    assert breaker.admit(token[:-1] + "!") is Admission.REFUSE  # same first 64 bytes
+    breaker.record_success(token)
+    assert breaker.snapshot().state is State.CLOSED
+
+
+def test_releasing_changes_no_counter() -> None:
+    """Issue 14 item 6: an outcome that does not count is neutral, not a success."""
+    clock = FakeClock()
+    breaker = make(clock)
+    for i in range(2):
+        fail(breaker, f"t{i}")
+    before = breaker.snapshot()
+    breaker.release("retried")
+    after = breaker.snapshot()
+    assert after == before
+    fail(breaker, "t2")  # the run of failures went on through the neutral outcome
+    assert breaker.snapshot().state is State.OPEN
+    clock.now += 10
+    assert breaker.admit("trial") is Admission.TRIAL
+    breaker.release("trial")
+    snapshot = breaker.snapshot()
+    assert (snapshot.trial_successes, snapshot.trial_failures, snapshot.trips) == (0, 0, 1)
+    assert breaker.admit("next") is Admission.TRIAL
+
+
+@pytest.mark.parametrize("consecutive", [1023, 1024, 1025, 1026, 5000, 2**32 - 2])
+def test_the_backoff_never_overflows_however_many_trips_in_a_row(consecutive: int) -> None:
+    """Issue 14 item 7: ``2.0 ** n`` overflowed after ~1025 trips and lost the trial."""
+    clock = FakeClock()
+    breaker = make(clock, max_reset_timeout=600)
+    trip_and_wait(breaker, clock)
+    breaker.shared.update(lambda fields: setattr(fields, "consecutive_trips", consecutive))
+    assert breaker.admit("trial") is Admission.TRIAL
+    breaker.record_failure("trial", DeviceFault())
+    snapshot = breaker.snapshot()
+    assert snapshot.state is State.OPEN
+    assert snapshot.consecutive_trips == consecutive + 1
+    assert snapshot.open_period == 600
+    assert snapshot.trial_failures == 1
+
+
+def test_open_period_reaches_the_cap_without_computing_the_power() -> None:
+    settings = Settings(reset_timeout=1e-3, backoff_multiplier=1e6, max_reset_timeout=1e6)
+    assert open_period(10**9, settings, 0.5) == 1e6
+    assert open_period(1, settings, 0.5) == 1e-3
+
+
+def test_a_released_claim_frees_its_slot_so_a_live_claim_is_never_overwritten() -> None:
+    """A slow trial's claim lapsed; eight more claims lapsed or were released since: its
+    late success still closes (the ring reused the empty slots)."""
+    clock = FakeClock()
+    breaker = make(clock, fail_max=1, trial_timeout=5)
+    fail(breaker, "boom")
+    clock.now += 10
+    assert breaker.admit("slow") is Admission.TRIAL
+    for i in range(CLAIMS_KEPT):
+        clock.now += 6  # the previous claim lapses
+        assert breaker.admit(f"retried{i}") is Admission.TRIAL
+        breaker.release(f"retried{i}")
+    breaker.record_success("slow")
+    assert breaker.snapshot().state is State.CLOSED
+
+
+def test_when_every_claim_is_live_the_oldest_is_forgotten_first() -> None:
+    clock = FakeClock()
+    breaker = make(clock, fail_max=1, trial_timeout=5)
+    fail(breaker, "boom")
+    clock.now += 10
+    for i in range(CLAIMS_KEPT + 1):
+        assert breaker.admit(f"slow{i}") is Admission.TRIAL
+        clock.now += 6
+    breaker.record_success("slow0")  # pushed out by the ninth
+    assert breaker.snapshot().state is not State.CLOSED
+    breaker.record_success("slow1")
+    assert breaker.snapshot().state is State.CLOSED
+
+
+def test_a_hung_trial_keeps_its_claim_no_longer_than_max_trial_seconds() -> None:
+    """Celery sets no time limit by default: a trial stuck in a driver call must not pause
+    the worker forever."""
+    settings = Settings(
+        fail_max=1, reset_timeout=0.05, max_reset_timeout=0.05, jitter=0,
+        trial_timeout=0.3, max_trial_seconds=0.6,
+    )  # fmt: skip
+    breaker = SharedCircuitBreaker(settings, heartbeat_interval=0.05)
+    breaker.record_failure("boom", DeviceFault())
+    eventually(lambda: breaker.admit("hung") is Admission.TRIAL, timeout=5)
+    with breaker.trial_running("hung"):
+        eventually(breaker.fetch_allowed, timeout=10, what="the hung trial's claim to lapse")
+        assert breaker.admit("next") is Admission.TRIAL
+        eventually(
+            lambda: not any(t.name.startswith("circuitgate-trial") for t in threading.enumerate()),
+            what="the heartbeat to stop",
+        )
+
+
+@pytest.mark.parametrize("interval", [float("nan"), -1.0, 0.0, float("inf")])
+def test_a_heartbeat_interval_that_would_spin_or_never_beat_is_refused(interval: float) -> None:
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        SharedCircuitBreaker(Settings(), heartbeat_interval=interval)
+
+
+def test_the_backoff_of_a_tiny_reset_timeout_never_overflows() -> None:
+    settings = Settings(reset_timeout=1e-305, max_reset_timeout=1e7, jitter=0)
+    assert open_period(1030, settings, 0.5) < 1e7
+    assert open_period(5000, settings, 0.5) == 1e7

@@ -36,7 +36,7 @@ breakers = st.builds(
 documents = st.builds(
     WorkerDocument,
     worker=names,
-    sequence=st.integers(0, 2**63),
+    sequence=st.integers(0, 2**63 - 1),
     generated_at=st.integers(0, 4_000_000_000).map(float),
     breakers=st.lists(breakers, min_size=1, max_size=3).map(tuple),
 )

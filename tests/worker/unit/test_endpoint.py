@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import contextlib
 import http.client
 import json
 import socket
@@ -16,10 +16,17 @@ from hypothesis import strategies as st
 
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.endpoint import BadQuery, BreakerEndpoint, CircuitQuery, parse_circuit_query
+from circuitgate.endpoint import (
+    OVER_BOUND_RESERVE,
+    BadQuery,
+    BreakerEndpoint,
+    CircuitQuery,
+    parse_circuit_query,
+)
 from circuitgate.endpoint_step import serve_breakers
 from circuitgate.settings import Settings
 from circuitgate.shared_state import State
+from circuitgate_devkit.waiting import eventually
 
 
 @pytest.fixture
@@ -127,14 +134,38 @@ def test_unknown_paths_get_404_and_garbage_gets_400(endpoint: BreakerEndpoint) -
     assert get(endpoint, "/healthz")[0] == 200  # still serving
 
 
-def test_connections_past_the_bound_are_refused_at_once(endpoint: BreakerEndpoint) -> None:
+def hold_every_slot(endpoint: BreakerEndpoint, stack: contextlib.ExitStack, head: bytes) -> None:
+    """Open connections that send ``head`` and then nothing, until no slot is left."""
+
+    def full() -> bool:
+        slow = stack.enter_context(socket.create_connection(endpoint.address, timeout=5))
+        slow.sendall(head)
+        return get(endpoint, "/circuit")[0] == 503
+
+    eventually(full, timeout=10, interval=0.05, what="every slot held")
+
+
+def test_connections_past_the_bound_are_refused_at_once_but_healthz_answers(
+    endpoint: BreakerEndpoint,
+) -> None:
     since = json.loads(get(endpoint, "/circuit")[1])["sequence"]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        pollers = [pool.submit(get, endpoint, f"/circuit?since={since}&wait=2") for _ in range(8)]
-        time.sleep(0.5)  # let all eight hold their slot
-        assert get(endpoint, "/healthz")[0] == 503
-        assert all(f.result()[0] == 200 for f in pollers)
-    assert get(endpoint, "/healthz")[0] == 200
+    with contextlib.ExitStack() as stack:
+        hold_every_slot(
+            endpoint, stack, f"GET /circuit?since={since}&wait=5 HTTP/1.1\r\n\r\n".encode()
+        )
+        assert get(endpoint, "/healthz")[0] == 200  # liveness never waits for a slot
+    eventually(lambda: get(endpoint, "/circuit")[0] == 200, timeout=10, what="slots free")
+
+
+def test_healthz_answers_while_slow_clients_hold_every_slot(endpoint: BreakerEndpoint) -> None:
+    with contextlib.ExitStack() as stack:
+        hold_every_slot(endpoint, stack, b"GET /circuit HTTP/1.1\r\n")  # half a head
+        assert get(endpoint, "/healthz")[0] == 200
+        # Slow clients past the bound too: each is dropped after a short read timeout.
+        for _ in range(OVER_BOUND_RESERVE):
+            slow = stack.enter_context(socket.create_connection(endpoint.address, timeout=5))
+            slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        eventually(lambda: get(endpoint, "/healthz")[0] == 200, timeout=10, what="healthz")
 
 
 def test_metrics_expose_state_trips_and_handed_back_messages(

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.worker import state as worker_state
 from kombu.asynchronous.timer import Timer
 from kombu.connection import Connection
 from kombu.entity import Queue
@@ -147,20 +148,20 @@ def split(channel: Any, cpu: str, gpu: str) -> Split:
     return Split(consumer, gate, breakers.get("gpu"))
 
 
-def publish(channel: Any, queue: str, task_id: str, *, protocol: int = 2) -> None:
+def publish(channel: Any, queue: str, task_id: str, *, protocol: int = 2, **fields: Any) -> None:
     """A task message as Celery sends it: protocol 2 carries the id in headers, 1 in the body."""
-    headers = {"id": task_id, "task": GUARDED} if protocol == 2 else {}
+    headers = {"id": task_id, "task": GUARDED, **fields} if protocol == 2 else {}
     Producer(channel).publish(
-        {"id": task_id, "task": GUARDED},
+        {"id": task_id, "task": GUARDED, **fields},
         routing_key=queue,
         declare=[Queue(queue, routing_key=queue)],
         headers=headers,
     )
 
 
-def take(channel: Any, queue: str, task_id: str, *, protocol: int = 2) -> Message:
+def take(channel: Any, queue: str, task_id: str, *, protocol: int = 2, **fields: Any) -> Message:
     """A message of ``queue`` received and not yet acknowledged, as if prefetched."""
-    publish(channel, queue, task_id, protocol=protocol)
+    publish(channel, queue, task_id, protocol=protocol, **fields)
     message: Message | None = Queue(queue, routing_key=queue)(channel).get(no_ack=False)
     assert message is not None
     return message
@@ -274,11 +275,6 @@ def test_nothing_is_fetched_while_open_and_the_waiting_message_comes_after(
     assert consumer.delivered == ["t1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: forced closed is not CLOSED to the estimate, so a worker held closed by"
-    " `celery control circuit_close` fetches one message per SQS poll instead of a batch",
-)
 def test_a_forced_closed_circuit_fetches_in_batches_like_a_closed_one(
     channel: Any, cpu: str
 ) -> None:
@@ -305,6 +301,29 @@ def test_a_message_refused_while_open_goes_back_to_its_queue_unexecuted_and_is_c
     assert waiting(channel, cpu) == ["t1"]
     assert breakers.default.snapshot().refused_total == 1
     assert breakers.default.snapshot().failures_total == 0  # not a failure
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+@pytest.mark.parametrize(
+    "fields",
+    [{"eta": "2030-01-01T00:00:00+00:00"}, {"expires": "2020-01-01T00:00:00+00:00"}, {}],
+    ids=["eta", "expired", "revoked"],
+)
+def test_a_message_that_will_not_run_now_is_never_claimed_as_the_trial(
+    channel: Any, cpu: str, fields: dict[str, str], protocol: int
+) -> None:
+    breakers = whole_worker()
+    consumer, _ = started(channel, [cpu], breakers)
+    later = take(channel, cpu, "later", protocol=protocol, **fields)
+    breakers.default.open()
+    breakers.default.half_open()
+    with contextlib.ExitStack() as stack:
+        if not fields:
+            worker_state.revoked.add("later")
+            stack.callback(worker_state.revoked.discard, "later")
+        assert consumer.handle(later) == "handled"  # to Celery: its timer, or its revoke check
+    assert breakers.default.snapshot().trial_id is None
+    assert breakers.default.admit("runs-now") is Admission.TRIAL
 
 
 def test_a_closed_circuit_hands_every_message_to_celery_as_it_came(channel: Any, cpu: str) -> None:
@@ -391,11 +410,6 @@ def test_a_refusal_pauses_its_queue_at_once_and_the_message_is_not_delivered_bac
     assert waiting(channel, gpu) == ["t1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the pauser resumes every queue it saw at start when the circuit closes, so"
-    " a queue that `celery control cancel_consumer` took away comes back after a trip",
-)
 def test_a_queue_cancelled_by_an_admin_stays_cancelled_after_a_trip(split: Split, gpu: str) -> None:
     consumer = split.consumer
     consumer.task_consumer.cancel_by_queue(gpu)  # what cancel_consumer does to the consumer
@@ -406,12 +420,6 @@ def test_a_queue_cancelled_by_an_admin_stays_cancelled_after_a_trip(split: Split
     assert not consumer.task_consumer.consuming_from(gpu)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the pauser knows only the queues consumed at start, so a queue added by"
-    " `celery control add_consumer` is never paused; on RabbitMQ each refused message is then"
-    " delivered straight back",
-)
 def test_a_queue_added_at_run_time_is_paused_with_its_breaker(
     channel: Any, cpu: str, gpu: str
 ) -> None:

@@ -76,6 +76,13 @@ def test_values_are_read_and_exceptions_imported_by_name() -> None:
             "circuitgate_reset_timeout",
         ),
         ({"circuitgate_fail_maxx": 3}, "circuitgate_fail_maxx", "known settings"),
+        (
+            {"circuitgate_reset_timeout": 0.5, "circuitgate_max_reset_timeout": 1e308},
+            "circuitgate_max_reset_timeout",
+            "<= 10000000",
+        ),
+        ({"circuitgate_trial_timeout": 1e12}, "circuitgate_trial_timeout", "<= 10000000"),
+        ({"circuitgate_max_trial_seconds": 0}, "circuitgate_max_trial_seconds", "number > 0"),
         ({"circuitgate_breakers": ["gpu"]}, "circuitgate_breakers", "a mapping"),
         ({"circuitgate_breakers": {"GPU!": {"queues": ["g"]}}}, "['GPU!']", "breaker name"),
         ({"circuitgate_breakers": {"default": {"queues": ["g"]}}}, "['default']", "not 'default'"),
@@ -115,3 +122,52 @@ def test_the_docs_settings_reference_is_generated_from_this_dataclass() -> None:
     assert generator.check(), (
         "docs/reference/settings.md is stale: run python hack/gen_settings_reference.py"
     )
+
+
+FLOAT_SETTINGS = [
+    "failure_rate_threshold",
+    "reset_timeout",
+    "backoff_multiplier",
+    "max_reset_timeout",
+    "jitter",
+    "trial_timeout",
+    "endpoint_max_wait",
+]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_for_every_float_setting(name: str, value: float) -> None:
+    with pytest.raises(InvalidSetting) as raised:
+        load_settings({f"circuitgate_{name}": value})
+    assert f"circuitgate_{name}=" in str(raised.value)
+    assert "finite" in str(raised.value)
+    with pytest.raises(InvalidSetting, match=f"{name}="):  # built by hand, as pybreaker users do
+        Settings(**{name: value})
+
+
+def test_the_endpoint_host_must_be_an_address_the_endpoint_can_bind() -> None:
+    """The endpoint binds IPv4 only: "::" used to pass validation, then fail at start."""
+    with pytest.raises(InvalidSetting) as raised:
+        load_settings({"circuitgate_endpoint_host": "::"})
+    assert "circuitgate_endpoint_host='::'" in str(raised.value)
+    assert "IPv4" in str(raised.value)
+    assert load_settings({"circuitgate_endpoint_host": "127.0.0.1"}).endpoint_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"min_calls": 50, "window_size": 20}, "min_calls"),
+        ({"reset_timeout": 900, "max_reset_timeout": 600}, "max_reset_timeout"),
+    ],
+)
+def test_settings_built_by_hand_are_checked_as_a_whole_too(
+    values: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidSetting, match=f"^{named}="):
+        Settings(**values)
+
+
+def test_a_hung_trial_is_given_up_after_three_hours_by_default() -> None:
+    assert load_settings({}).max_trial_seconds == 3 * 3600

@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import multiprocessing
 import os
 import signal
+import sys
+import threading
+import time
+import types
 
-from circuitgate.shared_state import SharedBreakerState, State
+import pytest
+
+from circuitgate.shared_state import (
+    BreakerFields,
+    SharedBreakerState,
+    State,
+    token_key,
+    token_label,
+)
 
 fork = multiprocessing.get_context("fork")
 
 
+def _write(shared: SharedBreakerState, **values: object) -> None:
+    def write(fields: BreakerFields) -> None:
+        for name, value in values.items():
+            setattr(fields, name, value)
+
+    shared.update(write)
+
+
+def _count_success(fields: BreakerFields) -> None:
+    fields.successes_total += 1
+
+
 def _increment(shared: SharedBreakerState, times: int) -> None:
     for _ in range(times):
-        with shared.transaction() as fields:
-            value = fields.fail_counter
-            os.sched_yield()  # widen the race a lost update would need
-            fields.fail_counter = value + 1
+        shared.update(_increment_slowly)
+
+
+def _increment_slowly(fields: BreakerFields) -> None:
+    value = fields.fail_counter
+    os.sched_yield()  # widen the race a lost update would need
+    fields.fail_counter = value + 1
 
 
 def test_forked_children_share_one_page_and_lose_no_update() -> None:
@@ -34,20 +63,20 @@ def test_forked_children_share_one_page_and_lose_no_update() -> None:
 def test_version_moves_only_when_a_watcher_would_see_a_change() -> None:
     shared = SharedBreakerState()
     before = shared.snapshot().version
-    with shared.transaction() as fields:
-        fields.successes_total += 1
+    shared.update(_count_success)
     assert shared.snapshot().version == before
-    with shared.transaction() as fields:
-        fields.state = State.OPEN
+    _write(shared, state=State.OPEN)
     assert shared.snapshot().version == before + 1
 
 
 def _hold_lock_forever(
     shared: SharedBreakerState, ready: multiprocessing.synchronize.Event
 ) -> None:
-    with shared.transaction():
+    def hold(fields: BreakerFields) -> None:
         ready.set()
         signal.pause()
+
+    shared.update(hold)
 
 
 def test_a_child_killed_inside_a_transaction_does_not_wedge_the_others() -> None:
@@ -58,15 +87,16 @@ def test_a_child_killed_inside_a_transaction_does_not_wedge_the_others() -> None
     assert ready.wait(10)
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    with shared.transaction() as fields:  # the kernel released the dead child's lock
-        fields.trips = 7
+    _write(shared, trips=7)  # the kernel released the dead child's lock
     assert shared.snapshot().trips == 7
 
 
 def _die_mid_write(shared: SharedBreakerState) -> None:
-    with shared.transaction() as fields:
+    def die(fields: BreakerFields) -> None:
         fields.trips = 3
         os.kill(os.getpid(), signal.SIGKILL)
+
+    shared.update(die)
 
 
 def test_a_writer_killed_mid_write_leaves_a_readable_page() -> None:
@@ -75,5 +105,212 @@ def test_a_writer_killed_mid_write_leaves_a_readable_page() -> None:
     child.start()
     child.join(10)
     assert child.exitcode == -signal.SIGKILL
-    assert shared.snapshot().trips == 3
+    assert shared.snapshot().trips == 0  # a transaction that never returned wrote nothing
     assert shared.gate_view() == (State.CLOSED, 0.0)
+
+
+def test_an_exception_inside_a_transaction_leaves_the_page_as_it_was() -> None:
+    shared = SharedBreakerState()
+    _write(shared, trips=2)
+
+    def fail_half_way(fields: BreakerFields) -> None:
+        fields.trips = 3
+        fields.state = State.OPEN
+        raise OverflowError("half way through")
+
+    with pytest.raises(OverflowError):
+        shared.update(fail_half_way)
+    snapshot = shared.snapshot()
+    assert (snapshot.trips, snapshot.state, snapshot.version) == (2, State.CLOSED, 1)
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _answer_whether_the_lock_is_free(shared: SharedBreakerState, ask: int, answer: int) -> None:
+    while os.read(ask, 1) == b"?":
+        try:
+            fcntl.lockf(shared._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.write(answer, b"0")
+        else:
+            fcntl.lockf(shared._fd, fcntl.LOCK_UN)
+            os.write(answer, b"1")
+
+
+def _transactions_under_alarms(shared: SharedBreakerState, seconds: float) -> tuple[int, int]:
+    """Transactions in a tight loop while a timer signal's handler raises every 100 µs of CPU;
+    after each one it interrupted, another process checks that the record lock is free.
+
+    The handler raises wherever the signal lands inside the transaction machinery, never in
+    this loop's own frame, so the loop itself always survives to count, check and stop.
+    Returns (interrupted, left locked).
+    """
+
+    def raise_inside_transactions(signum: int, frame: types.FrameType | None) -> None:
+        if frame is not None and frame.f_code is not loop:
+            raise _Alarm()
+
+    loop = sys._getframe().f_code
+    ask_read, ask = os.pipe()
+    answer, answer_write = os.pipe()
+    checker = fork.Process(
+        target=_answer_whether_the_lock_is_free, args=(shared, ask_read, answer_write)
+    )
+    checker.start()
+    interrupted = left_locked = 0
+    previous = signal.signal(signal.SIGVTALRM, raise_inside_transactions)
+    signal.setitimer(signal.ITIMER_VIRTUAL, 0.0001, 0.0001)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            shared.update(_count_success)
+        except _Alarm:
+            interrupted += 1
+            os.write(ask, b"?")
+            left_locked += os.read(answer, 1) == b"0"
+    signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+    signal.signal(signal.SIGVTALRM, previous)
+    os.write(ask, b".")
+    checker.join(10)
+    for fd in (ask, ask_read, answer, answer_write):
+        os.close(fd)
+    return interrupted, left_locked
+
+
+@pytest.mark.parametrize("other_thread", [False, True], ids=["alone", "with-a-thread"])
+def test_a_signal_handler_raising_inside_transactions_never_leaves_the_lock_held(
+    other_thread: bool,
+) -> None:
+    """billiard raises SoftTimeLimitExceeded from a signal handler; here SIGVTALRM does
+    (not SIGALRM, which pytest-timeout owns). With a second thread alive (a trial's
+    heartbeat, the threads pool) blocking signals in this thread would not help: the kernel
+    hands the signal to the other thread and Python still runs the handler in this one."""
+    shared = SharedBreakerState()
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    if other_thread:
+        thread.start()
+    try:
+        interrupted, left_locked = _transactions_under_alarms(shared, 2.0)
+    finally:
+        stop.set()
+    if other_thread:
+        thread.join()
+    assert interrupted > 100  # the handler did raise, often, around transactions
+    assert left_locked == 0
+    assert shared._thread_lock.acquire(blocking=False)  # nor the thread lock
+    shared._thread_lock.release()
+    assert shared.snapshot().successes_total > 0
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set()  # every signal unblocked again
+
+
+def test_a_long_non_ascii_token_is_stored_decodably_and_compared_whole() -> None:
+    shared = SharedBreakerState()
+    token = "ü" * 40  # 80 bytes: the old 64-byte cut split a character
+    _write(shared, trial_id=token_label(token), trial_key=token_key(token))
+    snapshot = shared.snapshot()
+    assert snapshot.trial_id == "ü" * 32
+    assert shared.trial_view() == (State.CLOSED, token_key(token))
+    assert token_key("ü" * 40) != token_key("ü" * 41)  # equal 64-byte prefixes, two tasks
+
+
+class _SoftLimit(Exception):
+    pass
+
+
+def _hold_the_lock_then_signal(shared: SharedBreakerState, held: int, seconds: float) -> None:
+    fcntl.lockf(shared._fd, fcntl.LOCK_EX)
+    os.write(held, b"x")
+    time.sleep(seconds / 2)
+    os.kill(os.getppid(), signal.SIGUSR1)
+    time.sleep(seconds / 2)
+    fcntl.lockf(shared._fd, fcntl.LOCK_UN)
+
+
+def _one_transaction(shared: SharedBreakerState) -> None:
+    shared.update(_count_success)
+
+
+def test_a_signal_while_waiting_for_the_lock_interrupts_the_wait_and_leaks_nothing() -> None:
+    """billiard's soft time limit may fire while a child waits for another's lock; and
+    Celery's SIGTERM must end a child that waits."""
+    shared = SharedBreakerState()
+
+    def soft_limit(signum: int, frame: types.FrameType | None) -> None:
+        raise _SoftLimit()
+
+    previous = signal.signal(signal.SIGUSR1, soft_limit)
+    held, held_write = os.pipe()
+    holder = fork.Process(target=_hold_the_lock_then_signal, args=(shared, held_write, 0.6))
+    holder.start()
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert os.read(held, 1) == b"x"
+        with pytest.raises(_SoftLimit):
+            _write(shared, trips=99)
+        holder.join(10)
+        assert _lock_is_free_elsewhere(shared)
+        assert shared.snapshot().trips == 0
+        holding = fork.Event()
+        blocker = fork.Process(target=_hold_lock_forever, args=(shared, holding))
+        blocker.start()
+        assert holding.wait(10)
+        waiter = fork.Process(target=_one_transaction, args=(shared,))
+        waiter.start()
+        time.sleep(0.2)  # let it reach lockf (if not, SIGTERM ends it sooner still)
+        waiter.terminate()
+        waiter.join(10)
+        assert waiter.exitcode == -signal.SIGTERM, "SIGTERM did not end a process waiting"
+        blocker.kill()
+        blocker.join(10)
+    finally:
+        stop.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
+        os.close(held)
+        os.close(held_write)
+
+
+def _lock_is_free_elsewhere(shared: SharedBreakerState) -> bool:
+    ask_read, ask = os.pipe()
+    answer, answer_write = os.pipe()
+    checker = fork.Process(
+        target=_answer_whether_the_lock_is_free, args=(shared, ask_read, answer_write)
+    )
+    checker.start()
+    os.write(ask, b"?")
+    free = os.read(answer, 1) == b"1"
+    os.write(ask, b".")
+    checker.join(10)
+    for fd in (ask, ask_read, answer, answer_write):
+        os.close(fd)
+    return free
+
+
+def _killed_half_way_through_publishing(shared: SharedBreakerState) -> None:
+    real = ctypes.memmove
+
+    def copy_half_then_die(dst: int, src: int, count: int) -> None:
+        real(dst, src, count // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ctypes.memmove = copy_half_then_die  # type: ignore[assignment]
+    _write(shared, trips=5, window_failures=0, successes_total=10)
+
+
+def test_a_writer_killed_while_publishing_leaves_the_page_it_had_found() -> None:
+    shared = SharedBreakerState()
+    _write(shared, trips=2, window_len=1, window_failures=1, successes_total=3)
+    before = shared.snapshot()
+    child = fork.Process(target=_killed_half_way_through_publishing, args=(shared,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    assert shared.snapshot() == before  # whole, not half old and half new
+    shared.update(_count_success)  # and the next writer starts from it
+    after = shared.snapshot()
+    assert (after.trips, after.window_failures, after.successes_total) == (2, 1, 4)

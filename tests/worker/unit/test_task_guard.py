@@ -1,10 +1,18 @@
-"""DeliveryRecord: the hand-back headers, and when a message is poison."""
+"""The task guard: the hand-back headers, when a message is poison, and neutral outcomes."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from circuitgate.task_guard import DELIVERIES_HEADER, FAILED_ON_HEADER, DeliveryRecord
+import pytest
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from circuitgate.breaker import SharedCircuitBreaker
+from circuitgate.breaker_set import BreakerSet
+from circuitgate.settings import load_settings
+from circuitgate.shared_state import State
+from circuitgate.task_guard import DELIVERIES_HEADER, FAILED_ON_HEADER, DeliveryRecord, guard
 
 
 def request(**headers: object) -> SimpleNamespace:
@@ -38,3 +46,37 @@ def test_poison_after_failing_on_k_workers_or_after_the_delivery_cap() -> None:
     assert record.is_poison(3)
     assert DeliveryRecord(delivery=13, failed_on=("a",)).is_poison(3)
     assert not DeliveryRecord(delivery=12, failed_on=("a",)).is_poison(3)
+
+
+# -- outcomes: Celery's control flow is neutral, neither success nor failure ------------------
+
+
+def guarded(raises: BaseException, **conf: object) -> tuple[Task, SharedCircuitBreaker]:
+    """A task of a throwaway app that raises ``raises``, guarded by a breaker of its own."""
+    app = Celery("unit", set_as_current=False)
+
+    @app.task(name="unit.raises")
+    def raising() -> None:
+        raise raises
+
+    breakers = BreakerSet(load_settings({"circuitgate_reset_timeout": 30, **conf}))
+    guard(raising, breakers)
+    return raising, breakers.default
+
+
+@pytest.mark.parametrize("neutral", [Retry(), Reject(requeue=False), Ignore(), KeyError("ignored")])
+def test_a_trial_that_ended_neutral_does_not_close_the_circuit(neutral: BaseException) -> None:
+    task, breaker = guarded(neutral, circuitgate_ignore_exceptions=["builtins.KeyError"])
+    breaker.open()
+    breaker.half_open()
+    task.apply(task_id="trial")
+    snapshot = breaker.snapshot()
+    assert snapshot.state is not State.CLOSED
+    assert snapshot.successes_total == 0
+
+
+def test_a_retry_does_not_reset_the_failure_counter() -> None:
+    task, breaker = guarded(Retry(), circuitgate_fail_max=3)
+    breaker.record_failure("earlier", RuntimeError("device"))
+    task.apply(task_id="retried")
+    assert breaker.snapshot().fail_counter == 1

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from circuitgate_operator.contract import Reading
+from circuitgate_operator.decide.intents import Plan
+from circuitgate_operator.decide.nodes import Trip
+from circuitgate_operator.decide.observation import PolicyObservation
 from circuitgate_operator.model import (
     CircuitStateView,
     Condition,
@@ -49,6 +54,7 @@ def pod(
     reason: str = "",
     labels: dict[str, str] | None = None,
     namespace: str = "ns",
+    started_at: float | None = None,
 ) -> PodView:
     conditions = {}
     if condition is not None:
@@ -63,6 +69,7 @@ def pod(
         phase="Running",
         readiness_gates=(CONDITION_TYPE,) if gated else (),
         conditions=conditions,
+        started_at=started_at,
     )
 
 
@@ -101,4 +108,51 @@ def circuit_state(p: PodView, policy_name: str = "pol", **status: Any) -> Circui
         policy=policy_name,
         owner_uid=p.uid,
         status=status,
+    )
+
+
+def observe(
+    pol: PolicyView,
+    pods: Sequence[PodView],
+    readings: dict[str, Reading],
+    *,
+    states: dict[str, CircuitStateView] | None = None,
+    nodes: Sequence[NodeView] = (),
+    trips: dict[str, list[Trip]] | None = None,
+    now: float = NOW,
+) -> PolicyObservation:
+    return PolicyObservation(
+        policy=pol,
+        selected=[p for p in pods if pol.spec.selector.matches(p.labels)],
+        pods={p.name: p for p in pods},
+        readings=readings,
+        circuit_states=states or {},
+        nodes={n.name: n for n in nodes},
+        trips=trips or {},
+        now=now,
+    )
+
+
+def settle(obs: PolicyObservation, plan: Plan) -> PolicyObservation:
+    """The observation after the plan's writes landed, as the watch would show them."""
+    pods = dict(obs.pods)
+    for write in plan.conditions:
+        p = pods[write.pod]
+        pods[p.name] = dataclasses.replace(
+            p, conditions={**p.conditions, CONDITION_TYPE: write.condition}
+        )
+    states = dict(obs.circuit_states)
+    for w in plan.circuit_states:
+        states[w.name] = CircuitStateView(w.namespace, w.name, w.policy, w.pod_uid, w.status)
+    for d in plan.circuit_state_deletes:
+        states.pop(d.name, None)
+    pol = obs.policy
+    if plan.policy_status is not None:
+        pol = dataclasses.replace(pol, status=plan.policy_status.status)
+    return dataclasses.replace(
+        obs,
+        policy=pol,
+        selected=[pods[p.name] for p in obs.selected],
+        pods=pods,
+        circuit_states=states,
     )

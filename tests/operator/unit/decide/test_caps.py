@@ -12,14 +12,18 @@ from circuitgate_operator.decide.caps import apply_cap, cap_allows, resolve_cap,
     [
         (3, 10, 3),
         ("25%", 10, 2),
-        ("25%", 3, 0),
+        ("25%", 3, 1),  # at least one of more than one: the example's 3 replicas
+        ("25%", 1, 0),  # but never the only one
+        ("1%", 2, 1),
         ("100%", 7, 7),
         ("0%", 7, 0),
         (0, 5, 0),
         ("x", 5, 0),
     ],
 )
-def test_a_cap_resolves_rounding_down(value: int | str, total: int, expected: int) -> None:
+def test_a_cap_resolves_rounding_down_but_allows_one_of_several(
+    value: int | str, total: int, expected: int
+) -> None:
     assert resolve_cap(value, total) == expected
 
 

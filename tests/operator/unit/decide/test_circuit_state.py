@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from circuitgate_operator.clock import parse_time
 from circuitgate_operator.contract import unknown
 from circuitgate_operator.decide.circuit_state import (
+    STARTUP_GRACE_SECONDS,
     circuit_events,
     desired_circuit_state,
+    startup_grace_ends,
     status_patch,
 )
+from circuitgate_operator.decide.intents import EventIntent, Plan
+from circuitgate_operator.decide.plan import plan_policy
+from circuitgate_operator.model import parse_pod
 
-from .builders import pod, reading
+from .builders import NOW, observe, pod, policy, reading, settle
 
 
 def test_an_unreachable_endpoint_keeps_the_last_known_counts_and_says_why() -> None:
@@ -76,3 +85,102 @@ def test_events_for_each_state_change() -> None:
         assert all(e.ref.kind == "Pod" and e.ref.uid == p.uid for e in events)
     warning = circuit_events(p, "closed", {"state": "open"})[0]
     assert warning.type == "Warning"
+
+
+def unreachable_warnings(plan: Plan) -> list[EventIntent]:
+    events = [*plan.events, *(e for w in plan.circuit_states for e in w.events)]
+    return [e for e in events if e.reason == "EndpointUnreachable"]
+
+
+def test_no_unreachable_warning_while_a_container_starts_then_one_past_the_grace() -> None:
+    p = pod("p", started_at=NOW - 5)
+    pol = policy()
+    obs = observe(pol, [p], {p.uid: reading(p, "unknown")})
+    plan = plan_policy(obs)
+    assert [w.status["state"] for w in plan.circuit_states] == ["unknown"]
+    assert unreachable_warnings(plan) == []
+    obs = settle(obs, plan)
+    assert unreachable_warnings(plan_policy(obs)) == []  # nothing new within the grace
+
+    late = dataclasses.replace(obs, now=p.started_at + STARTUP_GRACE_SECONDS)
+    plan = plan_policy(late)
+    (warning,) = unreachable_warnings(plan)
+    assert warning.type == "Warning" and "connection refused" in warning.message
+    assert plan.circuit_states == []  # the Event costs no CircuitState write
+    # The same Event each pass while the cause lasts: the loop posts it once.
+    assert unreachable_warnings(plan_policy(late)) == [warning]
+
+
+def test_no_unreachable_warning_for_a_pod_whose_container_has_not_started() -> None:
+    p = pod("p", started_at=None)
+    obs = observe(policy(), [p], {p.uid: reading(p, "unknown")}, now=NOW + 86400)
+    assert unreachable_warnings(plan_policy(obs)) == []
+
+
+def test_an_endpoint_lost_after_a_good_reading_warns_at_once() -> None:
+    p = pod("p", started_at=NOW - 1)
+    obs = observe(policy(), [p], {p.uid: reading(p, "closed")})
+    obs = settle(obs, plan_policy(obs))
+    plan = plan_policy(dataclasses.replace(obs, readings={p.uid: reading(p, "unknown")}))
+    assert [e.type for e in unreachable_warnings(plan)] == ["Warning"]
+
+
+def test_the_first_good_reading_after_a_start_is_no_news() -> None:
+    p = pod("p", started_at=NOW - 5)
+    obs = observe(policy(), [p], {p.uid: reading(p, "unknown")})
+    obs = settle(obs, plan_policy(obs))
+    plan = plan_policy(dataclasses.replace(obs, readings={p.uid: reading(p, "closed")}))
+    assert [w.status["state"] for w in plan.circuit_states] == ["closed"]
+    assert [e for w in plan.circuit_states for e in w.events] == []
+
+
+def test_startup_grace_deadline() -> None:
+    starting = pod("p", started_at=NOW - 5)
+    assert startup_grace_ends(starting, NOW) == NOW - 5 + STARTUP_GRACE_SECONDS
+    assert startup_grace_ends(starting, NOW + STARTUP_GRACE_SECONDS) is None
+    assert startup_grace_ends(pod("q", started_at=None), NOW) is None
+
+
+def test_a_pod_starts_when_its_latest_running_container_did() -> None:
+    def started(status: dict[str, Any]) -> float | None:
+        body = {"metadata": {"creationTimestamp": "2027-01-15T08:00:00Z"}, "status": status}
+        return parse_pod(body).started_at
+
+    running = {"state": {"running": {"startedAt": "2027-01-15T08:00:30Z"}}}
+    again = {"state": {"running": {"startedAt": "2027-01-15T08:02:00Z"}}}
+    waiting = {"state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert started({"containerStatuses": [running, again, waiting]}) == parse_time(
+        "2027-01-15T08:02:00Z"
+    )
+    assert started({"containerStatuses": [waiting]}) is None
+    # No kubelet reports on it (an API-only cluster): its creation stands in.
+    assert started({}) == parse_time("2027-01-15T08:00:00Z")
+
+
+def test_a_healthy_worker_with_a_flapping_failure_counter_costs_no_writes() -> None:
+    """What a user reads is the state, trips, the last change and why; a closed breaker's
+    failure counter and every document's sequence number are not worth an API write."""
+    p = pod("p", started_at=NOW - 600)
+    obs = observe(policy(), [p], {p.uid: reading(p, "closed")})
+    first = plan_policy(obs)
+    assert len(first.circuit_states) == 1
+    obs = settle(obs, first)
+    writes = 0
+    for n in range(100):
+        flapping = dataclasses.replace(reading(p, "closed"), failures=n % 4, sequence=8 + n)
+        plan = plan_policy(dataclasses.replace(obs, readings={p.uid: flapping}, now=NOW + n))
+        writes += len(plan.circuit_states) + len(plan.conditions)
+        obs = settle(obs, plan)
+    assert writes == 0
+
+
+def test_an_open_breaker_records_the_failures_that_opened_it() -> None:
+    p = pod("p")
+    opened = desired_circuit_state(
+        pod=p, policy="pol", reading=reading(p, "open"), previous=None, now="t1"
+    )
+    assert opened["failures"] == 5 and opened["sequence"] == 7
+    closed = desired_circuit_state(
+        pod=p, policy="pol", reading=reading(p, "closed"), previous=opened, now="t2"
+    )
+    assert "failures" not in closed and closed["sequence"] == 7

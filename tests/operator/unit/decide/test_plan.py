@@ -4,66 +4,16 @@ and the property that matters most for the API server: a settled cluster plans n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
-from circuitgate_operator.contract import Reading
+from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.decide.cleanup import plan_cleanup
 from circuitgate_operator.decide.intents import Plan
-from circuitgate_operator.decide.nodes import CORDONED_BY, Trip
-from circuitgate_operator.decide.observation import PolicyObservation
+from circuitgate_operator.decide.nodes import CORDONED_BY, RELEASED_AT, RELEASED_BY, Trip
 from circuitgate_operator.decide.plan import plan_policy
-from circuitgate_operator.model import CircuitStateView, NodeView, PodView, PolicyView
-from circuitgate_operator.names import CONDITION_TYPE
+from circuitgate_operator.model import PodView
 
-from .builders import NOW, circuit_state, node, pod, policy, reading
-
-
-def observe(
-    pol: PolicyView,
-    pods: Sequence[PodView],
-    readings: dict[str, Reading],
-    *,
-    states: dict[str, CircuitStateView] | None = None,
-    nodes: Sequence[NodeView] = (),
-    trips: dict[str, list[Trip]] | None = None,
-    now: float = NOW,
-) -> PolicyObservation:
-    return PolicyObservation(
-        policy=pol,
-        selected=[p for p in pods if pol.spec.selector.matches(p.labels)],
-        pods={p.name: p for p in pods},
-        readings=readings,
-        circuit_states=states or {},
-        nodes={n.name: n for n in nodes},
-        trips=trips or {},
-        now=now,
-    )
-
-
-def settle(obs: PolicyObservation, plan: Plan) -> PolicyObservation:
-    """The observation after the plan's writes landed, as the watch would show them."""
-    pods = dict(obs.pods)
-    for write in plan.conditions:
-        p = pods[write.pod]
-        pods[p.name] = dataclasses.replace(
-            p, conditions={**p.conditions, CONDITION_TYPE: write.condition}
-        )
-    states = dict(obs.circuit_states)
-    for w in plan.circuit_states:
-        states[w.name] = CircuitStateView(w.namespace, w.name, w.policy, w.pod_uid, w.status)
-    for d in plan.circuit_state_deletes:
-        states.pop(d.name, None)
-    pol = obs.policy
-    if plan.policy_status is not None:
-        pol = dataclasses.replace(pol, status=plan.policy_status.status)
-    return dataclasses.replace(
-        obs,
-        policy=pol,
-        selected=[pods[p.name] for p in obs.selected],
-        pods=pods,
-        circuit_states=states,
-    )
+from .builders import NOW, circuit_state, node, observe, pod, policy, reading, settle
 
 
 def unready(plan: Plan) -> list[str]:
@@ -212,9 +162,53 @@ def test_a_pod_without_the_gate_gets_a_warning_not_a_condition() -> None:
 def test_pods_no_longer_selected_are_restored_and_their_states_removed() -> None:
     gone = pod("w0", condition="False", reason="CircuitOpen", labels={"app": "web"})
     states = {"w0": circuit_state(gone, state="open")}
+    obs = observe(policy(), [gone], {}, states=states)
+    plan = plan_policy(obs)
+    assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+    # The state goes once the restore landed: it is the record that the pod is ours to restore.
+    assert plan.circuit_state_deletes == []
+    plan = plan_policy(settle(obs, plan))
+    assert plan.conditions == []
+    assert [d.name for d in plan.circuit_state_deletes] == ["w0"]
+
+
+def test_a_paused_policy_keeps_the_state_of_a_relabelled_pod_until_it_can_restore_it() -> None:
+    gone = pod("w0", condition="False", reason="CircuitOpen", labels={"app": "web"})
+    states = {"w0": circuit_state(gone, state="open")}
+    paused = policy(annotations={"circuitgate.io/paused": "true"})
+    plan = plan_policy(observe(paused, [gone], {}, states=states))
+    assert plan.conditions == [] and plan.circuit_state_deletes == []
     plan = plan_policy(observe(policy(), [gone], {}, states=states))
     assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
+
+
+def test_a_pod_another_policy_watches_now_is_not_restored_by_the_old_one() -> None:
+    moved = pod("w0", condition="False", reason="CircuitOpen", labels={"app": "web"})
+    obs = dataclasses.replace(
+        observe(policy(), [moved], {}, states={"w0": circuit_state(moved, state="open")}),
+        watched_elsewhere=frozenset({"w0"}),
+    )
+    plan = plan_policy(obs)
+    assert plan.conditions == []
     assert [d.name for d in plan.circuit_state_deletes] == ["w0"]
+
+
+def test_deleting_a_policy_leaves_the_pods_another_policy_selects_now() -> None:
+    mine = pod("w0", condition="False", reason="CircuitOpen")
+    theirs = pod("w1", condition="False", reason="CircuitOpen", labels={"app": "gpu"})
+    b = policy("b")
+    a = policy("a", selector={"matchLabels": {"app": "gpu"}})
+    states = {"w0": circuit_state(mine, "b"), "w1": circuit_state(theirs, "b")}
+    plan = plan_cleanup(
+        b,
+        pods={"w0": mine, "w1": theirs},
+        circuit_states=states,
+        nodes={},
+        now=NOW,
+        others=[a, b],
+    )
+    assert [w.pod for w in plan.conditions] == ["w0"]
+    assert [d.name for d in plan.circuit_state_deletes] == ["w1"]  # w0's once it is restored
 
 
 def test_node_cordon_respects_cap_and_storm() -> None:
@@ -256,5 +250,32 @@ def test_cleanup_restores_pods_removes_states_and_undoes_cordons() -> None:
         now=NOW,
     )
     assert [(w.pod, w.condition.status) for w in plan.conditions] == [("w0", "True")]
-    assert sorted(d.name for d in plan.circuit_state_deletes) == ["w0", "w1"]
+    # w0's state goes on the retry after its restore landed (a refused restore is not lost).
+    assert sorted(d.name for d in plan.circuit_state_deletes) == ["w1"]
     assert [(c.node, c.action) for c in plan.nodes] == [("n1", "uncordon")]
+
+
+def test_cleanup_leaves_no_release_marks_of_the_deleted_policy() -> None:
+    """Found by the model check: the cleanup's uncordon left released-by naming a policy that
+    was gone, so no loop would ever forget it."""
+    pol = policy()
+    ours = node("n1", unschedulable=True, annotations={CORDONED_BY: "ns/pol"})
+    released = node("n2", annotations={RELEASED_AT: rfc3339(NOW), RELEASED_BY: "ns/pol"})
+    other = node("n3", annotations={RELEASED_AT: rfc3339(NOW), RELEASED_BY: "ns/b"})
+    plan = plan_cleanup(
+        pol, pods={}, circuit_states={}, nodes={n.name: n for n in (ours, released, other)}, now=NOW
+    )
+    assert [(c.node, c.action) for c in plan.nodes] == [("n1", "uncordon"), ("n2", "forget")]
+    for change in plan.nodes:
+        assert change.annotations[RELEASED_AT] is None and change.annotations[RELEASED_BY] is None
+
+
+def test_a_pod_whose_old_state_is_being_replaced_still_counts_towards_a_storm() -> None:
+    """Found by the model check: a moved pod's CircuitState of its earlier self hid its trip."""
+    pods = fleet(4, condition="True")
+    pol = policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "50%"})
+    readings = {p.uid: reading(p, "open") for p in pods[:2]} | {p.uid: reading(p) for p in pods[2:]}
+    stale = dataclasses.replace(circuit_state(pods[1], state="open"), owner_uid="earlier")
+    plan = plan_policy(observe(pol, pods, readings, states={pods[1].name: stale}))
+    assert unready(plan) == []
+    assert plan.suppressed[("mark_unready", "storm")] == 1

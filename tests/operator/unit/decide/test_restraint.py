@@ -60,7 +60,7 @@ def plan(*conditions: ConditionWrite, nodes: tuple[NodeChange, ...] = ()) -> Pla
     return Plan(
         conditions=list(conditions),
         nodes=list(nodes),
-        evictions=[Eviction("ns", "w9", "n1", events=event("w9", "PodEvicted"))],
+        evictions=[Eviction("ns", "w9", "n1", events=event("w9", "PodEvicted"), unready=True)],
     )
 
 
@@ -97,7 +97,7 @@ def test_a_pause_holds_back_everything_but_first_trues() -> None:
     assert p.events == []  # nothing left for the dry run to describe
 
 
-def test_a_storm_holds_back_new_marks_and_cordons_only() -> None:
+def test_a_storm_holds_back_new_marks_cordons_and_evictions() -> None:
     p = plan(
         mark("w0"),
         mark("new", first=True),
@@ -109,8 +109,12 @@ def test_a_storm_holds_back_new_marks_and_cordons_only() -> None:
         "w1": ("True", "CircuitClosed"),
         "new": ("True", "SuspectedSharedOutage"),
     }
-    assert [c.node for c in p.nodes] == ["n2"] and len(p.evictions) == 1
-    assert p.suppressed == {("mark_unready", "storm"): 2, ("cordon", "storm"): 1}
+    assert [c.node for c in p.nodes] == ["n2"] and p.evictions == []
+    assert p.suppressed == {
+        ("mark_unready", "storm"): 2,
+        ("cordon", "storm"): 1,
+        ("evict", "storm"): 1,
+    }
 
 
 def test_caps_let_the_first_candidates_through_counting_what_is_held() -> None:
@@ -141,3 +145,16 @@ def test_a_dry_run_describes_what_is_left_after_the_caps() -> None:
         ("cordon", "dry_run"): 1,
         ("evict", "dry_run"): 1,
     }
+
+
+def test_evicting_a_pod_still_ready_takes_a_slot_of_the_unready_cap_after_the_marks() -> None:
+    evictions = [
+        Eviction("ns", "r0", "n1", events=event("r0", "PodEvicted")),
+        Eviction("ns", "r1", "n1", events=event("r1", "PodEvicted")),
+        Eviction("ns", "u0", "n1", events=event("u0", "PodEvicted"), unready=True),
+    ]
+    p = Plan(conditions=[mark("w0")], evictions=list(evictions))
+    assert restrain(p, restraints(unready=Cap(3, 10, 1))) is True
+    assert statuses(p) == {"w0": ("False", "CircuitOpen")}
+    assert [e.pod for e in p.evictions] == ["r0", "u0"]
+    assert p.suppressed == {("evict", "cap"): 1}

@@ -175,3 +175,119 @@ def test_stopped_watchers_leave_no_task_and_no_connection(fake_workers: FakeWork
         await session.close()
 
     asyncio.run(scenario())
+
+
+async def follow(
+    fake_workers: FakeWorkers, host: str, spec: WatchSpec, readings: list[Reading]
+) -> tuple[EndpointWatcher, asyncio.Task[None]]:
+    """A watcher of host, running; the caller cancels it."""
+    watcher = EndpointWatcher(
+        session=new_session(), url=fake_workers.url(host), spec=spec, on_reading=readings.append
+    )
+    return watcher, asyncio.create_task(watcher.run())
+
+
+async def stop(watcher: EndpointWatcher, task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await watcher.session.close()
+
+
+@pytest.mark.parametrize("mode", ["nested", "year_one"])
+def test_a_hostile_answer_after_a_trip_reads_unknown_and_the_watcher_carries_on(
+    fake_workers: FakeWorkers, mode: str
+) -> None:
+    """Nested JSON (RecursionError) and a year-1 time (OverflowError) once crashed the watcher,
+    leaving "open, reachable" as the pod's last word."""
+    host = fake_workers.add()
+    fake_workers.trip(host, trips=1)
+    readings: list[Reading] = []
+
+    async def scenario() -> None:
+        watcher, task = await follow(
+            fake_workers, host, WatchSpec(long_poll=30, poll_interval=0.5), readings
+        )
+        await eventually_async(lambda: readings and readings[-1].state == "open")
+        await asyncio.to_thread(fake_workers.set, host, mode=mode)
+        await eventually_async(lambda: readings[-1].state == "unknown", what="unknown")
+        assert not readings[-1].reachable and readings[-1].reason.startswith("malformed")
+        await asyncio.to_thread(fake_workers.set, host, mode="normal")
+        await eventually_async(lambda: readings[-1].state == "open", what="open again")
+        assert not task.done()
+        await stop(watcher, task)
+
+    asyncio.run(scenario())
+
+
+def test_an_endpoint_answering_every_long_poll_at_once_is_asked_a_bounded_number_of_times(
+    fake_workers: FakeWorkers,
+) -> None:
+    """A new sequence on every answer, at once: once ~990 requests a second."""
+    host = fake_workers.add()
+    fake_workers.set(host, mode="instant_change")
+    readings: list[Reading] = []
+
+    async def scenario() -> float:
+        watcher, task = await follow(
+            fake_workers, host, WatchSpec(long_poll=30, poll_interval=1), readings
+        )
+        await eventually_async(lambda: len(readings) >= 2)
+        began, first = time.monotonic(), len(readings)
+        await eventually_async(lambda: len(readings) >= first + 8, timeout=10, what="8 more")
+        rate = (len(readings) - first) / (time.monotonic() - began)
+        await stop(watcher, task)
+        return rate
+
+    rate = asyncio.run(scenario())
+    assert rate <= 1 / EndpointWatcher.MIN_GAP + 0.5, f"{rate:.0f} requests a second"
+    assert all(r.state == "closed" for r in readings)
+
+
+def test_an_endpoint_holding_long_polls_for_less_than_asked_is_still_long_polled(
+    fake_workers: FakeWorkers,
+) -> None:
+    """longPollSeconds above twice the worker's max_wait once downgraded to polling for good:
+    a trip was then heard only at the next poll. The endpoint's own cap is long-polled."""
+    host = fake_workers.add()
+    fake_workers.set(host, max_wait=1.2)
+    readings: list[Reading] = []
+
+    async def scenario() -> float:
+        watcher, task = await follow(
+            fake_workers, host, WatchSpec(long_poll=30, poll_interval=20), readings
+        )
+        # The plain GET, then held long-polls each cut short at 1.2 s by the endpoint.
+        await eventually_async(lambda: len(readings) >= 3, timeout=10, what="3 readings")
+        assert not watcher.polling
+        await eventually_async(lambda: fake_workers.show(host)["open_requests"] == 1)
+        opened = await asyncio.to_thread(fake_workers.trip, host, trips=1)
+        await eventually_async(lambda: readings[-1].state == "open", timeout=5, what="open")
+        heard = time.time() - opened
+        await stop(watcher, task)
+        return heard
+
+    assert asyncio.run(scenario()) < 2.0  # not the 20 s poll interval
+
+
+def test_a_watcher_that_dies_leaves_the_pod_unknown(fake_workers: FakeWorkers) -> None:
+    """The pool's last word on a watcher that ended on an exception is unknown, never the
+    "open, reachable" it read just before."""
+    host = fake_workers.add()
+    fake_workers.trip(host, trips=1)
+    heard: list[Reading] = []
+
+    def on_reading(_: str, reading: Reading) -> None:
+        heard.append(reading)
+        if reading.state == "open":
+            raise RuntimeError("the consumer failed")
+
+    async def scenario() -> None:
+        async with new_session() as session:
+            pool = WatcherPool(session, on_reading)
+            await pool.sync({host: Target(fake_workers.url(host), WatchSpec())})
+            await eventually_async(lambda: len(heard) == 2, what="a reading after the open one")
+            await pool.close()
+
+    asyncio.run(scenario())
+    assert [r.state for r in heard] == ["open", "unknown"]
+    assert heard[-1].reason == "watcher failed: RuntimeError"

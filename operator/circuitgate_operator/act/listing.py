@@ -1,0 +1,90 @@
+"""Complete listings of our own, before a policy decides anything and now and then after.
+
+kopf delivers each resource's listing object by object, through per-object workers, and never
+says when one is over, nor what a resumed watch no longer lists: a decision made on that view
+may miss pods already unready (and overshoot a cap) or act on a policy deleted long ago. So a
+policy loop first lists, page by page, everything its decisions depend on, and replaces the
+view's contents with it; loops of one namespace share a listing made after they asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..names import GROUP, VERSION
+from ..view import ClusterView, ObjectStore
+from .api import KubeApi
+from .requests import circuit_states_path
+
+__all__ = ("PAGE_SIZE", "Lister", "Scope", "node_scopes", "policy_scopes")
+
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One listing: a store of the view, the namespace it fills ("" for nodes), the path."""
+
+    store: str
+    namespace: str
+    path: str
+
+
+def policy_scopes(namespace: str) -> tuple[Scope, ...]:
+    """What one policy's decisions depend on: its namespace's policies (overlaps), pods and
+    CircuitStates, and the nodes (cordons are counted across the cluster)."""
+    return (
+        Scope(
+            "policies",
+            namespace,
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/circuitpolicies",
+        ),
+        Scope("pods", namespace, f"/api/v1/namespaces/{namespace}/pods"),
+        Scope("circuit_states", namespace, circuit_states_path(namespace)),
+        *node_scopes(),
+    )
+
+
+def node_scopes() -> tuple[Scope, ...]:
+    """The nodes: cordons are counted, and undone, across the cluster."""
+    return (Scope("nodes", "", "/api/v1/nodes"),)
+
+
+class Lister:
+    """Lists scopes into the view, one listing of a scope at a time."""
+
+    def __init__(self, api: KubeApi, view: ClusterView) -> None:
+        self.api = api
+        self.view = view
+        self._listed_at: dict[Scope, float] = {}
+        self._locks: dict[Scope, asyncio.Lock] = {}
+
+    async def ensure(self, scopes: Iterable[Scope], *, since: float) -> bool:
+        """Have each scope listed completely at or after ``since`` (raises ApiError if a
+        listing fails); return whether the view changed."""
+        changed = False
+        for scope in scopes:
+            async with self._locks.setdefault(scope, asyncio.Lock()):
+                if self._listed_at.get(scope, -1.0) >= since:
+                    continue
+                started = time.time()
+                changed |= await self._list(scope)
+                self._listed_at[scope] = started
+        return changed
+
+    async def _list(self, scope: Scope) -> bool:
+        items: list[Any] = []
+        query: dict[str, str] = {"limit": str(PAGE_SIZE)}
+        while True:
+            answer = await self.api.request("GET", scope.path, query=query)
+            items += answer.get("items") or ()
+            meta = answer.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            query = {"limit": str(PAGE_SIZE), "continue": meta["continue"]}
+        store: ObjectStore[Any] = getattr(self.view, scope.store)
+        return store.replace(scope.namespace, items, str(meta.get("resourceVersion") or ""))

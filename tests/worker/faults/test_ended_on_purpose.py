@@ -1,0 +1,56 @@
+"""A task ended on purpose (revoke with terminate, a hard time limit) is neutral and never re-run.
+
+Each waits on what it can count, never on a sleep: the worker has one pool process, so two
+probes sent after the task finish in order behind it, and any copy of the task published
+on its way out would have been delivered before the second probe.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from circuitgate_devkit.waiting import eventually
+
+from .conftest import FaultLab
+
+pytestmark = pytest.mark.integration
+
+
+def settle_behind(faults: FaultLab, task_id: str) -> None:
+    """Return once two probes sent after ``task_id`` started have succeeded."""
+    for _ in range(2):
+        probe = faults.lab.send(1, work_s=0.05)
+        faults.lab.log.wait_for_successes(set(probe), timeout=60)
+    deliveries = [
+        event for w in faults.lab.workers for event in w.events.of("received", task_id=task_id)
+    ]
+    assert len(deliveries) == 1, "the task was published again"
+
+
+def run_and_end(faults: FaultLab, fault: str, end: str) -> None:
+    counted = len(faults.bad.events.of("counted_failure"))
+    send = faults.lab.producer.send_task
+    options = {"time_limit": 2} if end == "time limit" else {}
+    task_id = send("lab.infer", args=(0,), kwargs={"work_s": 60}, **options).id
+    eventually(lambda: faults.bad.events.of("received", task_id=task_id), timeout=30)
+    if end == "revoke":
+        faults.lab.producer.control.revoke(task_id, terminate=True)
+
+    settle_behind(faults, task_id)
+    row = faults.tally(fault, [task_id], ended=frozenset({task_id}))
+
+    assert faults.lab.log.successes_per_task()[task_id] == 0, row
+    assert len(faults.bad.events.of("counted_failure")) == counted
+    assert faults.state() == "closed"
+
+
+def test_a_hard_time_limit_is_neutral_and_the_task_is_not_run_again(faults: FaultLab) -> None:
+    run_and_end(faults, "hard time limit", "time limit")
+
+
+def test_a_task_revoked_with_terminate_is_neutral_and_never_runs_again(
+    faults: FaultLab,
+) -> None:
+    if faults.kind == "sqs":
+        pytest.skip("SQS has no broadcast: Celery's remote control (revoke) does not reach it")
+    run_and_end(faults, "revoke(terminate=True)", "revoke")

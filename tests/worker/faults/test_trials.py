@@ -1,0 +1,102 @@
+"""Faults around the half-open trial: hung devices, ETA messages, long tasks, odd task ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from circuitgate_devkit.waiting import eventually
+
+from .conftest import FaultLab
+
+pytestmark = pytest.mark.integration
+
+
+def trip_and_drain(faults: FaultLab, how: str, name: str, **send: object) -> list[str]:
+    """Break the device ``how``, trip it with four tasks, and let a healthy worker run them."""
+    trips = faults.trips()
+    faults.bad.break_device(how)
+    send_task = faults.lab.producer.send_task
+    ids = [send_task("lab.infer", args=(n,), **send).id for n in range(4)]  # type: ignore[arg-type]
+    faults.wait_for_trip(trips)
+    good = faults.healthy(f"good-{name}")
+    faults.lab.log.wait_for_successes(set(ids), timeout=60)
+    good.stop()
+    return ids
+
+
+def test_a_hung_device_ended_by_the_soft_time_limit_counts_and_the_task_runs_once(
+    faults: FaultLab,
+) -> None:
+    ids = trip_and_drain(faults, "hang", "hang", kwargs={"work_s": 0.1}, soft_time_limit=1.5)
+    row = faults.tally("hung device, soft time limit", ids)
+    assert (row.succeeded_once, row.lost, row.duplicated) == (4, 0, 0), row
+    faults.repair_and_close()
+
+
+def test_unicode_task_ids_longer_than_the_trial_slot_do_not_stop_the_worker(
+    faults: FaultLab,
+) -> None:
+    trips = faults.trips()
+    faults.bad.break_device()
+    send_task = faults.lab.producer.send_task
+    ids = [send_task("lab.infer", args=(n,), task_id=f"t{n}-" + "ü" * 40).id for n in range(4)]
+    faults.wait_for_trip(trips)
+    good = faults.healthy("good-unicode")
+    faults.lab.log.wait_for_successes(set(ids), timeout=60)
+    good.stop()
+    row = faults.tally("unicode ids over 64 bytes", ids)
+
+    assert (row.succeeded_once, row.lost, row.duplicated) == (4, 0, 0), row
+    faults.repair_and_close()  # the trial, a unicode id too, is claimed and closes
+    assert faults.bad.process is not None and faults.bad.process.poll() is None
+
+
+def test_an_eta_message_arriving_as_the_trial_does_not_hold_the_worker_paused(
+    faults: FaultLab,
+) -> None:
+    ids = trip_and_drain(faults, "", "eta", kwargs={"work_s": 0.1})
+    faults.bad.repair_device()
+    eventually(lambda: faults.state() == "half_open" or faults.state() == "open", timeout=10)
+    send_task = faults.lab.producer.send_task
+    later = send_task("lab.infer", args=(0,), kwargs={"work_s": 0.05}, countdown=10).id
+    eventually(lambda: faults.bad.events.of("received", task_id=later), timeout=30)
+    now = faults.lab.send(1, work_s=0.05)
+
+    faults.lab.log.wait_for_successes(set(now), timeout=30)
+    closed_at = eventually(
+        lambda: faults.bad.events.of("transition", new="closed")[-1:], timeout=10
+    )[0].at
+    successes = faults.lab.log.wait_for_successes({later}, timeout=60)
+    eta_run = next(e for e in faults.lab.log.read() if e.id == later)
+    row = faults.tally("ETA message as the trial", [*ids, later])
+
+    assert successes[later] == 1, row
+    assert closed_at < eta_run.start, "the circuit waited for the ETA message"
+    assert (row.lost, row.duplicated) == (0, 0), row
+
+
+def test_healthy_tasks_longer_than_trial_timeout_close_the_circuit(faults: FaultLab) -> None:
+    # A worker of its own: a short trial_timeout, and two pool processes, so a second trial
+    # would have room to start if the first one's claim lapsed while it runs.
+    slow = faults.healthy("slow", concurrency=2, conf={"circuitgate_trial_timeout": 0.5})
+    slow.break_device()
+    ids = faults.lab.send(4, work_s=2.0)
+    eventually(
+        lambda: slow.events.of("transition", new="open"), timeout=60, what="slow worker trips"
+    )
+    slow.repair_device()  # the four handed-back copies now run 2 s each, four trial_timeouts
+
+    closed = eventually(
+        lambda: slow.events.of("transition", new="closed"), timeout=60, what="closes"
+    )
+    faults.lab.log.wait_for_successes(set(ids), timeout=60)
+    slow.stop()
+    row = faults.tally("tasks longer than trial_timeout", ids)
+
+    assert (row.succeeded_once, row.lost, row.duplicated) == (4, 0, 0), row
+    half_open = slow.events.of("transition", old="open", new="half_open")[-1]
+    runs = [
+        e for e in faults.lab.log.read() if e.worker == slow.hostname and e.outcome == "success"
+    ]
+    trials = [e for e in runs if half_open.at - 0.05 <= e.start < closed[0].at]
+    assert len(trials) == 1, "a second trial started while the first one ran"

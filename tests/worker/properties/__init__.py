@@ -1,0 +1,1 @@
+"""Properties of the worker side, checked by hypothesis over real processes."""

@@ -1,0 +1,91 @@
+"""What the main process does when a guarded task ends where its child cannot report it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
+from celery.utils.imports import symbol_by_name
+from celery.worker import state as worker_state
+
+from .breaker import SharedCircuitBreaker
+from .breaker_set import BreakerSet, queue_of
+from .requeue import requeue_now
+from .task_guard import STOPPED, DeliveryRecord, hand_back, log_poison
+
+__all__ = ("guard_outcomes_in_main",)
+
+logger = logging.getLogger(__name__)
+
+
+def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
+    """Give ``task`` a Request class that settles a lost child's message with the breaker.
+
+    A child killed by SIGKILL (the OOM killer) or a segfault (a CUDA library) runs no
+    ``except``: only the main process learns of it, as Celery's ``WorkerLostError``. A
+    child ended on purpose (revoke with terminate, a hard time limit) is neutral: the
+    trial it held is released, nothing is counted and nothing is published again.
+    """
+    base: type[Any] = symbol_by_name(task.Request)
+
+    class GuardedRequest(base):  # Celery ships no types: base is Any
+        def on_failure(
+            self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+        ) -> Any:
+            exc = _unwrapped(exc_info.exception)
+            breaker = breakers.for_queue(queue_of(self.delivery_info))
+            # Revoked, cancelled on a connection loss, or killed by a cold shutdown: Celery
+            # settles those messages itself (acked as revoked, or redelivered).
+            ended_on_purpose = (
+                self._already_revoked or self._already_cancelled or worker_state.should_terminate
+            )
+            lost = isinstance(exc, (WorkerLostError, *STOPPED)) and not ended_on_purpose
+            if lost and _settled_lost_child(self, breaker, exc):
+                return None
+            if ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded, *STOPPED)):
+                breaker.release(self.id)
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+
+        def reject(self, requeue: bool = False) -> None:
+            # Every requeue of a guarded task (refused in the pool, a copy the broker
+            # refused, Celery's own paths) makes the message visible to others at once.
+            if not requeue:
+                super().reject(requeue)
+                return
+            requeue_now(self.message, lambda: super(GuardedRequest, self).reject(True))
+
+    GuardedRequest.__name__ = GuardedRequest.__qualname__ = f"Guarded{base.__name__}"
+    task.Request = GuardedRequest
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The exception itself: billiard wraps one raised in a child with its traceback."""
+    inner = getattr(exc, "exc", None)
+    return inner if hasattr(exc, "tb") and isinstance(inner, BaseException) else exc
+
+
+def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
+    """Count the lost child and hand its message back; False leaves it to Celery's path.
+
+    A poison message (failed on enough workers already) fails as usual without counting.
+    With hand-back on, the copy is published with the delivery record and the delivery
+    acknowledged; a copy the broker refuses leaves the original to go back to the queue.
+    """
+    context = request._context
+    record = DeliveryRecord.from_request(context)
+    if record.is_poison(breaker.settings.max_deliveries):
+        breaker.release(request.id)
+        log_poison(request.id, record)
+        return False
+    breaker.record_failure(request.id, exc)
+    if not breaker.settings.handback:
+        return False
+    published = hand_back(request.task, breaker, context, record, exc)
+    worker_state.task_ready(request)
+    if published:
+        request.acknowledge()
+    else:
+        request.reject(requeue=True)
+    return True

@@ -1,0 +1,35 @@
+"""Give a delivery back to its queue so that another worker can take it at once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ("requeue_now",)
+
+logger = logging.getLogger(__name__)
+
+
+def requeue_now(message: Any, reject: Callable[[], None]) -> None:
+    """Call ``reject`` (a reject with requeue), then on SQS make the message visible at once.
+
+    kombu's SQS transport requeues a message by setting its visibility to the transport's
+    ``wait_time_seconds`` (10 s by default), not 0, so a refused message would sit hidden
+    from every worker for that long. Redis and RabbitMQ put it back at once already.
+    """
+    delivery_info = getattr(message, "delivery_info", None) or {}
+    queue_url = delivery_info.get("sqs_queue")  # kombu drops it from the message on requeue
+    receipt = getattr(message, "delivery_tag", None)
+    reject()
+    if not queue_url or not receipt:
+        return
+    channel = message.channel
+    try:
+        client = channel.sqs(queue=channel.canonical_queue_name(delivery_info["routing_key"]))
+        client.change_message_visibility(
+            QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+        )
+    except Exception:
+        # It becomes visible after wait_time_seconds anyway: late, never lost.
+        logger.warning("could not make %s visible at once", receipt, exc_info=True)
