@@ -179,6 +179,17 @@ class PolicyView:
 
 
 @dataclass(frozen=True)
+class ContainerView:
+    """A container of a pod: the port numbers it declares, the Unix time it started
+    running (None while it does not run) and how often the kubelet restarted it."""
+
+    name: str
+    ports: frozenset[int] = frozenset()
+    started_at: float | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
 class PodView:
     namespace: str
     name: str
@@ -192,8 +203,8 @@ class PodView:
     conditions: Mapping[str, Condition] = field(default_factory=dict)
     container_ports: Mapping[str, int] = field(default_factory=dict)
     resource_version: str = ""
-    # Unix time the pod's latest running container started; None while none runs.
-    started_at: float | None = None
+    created_at: float | None = None
+    containers: tuple[ContainerView, ...] = ()
 
     @property
     def key(self) -> str:
@@ -240,6 +251,8 @@ class CircuitStateView:
     owner_uid: str = ""
     status: Mapping[str, Any] = field(default_factory=dict)
     resource_version: str = ""
+    # When it was created: when some replica of ours began watching the pod.
+    created_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -331,16 +344,28 @@ def parse_condition(raw: Mapping[str, Any]) -> Condition:
     )
 
 
-def _started_at(meta: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
-    """When the latest running container started. A pod whose status lists no containers at
-    all has no kubelet reporting on it (an API-only test cluster): its creation stands in."""
-    statuses = status.get("containerStatuses")
-    if not statuses:
-        return parse_time(meta.get("creationTimestamp"))
-    started = [
-        parse_time(((s.get("state") or {}).get("running") or {}).get("startedAt")) for s in statuses
-    ]
-    return max((t for t in started if t is not None), default=None)
+def _containers(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[ContainerView, ...]:
+    statuses = {s.get("name", ""): s for s in status.get("containerStatuses") or ()}
+    return tuple(
+        ContainerView(
+            name=c.get("name", ""),
+            ports=frozenset(
+                int(p["containerPort"]) for p in c.get("ports") or () if p.get("containerPort")
+            ),
+            started_at=_started_at(statuses.get(c.get("name", "")) or {}),
+            restarts=_restarts(statuses.get(c.get("name", "")) or {}),
+        )
+        for c in spec.get("containers") or ()
+    )
+
+
+def _started_at(status: Mapping[str, Any]) -> float | None:
+    return parse_time(((status.get("state") or {}).get("running") or {}).get("startedAt"))
+
+
+def _restarts(status: Mapping[str, Any]) -> int:
+    count = status.get("restartCount")
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 def parse_pod(body: Mapping[str, Any]) -> PodView:
@@ -366,7 +391,8 @@ def parse_pod(body: Mapping[str, Any]) -> PodView:
         conditions=conditions,
         container_ports=ports,
         resource_version=meta.get("resourceVersion", ""),
-        started_at=_started_at(meta, status),
+        created_at=parse_time(meta.get("creationTimestamp")),
+        containers=_containers(spec, status),
     )
 
 
@@ -413,4 +439,5 @@ def parse_circuit_state(body: Mapping[str, Any]) -> CircuitStateView:
         owner_uid=owners[0].get("uid", "") if owners else "",
         status=dict(body.get("status") or {}),
         resource_version=meta.get("resourceVersion", ""),
+        created_at=parse_time(meta.get("creationTimestamp")),
     )

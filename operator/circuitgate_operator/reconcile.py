@@ -30,7 +30,7 @@ from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
 from .decide.plan import plan_policy
 from .decide.readiness import open_evidence_ends
-from .decide.selection import endpoint_url, select_pods
+from .decide.selection import endpoint_url, resolve_port, select_pods
 from .model import (
     POLICY_LABEL,
     CircuitStateView,
@@ -250,7 +250,13 @@ class PolicyLoop:
             # then; an open state it can no longer confirm stops holding the pod unready.
             state = stored.get(pod.name)
             ends = open_evidence_ends(state.status) if state is not None else None
-            deadlines += [t for t in (startup_grace_ends(pod, now), ends) if t and t > now]
+            grace = startup_grace_ends(
+                pod,
+                now,
+                port=resolve_port(pod, policy.spec.port),
+                watched_since=state.created_at if state is not None else None,
+            )
+            deadlines += [t for t in (grace, ends) if t and t > now]
         deadlines += [
             started + policy.spec.watch.timeout
             for uid, started in self._watch_started.items()

@@ -4,12 +4,15 @@ to our own writes, with wake-ups for whoever decides on a namespace.
 An object is replaced only by a newer resourceVersion, so a late watch event never undoes what
 the answer to our own write already showed (which would make us write the same thing twice).
 A complete listing of our own (`replace`) also makes the view forget what the cluster no longer
-holds: kopf's resumed watch re-lists without reporting the deletions it missed.
+holds: kopf's resumed watch re-lists without reporting the deletions it missed. A deletion the
+watch reported is remembered for a while, so a listing made before it and answered after it
+does not bring the object back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -24,9 +27,12 @@ from .model import (
     parse_policy,
 )
 
-__all__ = ("ClusterView", "ObjectStore", "is_newer")
+__all__ = ("TOMBSTONE_SECONDS", "ClusterView", "ObjectStore", "is_newer")
 
 V = TypeVar("V")
+
+# How long a deletion outweighs listings: far longer than a listing is ever in flight.
+TOMBSTONE_SECONDS = 600.0
 
 
 def is_newer(new: str, old: str) -> bool:
@@ -46,9 +52,17 @@ def _later(seen: str, version: str) -> bool:
 class ObjectStore(Generic[V]):
     """Views by namespace and name (cluster-scoped objects under namespace "")."""
 
-    def __init__(self, parse: Callable[[Mapping[str, Any]], V]) -> None:
+    def __init__(
+        self,
+        parse: Callable[[Mapping[str, Any]], V],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._parse = parse
+        self._clock = clock
         self._items: dict[str, dict[str, tuple[str, V]]] = {}
+        # (namespace, name) -> (resourceVersion at deletion, when the watch reported it)
+        self._tombstones: dict[tuple[str, str], tuple[str, float]] = {}
 
     def observe(
         self, body: Mapping[str, Any], *, deleted: bool = False, ours: bool = False
@@ -60,6 +74,7 @@ class ObjectStore(Generic[V]):
         version = str(meta.get("resourceVersion") or "")
         items = self._items.setdefault(namespace, {})
         if deleted:
+            self._bury(namespace, name, version)
             return items.pop(name, None) is not None
         known = items.get(name)
         if known is None and ours:
@@ -67,6 +82,7 @@ class ObjectStore(Generic[V]):
         if known is not None and not is_newer(version, known[0]):
             return False
         items[name] = (version, self._parse(body))
+        self._tombstones.pop((namespace, name), None)  # created again since
         return True
 
     def replace(self, namespace: str, bodies: Iterable[Mapping[str, Any]], version: str) -> bool:
@@ -75,8 +91,16 @@ class ObjectStore(Generic[V]):
         (an object created since). Return whether anything changed."""
         listed: set[str] = set()
         changed = False
+        self._forget_old_tombstones()
         for body in bodies:
-            listed.add((body.get("metadata") or {}).get("name") or "")
+            meta = body.get("metadata") or {}
+            name = meta.get("name") or ""
+            tombstone = self._tombstones.get((namespace, name))
+            if tombstone is not None and not _later(
+                str(meta.get("resourceVersion") or ""), tombstone[0]
+            ):
+                continue  # deleted since the listing was made
+            listed.add(name)
             changed |= self.observe(body)
         items = self._items.get(namespace, {})
         for name, (seen, _) in list(items.items()):
@@ -84,6 +108,16 @@ class ObjectStore(Generic[V]):
                 del items[name]
                 changed = True
         return changed
+
+    def _bury(self, namespace: str, name: str, version: str) -> None:
+        self._forget_old_tombstones()
+        self._tombstones[(namespace, name)] = (version, self._clock())
+
+    def _forget_old_tombstones(self) -> None:
+        oldest = self._clock() - TOMBSTONE_SECONDS
+        for key, (_, buried) in list(self._tombstones.items()):
+            if buried < oldest:
+                del self._tombstones[key]
 
     def forget(self, namespace: str, name: str) -> None:
         self._items.get(namespace, {}).pop(name, None)

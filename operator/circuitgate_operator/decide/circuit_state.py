@@ -8,10 +8,11 @@ from typing import Any
 
 from ..clock import rfc3339
 from ..contract import TRIPPED_STATES, BreakerState, Reading
-from ..model import PodView
+from ..model import ContainerView, PodView
 from .intents import CircuitStateDelete, CircuitStateWrite, EventIntent, Plan, pod_ref
 from .observation import PolicyObservation
 from .readiness import restore
+from .selection import resolve_port
 
 __all__ = (
     "STARTUP_GRACE_SECONDS",
@@ -106,17 +107,51 @@ def _ever_read(status: Mapping[str, Any] | None) -> bool:
     return status is not None and any(key in status for key in _REMEMBERED)
 
 
-def startup_grace_ends(pod: PodView, now: float) -> float | None:
-    """When the pod's startup grace ends, if it has not yet."""
-    if pod.started_at is None or now >= pod.started_at + STARTUP_GRACE_SECONDS:
+def _workers(pod: PodView, port: int | None) -> list[ContainerView]:
+    """The container declaring the endpoint's port if one does, else all of them (a sidecar
+    restarting must not re-arm the grace: the oldest start counts)."""
+    serving = [c for c in pod.containers if port is not None and port in c.ports]
+    return serving or list(pod.containers)
+
+
+def _grace_end(pod: PodView, port: int | None, watched_since: float | None) -> float | None:
+    """A grace period after the worker started. After a restart it ends at most one period
+    after we began watching the pod (``watched_since``), so a worker restarting every minute
+    is never in its grace for ever, and while the restarted worker does not run it counts
+    from the pod's creation (a crash loop must not hide a dead endpoint). None while the
+    worker has never run: an image still pulling is no news."""
+    workers = _workers(pod, port)
+    starts = [c.started_at for c in workers if c.started_at is not None]
+    restarted = any(c.restarts for c in workers)
+    if not starts and workers and not restarted:
         return None
-    return pod.started_at + STARTUP_GRACE_SECONDS
+    candidates = [min(starts, default=pod.created_at)]
+    if restarted:
+        candidates.append(watched_since)
+    known = [t for t in candidates if t is not None]
+    return min(known) + STARTUP_GRACE_SECONDS if known else None
 
 
-def _never_answered(pod: PodView, status: Mapping[str, Any], now: float) -> list[EventIntent]:
+def startup_grace_ends(
+    pod: PodView, now: float, *, port: int | None = None, watched_since: float | None = None
+) -> float | None:
+    """When the pod's startup grace ends, if it has not yet."""
+    ends = _grace_end(pod, port, watched_since)
+    return ends if ends is not None and now < ends else None
+
+
+def _never_answered(
+    pod: PodView,
+    status: Mapping[str, Any],
+    now: float,
+    *,
+    port: int | None,
+    watched_since: float | None,
+) -> list[EventIntent]:
     """The Warning for an endpoint that has not answered since its container started, once the
     grace is over; repeated each pass while it lasts (the loop posts a plan's Event once)."""
-    if pod.started_at is None or startup_grace_ends(pod, now) is not None:
+    ends = _grace_end(pod, port, watched_since)
+    if ends is None or now < ends:
         return []
     endpoint = status.get("endpoint") or {}
     message = (
@@ -195,7 +230,15 @@ def _plan_circuit_state(
         pod=pod, policy=obs.policy.name, reading=reading, previous=previous, now=stamp
     )
     if status["state"] == BreakerState.UNKNOWN and not _ever_read(status):
-        plan.events.extend(_never_answered(pod, status, obs.now))
+        plan.events.extend(
+            _never_answered(
+                pod,
+                status,
+                obs.now,
+                port=resolve_port(pod, obs.policy.spec.port),
+                watched_since=observed.created_at if observed is not None else None,
+            )
+        )
     if observed is None or dict(observed.status) != status:
         before = previous.get("state") if previous is not None and _ever_read(previous) else None
         events = circuit_events(pod, before, status)

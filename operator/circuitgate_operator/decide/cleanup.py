@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from ..clock import rfc3339
 from ..model import CircuitStateView, NodeView, PodView, PolicyView
 from .intents import CircuitStateDelete, EventIntent, NodeChange, Plan, node_ref
-from .nodes import CORDONED_BY, RELEASE_MARKS, RELEASED_BY, decide_node_action
+from .nodes import CORDONED_BY, RELEASE_MARKS, RELEASED_BY, decide_node_action, evictions_on
 from .readiness import restore
 
 __all__ = ("plan_cleanup",)
@@ -59,7 +59,11 @@ def plan_cleanup(
             continue
         if node.annotations.get(CORDONED_BY) != policy.key:
             continue
-        decision = decide_node_action(node, policy=policy.key, spec=disabled, trips=(), now=now)
+        # An admin's drain since our cordon makes the node theirs: never uncordoned here.
+        evicted = evictions_on(node.name, pods.values())
+        decision = decide_node_action(
+            node, policy=policy.key, spec=disabled, trips=(), now=now, evicted=evicted
+        )
         if decision.change is not None:
             message = f"policy {policy.key} was deleted: {decision.reason}"
             event = EventIntent(node_ref(node), "NodeUncordoned", message)

@@ -134,6 +134,17 @@ def test_malformed_label_selector_is_rejected_naming_the_field(
             {"a" * 63: "g" * 63},
             id="longest",
         ),
+        pytest.param(
+            # A prefix's labels are not limited to 63 characters each, only the whole to 253.
+            {"matchLabels": {f"{'a' * 64}.example.com/app": "x", f"{'x' * 64}/app": "y"}},
+            {f"{'a' * 253}/b": "z"},
+            id="long-prefix-labels",
+        ),
+        pytest.param(
+            {"matchExpressions": [{"key": f"{'a' * 253}/b", "operator": "Exists"}]},
+            {},
+            id="expr-long-prefix-label",
+        ),
     ],
 )
 def test_valid_label_selectors_are_accepted(

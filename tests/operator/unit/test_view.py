@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from circuitgate_operator.view import ClusterView, is_newer
+from circuitgate_operator.model import parse_pod
+from circuitgate_operator.view import TOMBSTONE_SECONDS, ClusterView, ObjectStore, is_newer
 
 
 def pod(name: str, version: str, ip: str = "") -> dict[str, object]:
@@ -54,3 +55,32 @@ def test_listeners_of_a_namespace_are_woken_and_nodes_wake_everyone() -> None:
         assert not mine.is_set()
 
     asyncio.run(scenario())
+
+
+def test_a_listing_answered_after_a_deletion_never_brings_the_object_back() -> None:
+    """The listing was made before the watch's DELETED event arrived: it still holds the object."""
+    view = ClusterView()
+    view.pods.observe(pod("a", "100"))
+    view.pods.observe(pod("a", "106"), deleted=True)
+    view.pods.replace("ns", [pod("a", "100")], "105")
+    assert view.pods.get("ns", "a") is None
+
+
+def test_an_object_created_again_after_its_deletion_is_listed() -> None:
+    view = ClusterView()
+    view.pods.observe(pod("a", "100"))
+    view.pods.observe(pod("a", "106"), deleted=True)
+    assert view.pods.replace("ns", [pod("a", "110", "10.0.0.3")], "111")
+    found = view.pods.get("ns", "a")
+    assert found is not None and found.pod_ip == "10.0.0.3"
+
+
+def test_a_deletion_is_remembered_for_a_bounded_time_only() -> None:
+    now = [1000.0]
+    store = ObjectStore(parse_pod, clock=lambda: now[0])
+    store.observe(pod("a", "x1"))
+    store.observe(pod("a", "x2"), deleted=True)  # not etcd's integers: not comparable
+    assert not store.replace("ns", [pod("a", "x1")], "x3")
+    now[0] += TOMBSTONE_SECONDS + 1
+    assert store.replace("ns", [pod("a", "x1")], "x3")
+    assert store.get("ns", "a") is not None

@@ -13,6 +13,7 @@ from circuitgate_operator.decide.observation import PolicyObservation
 from circuitgate_operator.model import (
     CircuitStateView,
     Condition,
+    ContainerView,
     NodeView,
     PodView,
     PolicyView,
@@ -69,7 +70,7 @@ def pod(
         phase="Running",
         readiness_gates=(CONDITION_TYPE,) if gated else (),
         conditions=conditions,
-        started_at=started_at,
+        containers=(ContainerView("worker", frozenset({8000}), started_at),),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from circuitgate_operator.clock import parse_time
+from circuitgate_operator.clock import parse_time, rfc3339
 from circuitgate_operator.contract import unknown
 from circuitgate_operator.decide.circuit_state import (
     STARTUP_GRACE_SECONDS,
@@ -16,9 +16,9 @@ from circuitgate_operator.decide.circuit_state import (
 )
 from circuitgate_operator.decide.intents import EventIntent, Plan
 from circuitgate_operator.decide.plan import plan_policy
-from circuitgate_operator.model import parse_pod
+from circuitgate_operator.model import PodView, parse_pod
 
-from .builders import NOW, observe, pod, policy, reading, settle
+from .builders import NOW, circuit_state, observe, pod, policy, reading, settle
 
 
 def test_an_unreachable_endpoint_keeps_the_last_known_counts_and_says_why() -> None:
@@ -102,7 +102,7 @@ def test_no_unreachable_warning_while_a_container_starts_then_one_past_the_grace
     obs = settle(obs, plan)
     assert unreachable_warnings(plan_policy(obs)) == []  # nothing new within the grace
 
-    late = dataclasses.replace(obs, now=p.started_at + STARTUP_GRACE_SECONDS)
+    late = dataclasses.replace(obs, now=NOW - 5 + STARTUP_GRACE_SECONDS)
     plan = plan_policy(late)
     (warning,) = unreachable_warnings(plan)
     assert warning.type == "Warning" and "connection refused" in warning.message
@@ -141,20 +141,91 @@ def test_startup_grace_deadline() -> None:
     assert startup_grace_ends(pod("q", started_at=None), NOW) is None
 
 
-def test_a_pod_starts_when_its_latest_running_container_did() -> None:
-    def started(status: dict[str, Any]) -> float | None:
-        body = {"metadata": {"creationTimestamp": "2027-01-15T08:00:00Z"}, "status": status}
-        return parse_pod(body).started_at
-
-    running = {"state": {"running": {"startedAt": "2027-01-15T08:00:30Z"}}}
-    again = {"state": {"running": {"startedAt": "2027-01-15T08:02:00Z"}}}
-    waiting = {"state": {"waiting": {"reason": "ContainerCreating"}}}
-    assert started({"containerStatuses": [running, again, waiting]}) == parse_time(
-        "2027-01-15T08:02:00Z"
+def worker_pod(*statuses: dict[str, Any]) -> PodView:
+    """A pod created two hours ago whose container "worker" serves the endpoint's port."""
+    containers = [
+        {"name": s["name"], "ports": [{"containerPort": 8000}] if s["name"] == "worker" else []}
+        for s in statuses
+    ]
+    return parse_pod(
+        {
+            "metadata": {
+                "name": "w",
+                "namespace": "ns",
+                "uid": "u-w",
+                "labels": {"app": "worker"},
+                "creationTimestamp": rfc3339(NOW - 7200),
+            },
+            "spec": {"nodeName": "node-a", "containers": containers},
+            "status": {"phase": "Running", "podIP": "10.0.0.9", "containerStatuses": statuses},
+        }
     )
-    assert started({"containerStatuses": [waiting]}) is None
-    # No kubelet reports on it (an API-only cluster): its creation stands in.
-    assert started({}) == parse_time("2027-01-15T08:00:00Z")
+
+
+def running(name: str, since: float, *, restarts: int = 0) -> dict[str, Any]:
+    return {
+        "name": name,
+        "state": {"running": {"startedAt": rfc3339(since)}},
+        "restartCount": restarts,
+    }
+
+
+def warned(p: PodView, *, watched_since: float | None = None) -> bool:
+    states = {}
+    if watched_since is not None:
+        states[p.name] = dataclasses.replace(
+            circuit_state(p, state="unknown"), created_at=watched_since
+        )
+    obs = observe(policy(), [p], {p.uid: reading(p, "unknown")}, states=states)
+    return bool(unreachable_warnings(plan_policy(obs)))
+
+
+def test_a_restarting_sidecar_does_not_rearm_the_workers_grace() -> None:
+    p = worker_pod(running("worker", NOW - 3600), running("log-agent", NOW - 20))
+    assert startup_grace_ends(p, NOW, port=8000) is None
+    assert warned(p)
+
+
+def test_without_a_container_serving_the_port_the_oldest_running_one_counts() -> None:
+    p = worker_pod(running("app", NOW - 3600), running("log-agent", NOW - 20))
+    assert startup_grace_ends(p, NOW, port=8000) is None
+    assert warned(p)
+    fresh = worker_pod(running("app", NOW - 5), running("log-agent", NOW - 2))
+    assert startup_grace_ends(fresh, NOW, port=8000) == NOW - 5 + STARTUP_GRACE_SECONDS
+
+
+def test_a_crash_looping_worker_warns_a_grace_after_the_pod_was_created() -> None:
+    waiting = {"waiting": {"reason": "CrashLoopBackOff"}}
+    p = worker_pod({"name": "worker", "state": waiting, "restartCount": 4})
+    assert warned(p)
+
+
+def test_no_warning_while_the_worker_has_never_started() -> None:
+    """A GPU image can take minutes to pull: an endpoint no container serves yet is no news."""
+    waiting = {"waiting": {"reason": "ContainerCreating"}}
+    p = worker_pod({"name": "worker", "state": waiting, "restartCount": 0})
+    assert not warned(p)
+    assert not warned(p, watched_since=NOW - 3600)
+    assert startup_grace_ends(p, NOW, port=8000) is None
+    started = worker_pod(running("worker", NOW - 5))
+    assert not warned(started, watched_since=NOW - 3600)  # its first start: a full grace
+
+
+def test_the_grace_ends_at_most_one_period_after_watching_began() -> None:
+    """A worker restarting every minute would otherwise be in its grace for ever."""
+    restarted = worker_pod(running("worker", NOW - 20, restarts=3))
+    assert not warned(restarted)  # seen for the first time: its grace runs
+    assert not warned(restarted, watched_since=NOW - 5)
+    assert warned(restarted, watched_since=NOW - STARTUP_GRACE_SECONDS)
+    ends = startup_grace_ends(restarted, NOW - 30, port=8000, watched_since=NOW - 40)
+    assert ends == NOW - 40 + STARTUP_GRACE_SECONDS
+
+
+def test_a_pod_without_container_statuses_starts_at_its_creation() -> None:
+    """No kubelet reports on it (an API-only cluster)."""
+    p = parse_pod({"metadata": {"creationTimestamp": "2027-01-15T08:00:00Z"}, "status": {}})
+    assert p.created_at == parse_time("2027-01-15T08:00:00Z")
+    assert startup_grace_ends(p, p.created_at) == p.created_at + STARTUP_GRACE_SECONDS
 
 
 def test_a_healthy_worker_with_a_flapping_failure_counter_costs_no_writes() -> None:

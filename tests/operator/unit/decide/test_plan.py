@@ -9,9 +9,15 @@ from typing import Any
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.decide.cleanup import plan_cleanup
 from circuitgate_operator.decide.intents import Plan
-from circuitgate_operator.decide.nodes import CORDONED_BY, RELEASED_AT, RELEASED_BY, Trip
+from circuitgate_operator.decide.nodes import (
+    CORDONED_AT,
+    CORDONED_BY,
+    RELEASED_AT,
+    RELEASED_BY,
+    Trip,
+)
 from circuitgate_operator.decide.plan import plan_policy
-from circuitgate_operator.model import PodView
+from circuitgate_operator.model import Condition, PodView
 
 from .builders import NOW, circuit_state, node, observe, pod, policy, reading, settle
 
@@ -268,6 +274,25 @@ def test_cleanup_leaves_no_release_marks_of_the_deleted_policy() -> None:
     assert [(c.node, c.action) for c in plan.nodes] == [("n1", "uncordon"), ("n2", "forget")]
     for change in plan.nodes:
         assert change.annotations[RELEASED_AT] is None and change.annotations[RELEASED_BY] is None
+
+
+def test_cleanup_never_uncordons_a_node_an_admin_is_draining() -> None:
+    """A drain after our cordon makes the node the admin's, the policy's deletion included."""
+    ours = node(
+        "n1",
+        unschedulable=True,
+        annotations={CORDONED_BY: "ns/pol", CORDONED_AT: rfc3339(NOW - 300, precise=True)},
+    )
+    eviction = Condition("DisruptionTarget", "True", "EvictionByEvictionAPI", "", rfc3339(NOW - 10))
+    drained = dataclasses.replace(pod("bystander", node="n1"), conditions={eviction.type: eviction})
+    plan = plan_cleanup(
+        policy(nodeRemediation={"enabled": True}),
+        pods={"bystander": drained},
+        circuit_states={},
+        nodes={"n1": ours},
+        now=NOW,
+    )
+    assert all(c.unschedulable is not False for c in plan.nodes), plan.nodes
 
 
 def test_a_pod_whose_old_state_is_being_replaced_still_counts_towards_a_storm() -> None:
