@@ -48,9 +48,9 @@ def test_a_hard_time_limit_is_neutral_and_the_task_is_not_run_again(faults: Faul
     run_and_end(faults, "hard time limit", "time limit")
 
 
+# Not on SQS: it has no broadcast, so Celery's remote control (revoke) never reaches a worker.
+@pytest.mark.parametrize("faults", ["rabbitmq", "redis"], indirect=True)
 def test_a_task_revoked_with_terminate_is_neutral_and_never_runs_again(
     faults: FaultLab,
 ) -> None:
-    if faults.kind == "sqs":
-        pytest.skip("SQS has no broadcast: Celery's remote control (revoke) does not reach it")
     run_and_end(faults, "revoke(terminate=True)", "revoke")
