@@ -11,7 +11,7 @@ mode's throughput is its median. Wall-clock throughput on a shared machine swing
 /proc) and circuitgate's own per-task work timed in-process. Prints every run and, as the
 last line, one JSON object.
 
-    python bench/gate_overhead.py [--tasks N] [--rounds N]
+    python bench/gate_overhead.py [--tasks N] [--rounds N] [--hot-path-only]
 """
 
 from __future__ import annotations
@@ -84,9 +84,10 @@ def throughput(broker: Broker, mode: str, workdir: Path, tasks: int) -> tuple[fl
 def hot_path_us_per_task(repeat: int = 20_000) -> float:
     """circuitgate's own work per task with the circuit closed, in-process, in microseconds.
 
-    What a worker adds per task: the gate's admit on arrival, the guard's admit and its
-    record_success in the pool, and (about) two can_consume() checks. Unlike the throughput
-    runs this hardly depends on the machine's other load: a floor for the overhead.
+    What a worker adds per task: the gate's admit on arrival, the guard's admit, its
+    trial_running around the task and its record_success in the pool, and (about) two
+    can_consume() checks. Unlike the throughput runs this hardly depends on the machine's
+    other load: a floor for the overhead.
     """
     breaker = SharedCircuitBreaker(Settings())
     began = time.perf_counter()
@@ -96,6 +97,8 @@ def hot_path_us_per_task(repeat: int = 20_000) -> float:
         breaker.fetch_allowed()
         breaker.admit(token)
         breaker.admit(token)
+        with breaker.trial_running(token):
+            pass
         breaker.record_success(token)
     return 1e6 * (time.perf_counter() - began) / repeat
 
@@ -104,7 +107,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per run")
     parser.add_argument("--rounds", type=int, default=5, help="runs of each mode")
+    parser.add_argument(
+        "--hot-path-only", action="store_true", help="only the in-process figure (seconds)"
+    )
     args = parser.parse_args()
+    if args.hot_path_only:
+        print(json.dumps({"hot_path_us_per_task": hot_path_us_per_task()}))
+        return
     print(f"{args.tasks} no-op tasks per run, 1 worker x {CONCURRENCY} processes, Redis broker")
     rates: dict[str, list[float]] = {"circuitgate": [], "none": []}
     cpu: dict[str, list[float]] = {"circuitgate": [], "none": []}

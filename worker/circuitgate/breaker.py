@@ -233,9 +233,9 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         paused for ``trial_timeout``.
         """
         state, open_until = self.shared.gate_view()
-        now = self._clock()
         if state.flowing:
             return Admission.RUN
+        now = self._clock()
         if state is not State.HALF_OPEN and now < open_until:
             self.shared.update(_count_refused)
             return Admission.REFUSE

@@ -60,6 +60,16 @@ def test_forked_children_share_one_page_and_lose_no_update() -> None:
     assert shared.snapshot().fail_counter == 2500
 
 
+@pytest.mark.parametrize("state", list(State))
+def test_every_state_reads_back_as_itself(state: State) -> None:
+    shared = SharedBreakerState()
+    _write(shared, state=state, open_until=7.0, trial_key=9)
+    assert shared.gate_view() == (state, 7.0)
+    assert shared.gate_view()[0] is state
+    assert shared.trial_view() == (state, 9)
+    assert shared.snapshot().state is state
+
+
 def test_version_moves_only_when_a_watcher_would_see_a_change() -> None:
     shared = SharedBreakerState()
     before = shared.snapshot().version
