@@ -111,13 +111,19 @@ class ObjectStore(Generic[V]):
 
     def _bury(self, namespace: str, name: str, version: str) -> None:
         self._forget_old_tombstones()
+        # Popped first so the dict stays in burial order, oldest first.
+        self._tombstones.pop((namespace, name), None)
         self._tombstones[(namespace, name)] = (version, self._clock())
 
     def _forget_old_tombstones(self) -> None:
+        """Drop the tombstones older than TOMBSTONE_SECONDS: the first ones, as they are kept
+        in burial order, so a deletion costs nothing more than the tombstones it drops."""
         oldest = self._clock() - TOMBSTONE_SECONDS
-        for key, (_, buried) in list(self._tombstones.items()):
-            if buried < oldest:
-                del self._tombstones[key]
+        while self._tombstones:
+            key, (_, buried) = next(iter(self._tombstones.items()))
+            if buried >= oldest:
+                break
+            del self._tombstones[key]
 
     def forget(self, namespace: str, name: str) -> None:
         self._items.get(namespace, {}).pop(name, None)

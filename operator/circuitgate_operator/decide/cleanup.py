@@ -9,8 +9,15 @@ from collections.abc import Iterable, Mapping
 
 from ..clock import rfc3339
 from ..model import CircuitStateView, NodeView, PodView, PolicyView
-from .intents import CircuitStateDelete, EventIntent, NodeChange, Plan, node_ref
-from .nodes import CORDONED_BY, RELEASE_MARKS, RELEASED_BY, decide_node_action, evictions_on
+from .intents import CircuitStateDelete, EventIntent, Plan, node_ref
+from .nodes import (
+    CORDONED_BY,
+    RELEASE_MARKS,
+    RELEASED_BY,
+    decide_node_action,
+    evictions_on,
+    forget_release,
+)
 from .readiness import restore
 
 __all__ = ("plan_cleanup",)
@@ -52,10 +59,7 @@ def plan_cleanup(
             CORDONED_BY
         ):
             # Its release marks forgive its trips, which go with it.
-            marks = dict.fromkeys(RELEASE_MARKS)
-            plan.nodes.append(
-                NodeChange(node.name, "forget", None, None, marks, node.resource_version, why)
-            )
+            plan.nodes.append(forget_release(node, why))
             continue
         if node.annotations.get(CORDONED_BY) != policy.key:
             continue

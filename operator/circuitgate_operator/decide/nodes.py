@@ -22,6 +22,7 @@ __all__ = (
     "KEEP_CORDONED",
     "RELEASED_AT",
     "RELEASED_BY",
+    "RELEASE_MARKS",
     "TAINTED",
     "NodeDecision",
     "SeenEviction",
@@ -29,6 +30,7 @@ __all__ = (
     "cooldown_deadline",
     "decide_node_action",
     "evictions_on",
+    "forget_release",
     "recent_trips",
 )
 
@@ -254,10 +256,13 @@ def _forget_release(node: NodeView, spec: NodeRemediation, now: float) -> NodeDe
     if now < released + spec.window:
         return None
     reason = f"the trips released at {rfc3339(released)} are out of the window"
-    change = NodeChange(
-        node.name, "forget", None, None, dict.fromkeys(RELEASE_MARKS), node.resource_version, reason
-    )
-    return NodeDecision("forget", reason, change)
+    return NodeDecision("forget", reason, forget_release(node, reason))
+
+
+def forget_release(node: NodeView, reason: str) -> NodeChange:
+    """The change that removes a node's release marks, and nothing else."""
+    marks = dict.fromkeys(RELEASE_MARKS)
+    return NodeChange(node.name, "forget", None, None, marks, node.resource_version, reason)
 
 
 def _without_our_taint(node: NodeView) -> tuple[Taint, ...] | None:

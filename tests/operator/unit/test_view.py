@@ -84,3 +84,17 @@ def test_a_deletion_is_remembered_for_a_bounded_time_only() -> None:
     now[0] += TOMBSTONE_SECONDS + 1
     assert store.replace("ns", [pod("a", "x1")], "x3")
     assert store.get("ns", "a") is not None
+
+
+def test_a_deletion_seen_again_is_remembered_from_its_latest_report() -> None:
+    now = [1000.0]
+    store = ObjectStore(parse_pod, clock=lambda: now[0])
+    store.observe(pod("a", "x2"), deleted=True)
+    now[0] += 100
+    store.observe(pod("b", "x2"), deleted=True)
+    now[0] += 400
+    store.observe(pod("a", "x4"), deleted=True)  # reported again: remembered from now
+    now[0] += TOMBSTONE_SECONDS - 300  # past a's first report and b's, not a's second
+    assert store.replace("ns", [pod("a", "x1"), pod("b", "x1")], "x5")
+    assert store.get("ns", "a") is None
+    assert store.get("ns", "b") is not None
