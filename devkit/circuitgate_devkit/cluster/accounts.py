@@ -16,7 +16,8 @@ same command a user runs, so only ever one scope's permissions are granted at a 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,15 @@ from circuitgate_devkit.cluster.helm import CHART
 from circuitgate_devkit.cluster.service_accounts import service_account_kubeconfig
 from circuitgate_devkit.waiting import eventually
 
-__all__ = ("ALL_RBAC", "ChartAccount", "OperatorIdentity")
+__all__ = ("ALL_RBAC", "PEERED", "ChartAccount", "OperatorIdentity")
 
 RELEASE = "circuitgate-operator-tests"
 NAMESPACE = "circuitgate-operator-tests"
 # The operator's default peering object name (`--peering`), which the scenarios use.
 PEERING_NAME = "circuitgate"
+# The options of operator replicas that peer through the object the release makes for the
+# scope it serves (a KopfPeering in each namespace; its CRD is in the chart's crds/).
+PEERED = ("--peering", PEERING_NAME, "--peering-lifetime", "4")
 ALL_RBAC: dict[str, Any] = {
     "fullnameOverride": RELEASE,
     "nodeRemediation": {"enabled": True, "evictPods": True},
@@ -108,6 +112,15 @@ class ChartAccount:
         )
         self._wait_granted(())
         return self
+
+    @contextmanager
+    def installed(self) -> Iterator[ChartAccount]:
+        """``install()``, and ``uninstall()`` when the block ends, however it ends."""
+        self.install()
+        try:
+            yield self
+        finally:
+            self.uninstall()
 
     def serve(self, namespaces: Sequence[str]) -> OperatorIdentity:
         """Grant what the chart grants an operator serving these namespaces (none: all of

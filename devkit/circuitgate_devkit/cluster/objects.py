@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,7 @@ from circuitgate_devkit.ports import free_port
 from circuitgate_devkit.waiting import eventually
 from circuitgate_operator.names import CONDITION_TYPE
 
-__all__ = ("Cluster", "OperatorProcess")
+__all__ = ("Cluster", "OperatorProcess", "stop_operators")
 
 T = TypeVar("T")
 GROUP, VERSION = "circuitgate.io", "v1alpha1"
@@ -172,6 +173,21 @@ class OperatorProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def stop_operators(processes: Iterable[OperatorProcess]) -> dict[str, list[str]]:
+    """Stop each operator, printing the tail of its log (pytest shows it for a failed test),
+    and return what the API server refused them, by log name, for those refused anything.
+    The metrics can only be read while a process runs, so they are read before it stops."""
+    refused: dict[str, list[str]] = {}
+    for process in processes:
+        found = process.refusals()
+        process.stop()
+        found = list(dict.fromkeys(found + process.refusals()))
+        if found:
+            refused[process.log.name] = found
+        print(f"--- {process.log.name}\n{process.tail(40)}")
+    return refused
 
 
 class Cluster:

@@ -14,7 +14,7 @@ import pytest
 from circuitgate_devkit.cluster.accounts import ALL_RBAC, ChartAccount
 from circuitgate_devkit.cluster.control_plane import ControlPlane
 from circuitgate_devkit.cluster.fault_proxy import FaultProxy
-from circuitgate_devkit.cluster.objects import OperatorProcess
+from circuitgate_devkit.cluster.objects import OperatorProcess, stop_operators
 
 RELEASE = "circuitgate-operator-faults"
 
@@ -30,11 +30,8 @@ def fault_account(
         namespace=RELEASE,
         values={**ALL_RBAC, "fullnameOverride": RELEASE},
     )
-    account.install()
-    try:
+    with account.installed():
         yield account
-    finally:
-        account.uninstall()
 
 
 @pytest.fixture
@@ -65,12 +62,5 @@ def start_operator(
         return process.start(wait=wait)
 
     yield start
-    refused: dict[str, list[str]] = {}
-    for process in started:
-        found = process.refusals()
-        process.stop()
-        found = list(dict.fromkeys(found + process.refusals()))
-        if found:
-            refused[process.log.name] = found
-        print(f"--- {process.log.name}\n{process.tail(40)}")
+    refused = stop_operators(started)
     assert not refused, f"the API server refused the operator: {refused}"

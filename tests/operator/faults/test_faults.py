@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from circuitgate_devkit.cluster.accounts import PEERED
 from circuitgate_devkit.cluster.fault_proxy import FaultProxy, Faults
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.ports import free_port
@@ -155,7 +156,7 @@ def test_a_policy_deleted_while_a_replica_was_paused_is_gone_when_it_takes_over(
     deleted meanwhile; high is killed, low takes over and must act as if it never existed,
     and keep the webhook configured."""
     # The chart's release made the peering object "circuitgate" in the test's namespace.
-    common = ("--peering", "circuitgate", "--peering-lifetime", "4", "--webhook",
+    common = (*PEERED, "--webhook",
               "--webhook-host", "127.0.0.1", "--webhook-listen", "127.0.0.1")  # fmt: skip
     node = cluster.node("n1")
     hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(3)}

@@ -11,7 +11,7 @@ import pytest
 
 from circuitgate_devkit.cluster.accounts import ChartAccount, OperatorIdentity
 from circuitgate_devkit.cluster.control_plane import ControlPlane
-from circuitgate_devkit.cluster.objects import OperatorProcess
+from circuitgate_devkit.cluster.objects import OperatorProcess, stop_operators
 
 
 @pytest.fixture(scope="session")
@@ -21,11 +21,8 @@ def operator_account(
     """The chart installed with all of its RBAC (node remediation, eviction, peering, webhook)
     under a release of its own; its ServiceAccount is who every operator process runs as."""
     account = ChartAccount(control_plane, tmp_path_factory.mktemp("operator-account"))
-    account.install()
-    try:
+    with account.installed():
         yield account
-    finally:
-        account.uninstall()
 
 
 @pytest.fixture
@@ -58,14 +55,7 @@ def start_operator(
         return process.start(wait=wait)
 
     yield start
-    refused: dict[str, list[str]] = {}
-    for process in started:
-        found = process.refusals()  # the metrics can only be read while it runs
-        process.stop()
-        found = list(dict.fromkeys(found + process.refusals()))
-        if found:
-            refused[process.log.name] = found
-        print(f"--- {process.log.name}\n{process.tail(40)}")
+    refused = stop_operators(started)
     assert not refused, (
         f"the API server refused the operator (running as {operator_account.user}): the chart "
         f"does not grant something it does: {refused}"

@@ -5,11 +5,11 @@ two replicas only one acts."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from circuitgate_devkit.cluster.accounts import PEERED
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
 from circuitgate_operator.decide.nodes import CORDONED_BY
@@ -117,19 +117,10 @@ def test_an_operator_killed_mid_incident_repeats_nothing_after_a_restart(
 def test_of_two_replicas_only_one_acts_and_the_other_takes_over(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    cluster.control_plane.kubectl("apply", "-f", str(Path(__file__).with_name("peering.yaml")))
-    cluster.control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s"
-    )
-    cluster.control_plane.kubectl(
-        "apply", "-n", cluster.namespace, "-f", "-",
-        input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: circuitgate\n",
-    )  # fmt: skip
-    common = ("--peering", "circuitgate", "--peering-lifetime", "4")
-    high = start_operator(*common, "--priority", "200", standalone=False, name="high")
+    high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
     # With a named peering object, a replica starts paused and stays so while it sees a live
     # peer of higher priority.
-    low = start_operator(*common, "--priority", "100", standalone=False, name="low")
+    low = start_operator(*PEERED, "--priority", "100", standalone=False, name="low")
     node = cluster.node("n1")
     hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(3)}
     cluster.policy(safety={"maxUnreadyPods": 1, "stormThreshold": 100})

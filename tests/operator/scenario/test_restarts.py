@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
+from circuitgate_devkit.cluster.accounts import PEERED
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
 from circuitgate_operator.names import CONDITION_TYPE
@@ -83,23 +83,14 @@ def test_a_restart_counts_every_unready_pod_before_deciding(
 def test_a_replica_resumed_after_a_deletion_forgets_the_deleted_policy(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    cluster.control_plane.kubectl("apply", "-f", str(Path(__file__).with_name("peering.yaml")))
-    cluster.control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s"
-    )
-    cluster.control_plane.kubectl(
-        "apply", "-n", cluster.namespace, "-f", "-",
-        input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: circuitgate\n",
-    )  # fmt: skip
-    common = ("--peering", "circuitgate", "--peering-lifetime", "4")
     node = cluster.node("n1")
     hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(3)}
     cluster.policy(safety={"maxUnreadyPods": 1, "stormThreshold": 100})
     cluster.policy("extra", selector={"matchLabels": {"app": "worker"}})
     # The low replica is active first, so it sees both policies, then pauses for the high one.
-    low = start_operator(*common, "--priority", "100", standalone=False, name="low")
+    low = start_operator(*PEERED, "--priority", "100", standalone=False, name="low")
     eventually(lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "True")
-    high = start_operator(*common, "--priority", "200", standalone=False, name="high")
+    high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
     eventually(lambda: "Pausing operations" in low.tail(400), what="the low replica pauses")
     cluster.delete_policy("extra")
     eventually(lambda: cluster.policy_object("extra") is None)

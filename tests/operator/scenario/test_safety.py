@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -18,14 +19,21 @@ def unready(cluster: Cluster, pods: list[str]) -> set[str]:
     return {p for p in pods if cluster.condition_status(p) == "False"}
 
 
+def ready_workers(cluster: Cluster, count: int, safety: dict[str, Any]) -> dict[str, str]:
+    """``count`` worker pods (``w0``…) on one node, under a policy with these safety limits,
+    once all are ready; their hosts, by pod."""
+    node = cluster.node("n1")
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(count)}
+    cluster.policy(safety=safety)
+    eventually(lambda: all(cluster.condition_status(p) == "True" for p in hosts))
+    return hosts
+
+
 def test_a_storm_stops_at_the_cap_and_resumes_when_it_clears(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
-    node = cluster.node("n1")
-    pods = [f"w{i}" for i in range(8)]
-    hosts = {p: cluster.worker_pod(p, node=node) for p in pods}
-    cluster.policy(safety={"maxUnreadyPods": "25%", "stormThreshold": "100%"})  # 2 of 8
-    eventually(lambda: all(cluster.condition_status(p) == "True" for p in pods))
+    hosts = ready_workers(cluster, 8, {"maxUnreadyPods": "25%", "stormThreshold": "100%"})  # 2 of 8
+    pods = list(hosts)
 
     most = 0
     stop = threading.Event()
@@ -76,11 +84,8 @@ def test_a_storm_stops_at_the_cap_and_resumes_when_it_clears(
 def test_a_suspected_shared_outage_marks_nobody_unready(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
-    node = cluster.node("n1")
-    pods = [f"w{i}" for i in range(4)]
-    hosts = {p: cluster.worker_pod(p, node=node) for p in pods}
-    cluster.policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "50%"})
-    eventually(lambda: all(cluster.condition_status(p) == "True" for p in pods))
+    hosts = ready_workers(cluster, 4, {"maxUnreadyPods": "100%", "stormThreshold": "50%"})
+    pods = list(hosts)
     for pod in pods[:3]:  # e.g. the broker went away for everyone
         cluster.workers.trip(hosts[pod], trips=1)
     outage = eventually(
@@ -133,11 +138,7 @@ def test_dry_run_records_what_it_would_do_and_changes_nothing(
 def test_the_pause_annotation_stops_new_actions_but_not_observation(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
-    node = cluster.node("n1")
-    pods = [f"w{i}" for i in range(4)]
-    hosts = {p: cluster.worker_pod(p, node=node) for p in pods}
-    cluster.policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "100%"})
-    eventually(lambda: all(cluster.condition_status(p) == "True" for p in pods))
+    hosts = ready_workers(cluster, 4, {"maxUnreadyPods": "100%", "stormThreshold": "100%"})
     cluster.patch_policy(
         "workers", {"metadata": {"annotations": {"circuitgate.io/paused": "true"}}}
     )
@@ -176,11 +177,7 @@ def test_overlapping_policies_are_reported_not_guessed(
 def test_a_pod_relabelled_while_paused_is_restored_once_resumed(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
-    node = cluster.node("n1")
-    pods = [f"w{i}" for i in range(3)]
-    hosts = {p: cluster.worker_pod(p, node=node) for p in pods}
-    cluster.policy(safety={"maxUnreadyPods": "100%", "stormThreshold": "100%"})
-    eventually(lambda: all(cluster.condition_status(p) == "True" for p in pods))
+    hosts = ready_workers(cluster, 3, {"maxUnreadyPods": "100%", "stormThreshold": "100%"})
     cluster.workers.trip(hosts["w0"], trips=1)
     eventually(lambda: cluster.condition_status("w0") == "False")
     cluster.patch_policy(

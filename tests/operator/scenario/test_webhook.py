@@ -11,11 +11,11 @@ import socket
 import ssl
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from circuitgate_devkit.cluster.accounts import PEERED
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.ports import free_port
 from circuitgate_devkit.waiting import eventually
@@ -107,19 +107,10 @@ def test_a_killed_operator_never_blocks_pod_creation(
 
 
 def peered_webhook_operators(
-    cluster: Cluster, start: Callable[..., OperatorProcess]
+    start: Callable[..., OperatorProcess],
 ) -> tuple[OperatorProcess, OperatorProcess]:
     """Two replicas with the webhook behind one peering object: high acts, low stands by."""
-    plane = cluster.control_plane
-    plane.kubectl("apply", "-f", str(Path(__file__).with_name("peering.yaml")))
-    plane.kubectl(
-        "wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s"
-    )
-    plane.kubectl(
-        "apply", "-n", cluster.namespace, "-f", "-",
-        input="apiVersion: kopf.dev/v1\nkind: KopfPeering\nmetadata:\n  name: circuitgate\n",
-    )  # fmt: skip
-    common = ("--peering", "circuitgate", "--peering-lifetime", "4", "--webhook",
+    common = (*PEERED, "--webhook",
               "--webhook-host", "127.0.0.1", "--webhook-listen", "127.0.0.1")  # fmt: skip
     high = start(*common, "--priority", "200", "--webhook-port", str(free_port()),
                  standalone=False, name="high")  # fmt: skip
@@ -141,7 +132,7 @@ def test_a_standby_replica_never_touches_the_configuration_and_drift_is_undone(
 ) -> None:
     """A second replica once rewrote the configuration with its own URL, CA and an empty
     namespace selector, and deleted it when stopped: new worker pods then got no gate."""
-    high, low = peered_webhook_operators(cluster, start_operator)
+    high, low = peered_webhook_operators(start_operator)
     name = high.webhook_name
     cluster.policy()
     eventually(lambda: serves(cluster, name), what="the webhook configuration")
@@ -173,7 +164,7 @@ def test_replicas_share_one_certificate_from_a_secret(
 ) -> None:
     """Both replicas serve the certificate of one Secret, so whichever the API server reaches
     (the chart's Service fronts them all) is trusted by the one configured CA."""
-    high, low = peered_webhook_operators(cluster, start_operator)
+    high, low = peered_webhook_operators(start_operator)
     cluster.policy()
     eventually(lambda: serves(cluster, high.webhook_name), what="the webhook configuration")
     config = configuration(cluster, high.webhook_name)
