@@ -29,27 +29,37 @@ class TripLedger:
         more to cordon a node), so an endpoint reporting a new opening with every answer
         cannot grow the ledger.
 
-        A watcher reads a few times a second at most, so a breaker may close and open again
-        between two readings: the rise of its trip counter since the last reading says how
-        many openings there were, and each counts. With no earlier reading (our restart) or
-        a counter that went back (the worker's), the reading shows one."""
+        A watcher reads a few times a second at most, so a breaker may open (and close
+        again) between two readings: the rise of its trip counter since the last reading
+        says how many openings there were, and each counts, as of its openedAt when the
+        reading shows it and as of now otherwise. With no earlier reading (our restart) or a
+        counter that went back (the worker's), an open reading shows one."""
         before = self._counted.get(pod)
         if reading.reachable:
             self._counted[pod] = reading.trips
-        if reading.state not in _TRIPPED or not reading.opened_at:
-            return False
+        rise = reading.trips - before if before is not None and reading.trips > before else 0
         trips = self._trips.setdefault(node, {})
-        if (pod, reading.opened_at) in trips:
+        added = 0
+        if (
+            reading.state in _TRIPPED
+            and reading.opened_at
+            and (pod, reading.opened_at) not in trips
+        ):
+            at = min(parse_time(reading.opened_at) or now, now)
+            trips[(pod, reading.opened_at)] = at
+            stamp, added, unseen = reading.opened_at, 1, rise - 1
+        else:
+            at, stamp, unseen = now, f"counter {reading.trips}", rise
+        for extra in range(min(unseen, limit)):
+            trips[(pod, f"{stamp}#{extra}")] = at
+            added += 1
+        if not trips:
+            del self._trips[node]
             return False
-        at = min(parse_time(reading.opened_at) or now, now)
-        missed = reading.trips - before if before is not None and reading.trips > before else 1
-        for extra in range(1, min(missed, limit)):
-            trips[(pod, f"{reading.opened_at}#{extra}")] = at
-        trips[(pod, reading.opened_at)] = at
         mine = sorted((at, key) for key, at in trips.items() if key[0] == pod)
         for _, key in mine[: max(len(mine) - limit, 0)]:
             del trips[key]
-        return True
+        return added > 0
 
     def retain(self, pods: set[str]) -> None:
         """Forget the counters of pods no longer watched (their trips stay until they age)."""

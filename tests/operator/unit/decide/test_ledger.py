@@ -94,3 +94,18 @@ def test_the_counters_of_pods_gone_are_forgotten() -> None:
         seen = Reading(URL, BreakerState.OPEN, reachable=True, trips=2, opened_at=STAMP)
         ledger.observe("n1", pod, seen, NOW, limit=3)
     assert sorted(t.pod for t in ledger.by_node(keep=10**9, now=NOW)["n1"]) == ["w0", "w1", "w1"]
+
+
+def test_an_opening_that_closed_again_between_two_readings_still_counts() -> None:
+    """Closed, then opened and closed again before the next reading: only the trip counter
+    shows it, and the opening counts as seen now."""
+    ledger = TripLedger()
+    assert not ledger.observe("n1", "w0", Reading(URL, BreakerState.CLOSED, True), NOW, limit=3)
+    closed_again = Reading(URL, BreakerState.CLOSED, reachable=True, trips=1)
+    assert ledger.observe("n1", "w0", closed_again, NOW + 1, limit=3) is True
+    reopened = Reading(URL, BreakerState.OPEN, reachable=True, trips=2, opened_at=STAMP)
+    assert ledger.observe("n1", "w0", reopened, NOW + 2, limit=3) is True
+    opened = min(parse_time(STAMP) or NOW, NOW + 2)
+    assert [t.at for t in ledger.by_node(keep=10**9, now=NOW + 2)["n1"]] == sorted(
+        [NOW + 1, opened]
+    )
