@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from circuitgate_operator.clock import parse_time
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuitgate_operator.clock import parse_time, rfc3339
 from circuitgate_operator.contract import BreakerState, Reading
 from circuitgate_operator.decide.ledger import TripLedger
 from circuitgate_operator.decide.nodes import Trip
@@ -109,3 +112,31 @@ def test_an_opening_that_closed_again_between_two_readings_still_counts() -> Non
     assert [t.at for t in ledger.by_node(keep=10**9, now=NOW + 2)["n1"]] == sorted(
         [NOW + 1, opened]
     )
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), max_size=40))
+def test_every_opening_after_the_first_reading_counts_once_whichever_readings_were_seen(
+    steps: list[tuple[bool, bool]],
+) -> None:
+    """The invariant behind the trip counter: a breaker opens and closes at will, the
+    watcher sees any subset of its states, and the ledger holds exactly the openings since
+    the first reading (the one a first open reading shows included), each once."""
+    ledger = TripLedger()
+    trips, opened_at, first, last = 0, None, None, 0
+    for n, (toggle, seen) in enumerate(steps):
+        now = NOW + n
+        if toggle:
+            if opened_at is None:
+                trips, opened_at = trips + 1, rfc3339(now)
+            else:
+                opened_at = None
+        if not seen:
+            continue
+        state = BreakerState.CLOSED if opened_at is None else BreakerState.OPEN
+        reading = Reading(URL, state, reachable=True, trips=trips, opened_at=opened_at)
+        ledger.observe("n1", "w0", reading, now, limit=10**6)
+        if first is None:
+            first = trips - (opened_at is not None)
+        last = trips
+    recorded = ledger.by_node(keep=10**9, now=NOW + len(steps)).get("n1", [])
+    assert len(recorded) == (0 if first is None else last - first)
