@@ -24,7 +24,7 @@ from circuitgate_devkit.cluster.pki import Leaf
 from circuitgate_devkit.waiting import TimedOut, eventually
 
 from .images import build_pause_image
-from .netns import NetworkNamespace
+from .netns import NetworkNamespace, delete_namespaces
 from .runtime import (
     KUBELET_SYSCTLS,
     SERVICE_SUBNET,
@@ -39,6 +39,7 @@ from .sweep import (
     RunSnapshot,
     foreign_pod_cgroups,
     kill_node_processes,
+    reclaim_empty_pod_cgroups,
     remove_pod_cgroups,
 )
 
@@ -111,6 +112,7 @@ class NodeCluster(ControlPlane):
     def start(self) -> None:
         self._lock = _exclusive_lock()
         self._check_prerequisites()
+        delete_namespaces(f"{self.node_name}-")  # of earlier nodes that were killed
         began = time.monotonic()
         try:
             self.netns.create()
@@ -271,8 +273,12 @@ class NodeCluster(ControlPlane):
                 f"missing for the node: {', '.join(missing)}; `make test` installs them "
                 "(bash hack/install-system-packages.sh, bash hack/build-control-plane.sh)"
             )
+        reclaim_empty_pod_cgroups()
         if foreign := foreign_pod_cgroups():
-            raise NodeUnavailable(f"another kubelet's pod cgroups exist: {foreign[0]}")
+            raise NodeUnavailable(
+                f"another kubelet's pod cgroups exist: {foreign[0]} (they hold processes, or "
+                "a kubelet runs); stop that kubelet and its pods first"
+            )
 
     def _start_scheduler(self) -> None:
         self._spawn("kube-scheduler", [

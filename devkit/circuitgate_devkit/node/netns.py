@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-__all__ = ("NetworkNamespace",)
+__all__ = ("NetworkNamespace", "delete_namespaces")
 
 _RUN_NETNS = Path("/run/netns")
 
@@ -62,3 +62,13 @@ class NetworkNamespace:
         if self.path.exists():
             with contextlib.suppress(RuntimeError):
                 _ip("netns", "delete", self.name)
+
+
+def delete_namespaces(prefix: str) -> list[str]:
+    """Delete every namespace whose name starts with ``prefix``; return their names. For the
+    namespaces of earlier nodes killed before they could stop (the caller holds the node lock,
+    so none of them is live)."""
+    names = sorted(p.name for p in _RUN_NETNS.glob(f"{prefix}*")) if _RUN_NETNS.is_dir() else []
+    for name in names:
+        NetworkNamespace(name).delete()
+    return names

@@ -22,6 +22,8 @@ __all__ = (
     "foreign_pod_cgroups",
     "kill_node_processes",
     "leftovers",
+    "reclaim_empty_pod_cgroups",
+    "remove_empty_cgroups",
     "remove_pod_cgroups",
 )
 
@@ -31,13 +33,40 @@ POD_CGROUP = "kubepods"
 FIXED_RUN_DIRS = (Path("/run/netns"), Path("/run/containerd/s"))
 
 
-def _pod_cgroup_dirs() -> list[Path]:
-    return [d for d in CGROUP_ROOT.glob(f"*/{POD_CGROUP}") if d.is_dir()]
+def _pod_cgroup_dirs(name: str = POD_CGROUP) -> list[Path]:
+    return [d for d in CGROUP_ROOT.glob(f"*/{name}") if d.is_dir()]
 
 
-def foreign_pod_cgroups() -> list[Path]:
-    """Pod cgroups that exist before the node starts: another kubelet's, never to be swept."""
-    return _pod_cgroup_dirs()
+def _kubelet_runs() -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == "kubelet":
+                    return True
+    return False
+
+
+def remove_empty_cgroups(name: str) -> list[Path]:
+    """Remove the cgroup trees called ``name`` that hold no process; return the removed."""
+    empty = [top for top in _pod_cgroup_dirs(name) if not _pids_in(top)]
+    for top in empty:
+        _remove_tree(top)
+    return [top for top in empty if not top.exists()]
+
+
+def reclaim_empty_pod_cgroups() -> list[Path]:
+    """Remove pod cgroups that hold no process while no kubelet runs, and return them.
+
+    A node killed before it could stop (SIGKILL, a machine restored from a snapshot) leaves
+    its pod cgroups behind; empty, they are nobody's: a kubelet recreates its own at start.
+    """
+    return [] if _kubelet_runs() else remove_empty_cgroups(POD_CGROUP)
+
+
+def foreign_pod_cgroups(name: str = POD_CGROUP) -> list[Path]:
+    """Pod cgroups that exist before the node starts and hold processes or belong to a running
+    kubelet: another kubelet's, never to be swept."""
+    return _pod_cgroup_dirs(name)
 
 
 def _pids_in(cgroup: Path) -> set[int]:
@@ -84,17 +113,22 @@ def remove_pod_cgroups(timeout: float = 10.0) -> list[Path]:
     while True:
         left = []
         for top in _pod_cgroup_dirs():
-            for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if directory.is_dir():
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            _remove_tree(top)
             if top.exists():
                 left.append(top)
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)
+
+
+def _remove_tree(top: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (cgroupfs removes the control files)."""
+    for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir():
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
 
 
 @dataclass
