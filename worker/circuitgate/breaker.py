@@ -24,6 +24,7 @@ from .heartbeat import Heartbeat
 from .settings import Settings
 from .shared_state import (
     CLAIMS_KEPT,
+    HANDED_BACK_KEPT,
     BreakerFields,
     BreakerSnapshot,
     SharedBreakerState,
@@ -399,9 +400,21 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self.shared.update(force)
         self._announce(changes)
 
-    def note_handed_back(self) -> None:
-        """Count a message this worker gave back to the queue after a counted failure."""
-        self.shared.update(_count_handed_back)
+    def note_handed_back(self, delivery: str) -> None:
+        """Count a message this worker gave back to the queue after a counted failure, and
+        remember ``delivery`` (a task id and its delivery number) as handed back."""
+        key = token_key(delivery)
+
+        def count(f: BreakerFields) -> None:
+            f.handed_back[f.handed_back_total % HANDED_BACK_KEPT] = key
+            f.handed_back_total += 1
+
+        self.shared.update(count)
+
+    def was_handed_back(self, delivery: str) -> bool:
+        """Whether a process of this worker handed ``delivery`` back lately."""
+        key = token_key(delivery)
+        return self.shared.read(lambda f: key in f.handed_back)
 
     # -- transitions (inside `SharedBreakerState.update`) ----------------------------------------
 
@@ -603,10 +616,6 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
 def _count_refused(f: BreakerFields) -> None:
     f.refused_total += 1
-
-
-def _count_handed_back(f: BreakerFields) -> None:
-    f.handed_back_total += 1
 
 
 def _remember_claim(f: BreakerFields, key: int) -> None:

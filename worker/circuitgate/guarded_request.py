@@ -42,9 +42,9 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
                 self._already_revoked or self._already_cancelled or worker_state.should_terminate
             )
             lost = isinstance(exc, (WorkerLostError, *STOPPED)) and not ended_on_purpose
-            if lost and _settled_lost_child(self, breaker, exc):
+            if lost and not _success_was_stored(self) and _settled_lost_child(self, breaker, exc):
                 return None
-            if ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded, *STOPPED)):
+            if lost or ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded)):
                 breaker.release(self.id)
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
@@ -66,15 +66,34 @@ def _unwrapped(exc: BaseException) -> BaseException:
     return inner if hasattr(exc, "tb") and isinstance(inner, BaseException) else exc
 
 
+def _success_was_stored(request: Any) -> bool:
+    """The lost child had stored SUCCESS (it died in ``on_success``, a ``task_postrun``
+    receiver or process cleanup): Celery 5.7+ acknowledges the message as succeeded, and
+    it is not handed back. Older Celery has no such check; the message is handed back."""
+    check = getattr(request, "_success_was_stored", None)
+    return bool(check()) if check is not None else False
+
+
 def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
     """Count the lost child and hand its message back; False leaves it to Celery's path.
 
     A poison message (failed on enough workers already) fails as usual without counting.
     With hand-back on, the copy is published with the delivery record and the delivery
     acknowledged; a copy the broker refuses leaves the original to go back to the queue.
+    A child that had counted its failure and handed the message back before it died has
+    done both already: the delivery is only acknowledged.
     """
     context = request._context
     record = DeliveryRecord.from_request(context)
+    if breaker.was_handed_back(record.name(request.id)):
+        logger.warning(
+            "task %s was handed back before its pool process was lost (%r); acknowledged",
+            request.id,
+            exc,
+        )
+        worker_state.task_ready(request)
+        request.acknowledge()
+        return True
     if record.is_poison(breaker.settings.max_deliveries):
         breaker.release(request.id)
         log_poison(request.id, record)

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 __all__ = (
     "CLAIMS_KEPT",
+    "HANDED_BACK_KEPT",
     "MAX_WINDOW",
     "BreakerFields",
     "BreakerSnapshot",
@@ -31,6 +32,10 @@ MAX_WINDOW = 1024
 """Largest sliding window of call outcomes the shared page can hold."""
 CLAIMS_KEPT = 8
 """Trial claims of one half-open period remembered, so a replaced trial's late verdict counts."""
+
+HANDED_BACK_KEPT = 64
+"""Deliveries last handed back by a child, so the main process never hands one back twice
+when the child dies before its verdict arrives; a delivery pushed out only risks a copy."""
 
 _TRIAL_ID_SIZE = 64
 _SPINS = 10_000
@@ -102,6 +107,8 @@ class BreakerFields(ctypes.Structure):
         ("failures_total", ctypes.c_uint64),
         ("refused_total", ctypes.c_uint64),
         ("handed_back_total", ctypes.c_uint64),
+        # The `token_key` of the deliveries handed back, at handed_back_total % KEPT.
+        ("handed_back", ctypes.c_uint64 * HANDED_BACK_KEPT),
     )
 
     version: int
@@ -129,6 +136,7 @@ class BreakerFields(ctypes.Structure):
     failures_total: int
     refused_total: int
     handed_back_total: int
+    handed_back: ctypes.Array[ctypes.c_uint64]
 
 
 @dataclass(frozen=True)
@@ -300,7 +308,7 @@ class SharedBreakerState:
         ctypes.memmove(ctypes.addressof(spare), ctypes.addressof(work), ctypes.sizeof(work))
         page.seq += 1  # readers now see the new copy; the old one is the next spare
 
-    def _consistent(self, read: Callable[[BreakerFields], T]) -> T:
+    def read(self, read: Callable[[BreakerFields], T]) -> T:
         """``read(fields)`` from a moment when no publish happened, without taking the lock.
 
         A writer only ever fills the copy not in use, so a read of the live copy is whole
@@ -322,15 +330,15 @@ class SharedBreakerState:
 
     def gate_view(self) -> tuple[State, float]:
         """State and end of the open period: all that the per-poll gate check reads."""
-        return self._consistent(_gate_fields)
+        return self.read(_gate_fields)
 
     def trial_view(self) -> tuple[State, int]:
         """State and the trial's `token_key`: enough to tell whether a task is the trial."""
-        return self._consistent(_trial_fields)
+        return self.read(_trial_fields)
 
     def snapshot(self) -> BreakerSnapshot:
         """Every field, read consistently without blocking writers."""
-        return self._consistent(_snapshot)
+        return self.read(_snapshot)
 
     def close(self) -> None:
         """Unmap the page; the memory goes away with the last process that maps it."""

@@ -65,6 +65,11 @@ class DeliveryRecord:
             or self.delivery > _DELIVERY_CAP_FACTOR * max_workers
         )
 
+    def name(self, task_id: str) -> str:
+        """This delivery of ``task_id``: what `hand_back` remembers it by. A redelivery of the
+        same message carries the same record, and so the same name."""
+        return f"{task_id}\0{self.delivery}"
+
     def after_failure_on(self, worker: str) -> dict[str, Any]:
         """The headers of the handed-back copy."""
         failed_on = [w for w in self.failed_on if w != worker] + [worker]
@@ -165,7 +170,7 @@ def hand_back(
             refused,
         )
         return False
-    breaker.note_handed_back()
+    breaker.note_handed_back(record.name(request.id))
     logger.warning(
         "task %s failed (%r) on delivery %d; handed back to the queue",
         request.id,

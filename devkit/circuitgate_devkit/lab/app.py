@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pybreaker
-from celery import Celery
+from celery import Celery, signals
 
 import circuitgate
 
@@ -36,7 +36,17 @@ from . import seed_snippet
 from .recorder import EVENTS_ENV, CircuitRecorder, RecorderStep, record_worker
 from .records import append_record
 
-__all__ = ("FAULTS", "DeviceFault", "app", "infer", "preprocess", "retried")
+__all__ = (
+    "AFTER_HAND_BACK",
+    "AFTER_SUCCESS",
+    "DIES_ONCE_AFTER",
+    "FAULTS",
+    "DeviceFault",
+    "app",
+    "infer",
+    "preprocess",
+    "retried",
+)
 
 
 class DeviceFault(RuntimeError):
@@ -93,6 +103,26 @@ FAULTS: dict[str, Callable[[], object]] = {
 }
 """How a broken device shows itself, by the content of the fault file."""
 
+AFTER_SUCCESS = "sigkill after success"
+AFTER_HAND_BACK = "sigkill after hand-back"
+FAULTS[AFTER_HAND_BACK] = _raise  # fails as a broken device does, then dies (below)
+DIES_ONCE_AFTER = {AFTER_SUCCESS: "SUCCESS", AFTER_HAND_BACK: "IGNORED"}
+"""Fault file contents whose child dies once (the file goes) in ``task_postrun`` with the
+task in that state: after its result was stored, or after its copy was handed back, as a
+crash in user cleanup code or the OOM killer would kill it before the main process hears."""
+
+
+@signals.task_postrun.connect
+def _die_once_after(state: str | None = None, **_: Any) -> None:
+    fault = os.environ.get("CIRCUITGATE_LAB_FAULT")
+    if not fault or not os.path.exists(fault):
+        return
+    with open(fault) as how:
+        if DIES_ONCE_AFTER.get(how.read().strip()) != state:
+            return
+    os.unlink(fault)
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 def _work(work_s: float, fail_s: float, poison: bool) -> str:
     fault = os.environ.get("CIRCUITGATE_LAB_FAULT")
@@ -100,9 +130,11 @@ def _work(work_s: float, fail_s: float, poison: bool) -> str:
         time.sleep(fail_s)
         raise ValueError("poison message: this input fails everywhere")
     if fault and os.path.exists(fault):
-        time.sleep(fail_s)
         with open(fault) as how:
-            FAULTS[how.read().strip()]()
+            how_it_fails = how.read().strip()
+        if how_it_fails in FAULTS:
+            time.sleep(fail_s)
+            FAULTS[how_it_fails]()
     time.sleep(work_s)
     return "ok"
 

@@ -60,7 +60,9 @@ class FaultLab:
     def __init__(self, lab: Lab, kind: str) -> None:
         self.lab = lab
         self.kind = kind
-        self.bad = lab.worker("bad", conf=CONF)
+        results = lab.workdir / "results"  # Celery's file backend: a lost child's
+        results.mkdir()  # stored SUCCESS is visible to the main process
+        self.bad = lab.worker("bad", conf={**CONF, "result_backend": f"file://{results}"})
 
     def healthy(self, name: str, **options: Any) -> LabWorker:
         return self.lab.worker(name, conf={**CONF, **options.pop("conf", {})}, **options)
@@ -90,6 +92,20 @@ class FaultLab:
 
         eventually(closed, timeout=timeout, interval=0.5, what=f"{self.bad.name} closes")
 
+    def settle_behind(self, task_id: str, deliveries: int = 1) -> None:
+        """Return once two probes sent after ``task_id`` have succeeded, and check that
+        ``task_id`` was delivered ``deliveries`` times: the bad worker has one pool process,
+        so the probes finish in order behind it, and a copy published on its way out would
+        have been delivered before the second probe."""
+        for _ in range(2):
+            probe = self.lab.send(1, work_s=0.05)
+            self.lab.log.wait_for_successes(set(probe), timeout=60)
+        assert self.deliveries(task_id) == deliveries, "the task was published again"
+
+    def deliveries(self, task_id: str) -> int:
+        """Messages of ``task_id`` that reached a worker's pool, copies included."""
+        return sum(len(w.events.of("received", task_id=task_id)) for w in self.lab.workers)
+
     def tally(self, fault: str, ids: list[str], *, ended: frozenset[str] = frozenset()) -> Tally:
         """Count what became of ``ids``, record it for the summary, and return it."""
         executions = [e for e in self.lab.log.read() if e.id in set(ids)]
@@ -98,12 +114,7 @@ class FaultLab:
             fault=fault,
             broker=self.kind,
             sent=len(ids),
-            delivered=sum(
-                1
-                for worker in self.lab.workers
-                for event in worker.events.of("received")
-                if event.task_id in set(ids)
-            ),
+            delivered=sum(self.deliveries(i) for i in ids),
             executed=len(executions),
             succeeded_once=sum(1 for i in ids if successes[i] == 1),
             failed_normally=sum(1 for i in ids if i in ended and not successes[i]),

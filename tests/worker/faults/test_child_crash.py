@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from circuitgate_devkit.lab.app import AFTER_HAND_BACK, AFTER_SUCCESS
 from circuitgate_devkit.waiting import eventually
 
 from .conftest import FaultLab
@@ -32,3 +33,51 @@ def test_a_child_that_dies_is_a_counted_failure_and_its_task_runs_once_elsewhere
     assert (trip.old, trip.failures) == ("closed", 4)
     faults.repair_and_close()
     eventually(lambda: faults.bad.process is not None and faults.bad.process.poll() is None)
+
+
+def test_a_child_lost_after_its_task_stored_success_is_not_run_again(faults: FaultLab) -> None:
+    """Celery (5.7+) acknowledges such a message as succeeded; handing it back would run a
+    finished task twice and count a failure for a success."""
+    counted = len(faults.bad.events.of("counted_failure"))
+    faults.bad.break_device(AFTER_SUCCESS)  # the child dies once, in task_postrun
+    [task_id] = faults.lab.send(1, work_s=0.05)
+
+    def settled() -> bool:  # either path: Celery's warning, or a second run of the task
+        return (
+            "succeeded before the worker was lost" in faults.bad.logfile.read_text()
+            or faults.lab.log.successes_per_task()[task_id] > 1
+        )
+
+    eventually(settled, timeout=60, what="the main process settles the lost child")
+    faults.settle_behind(task_id)
+    row = faults.tally("child lost after success", [task_id])
+
+    assert faults.lab.log.successes_per_task()[task_id] == 1, row
+    assert len(faults.bad.events.of("counted_failure")) == counted
+    assert faults.state() == "closed"
+
+
+def test_a_child_lost_after_handing_its_task_back_is_not_handed_back_again(
+    faults: FaultLab,
+) -> None:
+    """The child published the copy and died before telling the main process (the OOM
+    killer in cleanup): the main process acknowledges the delivery instead of publishing
+    a second copy."""
+    counted = len(faults.bad.events.of("counted_failure"))
+    faults.bad.break_device(AFTER_HAND_BACK)  # fails, hands back, dies once
+    [task_id] = faults.lab.send(1, work_s=0.05)
+
+    def settled() -> bool:  # either path: our log line, or a second copy delivered
+        return (
+            f"{task_id} was handed back before" in faults.bad.logfile.read_text()
+            or faults.deliveries(task_id) > 2
+        )
+
+    eventually(settled, timeout=60, what="the main process settles the lost child")
+    faults.lab.log.wait_for_successes({task_id}, timeout=60)
+    faults.settle_behind(task_id, deliveries=2)
+    row = faults.tally("child lost after hand-back", [task_id])
+
+    assert faults.lab.log.successes_per_task()[task_id] == 1, row
+    assert len(faults.bad.events.of("counted_failure")) == counted + 1
+    assert faults.state() == "closed"

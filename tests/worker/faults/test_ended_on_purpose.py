@@ -1,8 +1,6 @@
 """A task ended on purpose (revoke with terminate, a hard time limit) is neutral and never re-run.
 
-Each waits on what it can count, never on a sleep: the worker has one pool process, so two
-probes sent after the task finish in order behind it, and any copy of the task published
-on its way out would have been delivered before the second probe.
+Each waits on what it can count, never on a sleep (`FaultLab.settle_behind`).
 """
 
 from __future__ import annotations
@@ -16,17 +14,6 @@ from .conftest import FaultLab
 pytestmark = pytest.mark.integration
 
 
-def settle_behind(faults: FaultLab, task_id: str) -> None:
-    """Return once two probes sent after ``task_id`` started have succeeded."""
-    for _ in range(2):
-        probe = faults.lab.send(1, work_s=0.05)
-        faults.lab.log.wait_for_successes(set(probe), timeout=60)
-    deliveries = [
-        event for w in faults.lab.workers for event in w.events.of("received", task_id=task_id)
-    ]
-    assert len(deliveries) == 1, "the task was published again"
-
-
 def run_and_end(faults: FaultLab, fault: str, end: str) -> None:
     counted = len(faults.bad.events.of("counted_failure"))
     send = faults.lab.producer.send_task
@@ -36,7 +23,7 @@ def run_and_end(faults: FaultLab, fault: str, end: str) -> None:
     if end == "revoke":
         faults.lab.producer.control.revoke(task_id, terminate=True)
 
-    settle_behind(faults, task_id)
+    faults.settle_behind(task_id)
     row = faults.tally(fault, [task_id], ended=frozenset({task_id}))
 
     assert faults.lab.log.successes_per_task()[task_id] == 0, row

@@ -8,14 +8,17 @@ import threading
 import time
 from typing import Any
 
+import hypothesis
 import pybreaker
 import pytest
 from celery.exceptions import Ignore, Reject, Retry
+from hypothesis import strategies as st
 
 from circuitgate.breaker import Admission, SharedCircuitBreaker, open_period
 from circuitgate.settings import Settings
-from circuitgate.shared_state import CLAIMS_KEPT, State
+from circuitgate.shared_state import CLAIMS_KEPT, HANDED_BACK_KEPT, State
 from circuitgate_devkit.waiting import eventually
+from tests.profiles import property_settings
 
 from .fakes import DeviceFault, FakeClock
 
@@ -463,3 +466,18 @@ def test_the_backoff_of_a_tiny_reset_timeout_never_overflows() -> None:
     settings = Settings(reset_timeout=1e-305, max_reset_timeout=1e7, jitter=0)
     assert open_period(1030, settings, 0.5) < 1e7
     assert open_period(5000, settings, 0.5) == 1e7
+
+
+@hypothesis.given(names=st.lists(st.text(max_size=80), min_size=1, max_size=3 * HANDED_BACK_KEPT))
+@property_settings(quick=50, nightly=500)
+def test_the_last_deliveries_handed_back_are_remembered_and_no_other(names: list[str]) -> None:
+    """A child's hand-back is known to the main process for the last HANDED_BACK_KEPT
+    deliveries (older ones only risk a second copy); a delivery never handed back never
+    reads as handed back, which would drop its message."""
+    breaker = make(FakeClock())
+    for name in names:
+        breaker.note_handed_back(f"handed {name}")
+    for name in names[-HANDED_BACK_KEPT:]:
+        assert breaker.was_handed_back(f"handed {name}")
+    assert not breaker.was_handed_back("never handed back")
+    assert breaker.snapshot().handed_back_total == len(names)

@@ -65,7 +65,7 @@ def test_metrics_read_the_snapshot_at_scrape_time() -> None:
     for i in range(5):
         gpu.admit(f"refused{i}")  # handed back unexecuted
     for _ in range(6):
-        gpu.note_handed_back()  # handed back after a counted failure
+        gpu.note_handed_back("t1")  # handed back after a counted failure
     after = scrape(render)
     grown = {
         ("circuitgate_calls_total", "outcome", "success"): 4,
