@@ -9,10 +9,20 @@ import re
 GROUP = "circuitgate.io"
 VERSION = "v1alpha1"
 CONDITION_TYPE = "circuitgate.io/circuit-closed"
+# Set on a pod just before each eviction we ask for: the eviction is then known as ours by any
+# replica, after any restart, and never read as someone else's drain of the node.
+EVICTING_CONDITION_TYPE = "circuitgate.io/evicting"
 # The field manager of our writes to nodes: managedFields then tell whose a later change is.
 FIELD_MANAGER = "circuitgate-operator"
 
-__all__ = ("CONDITION_TYPE", "FIELD_MANAGER", "GROUP", "VERSION", "label_value")
+__all__ = (
+    "CONDITION_TYPE",
+    "EVICTING_CONDITION_TYPE",
+    "FIELD_MANAGER",
+    "GROUP",
+    "VERSION",
+    "label_value",
+)
 
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _MAX_LABEL = 63

@@ -35,6 +35,7 @@ from .requests import (
     circuit_state_status,
     circuit_states_path,
     condition_patch,
+    evicting_patch,
     eviction_body,
     node_patch,
     policy_status_patch,
@@ -189,10 +190,24 @@ class Applier:
         self.post(change.events)
 
     async def _evict(self, eviction: Eviction, result: ApplyResult) -> None:
-        body = eviction_body(eviction)
-        path = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}/eviction"
+        """Mark the pod, then ask for its eviction: the mark tells every later decision (of
+        any replica, after any restart) that this eviction is ours, not a drain."""
+        pod = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}"
         try:
-            await self.api.request("POST", path, body=body)
+            marked = await self.api.request(
+                "PATCH",
+                f"{pod}/status",
+                body=evicting_patch(eviction, time.time()),
+                content_type=STRATEGIC_MERGE_PATCH,
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return
+            raise
+        result.writes += 1
+        self.view.pods.observe(marked, ours=True)
+        try:
+            await self.api.request("POST", f"{pod}/eviction", body=eviction_body(eviction))
         except ApiError as error:
             if error.status == 429:  # a PodDisruptionBudget forbids it now
                 result.eviction_blocked.append(eviction.pod)

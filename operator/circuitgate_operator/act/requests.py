@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..clock import rfc3339
 from ..decide.circuit_state import status_patch
 from ..decide.intents import (
     CircuitStateWrite,
@@ -14,13 +15,14 @@ from ..decide.intents import (
     PolicyStatusWrite,
 )
 from ..model import POLICY_LABEL
-from ..names import CONDITION_TYPE, GROUP, VERSION, label_value
+from ..names import CONDITION_TYPE, EVICTING_CONDITION_TYPE, GROUP, VERSION, label_value
 
 __all__ = (
     "circuit_state_body",
     "circuit_state_status",
     "circuit_states_path",
     "condition_patch",
+    "evicting_patch",
     "eviction_body",
     "node_patch",
     "policy_status_patch",
@@ -48,6 +50,20 @@ def condition_patch(write: ConditionWrite) -> dict[str, Any]:
         "reason": condition.reason,
         "message": condition.message,
         "lastTransitionTime": condition.last_transition_time,
+        "lastProbeTime": None,
+    }
+    return {"status": {"conditions": [entry]}}
+
+
+def evicting_patch(eviction: Eviction, now: float) -> dict[str, Any]:
+    """The mark set on a pod just before we ask to evict it (`EVICTING_CONDITION_TYPE`), timed
+    now: an eviction that follows it at once is ours."""
+    entry = {
+        "type": EVICTING_CONDITION_TYPE,
+        "status": "True",
+        "reason": "BreakerTripped",
+        "message": f"circuitgate evicts this pod: its breaker tripped on node {eviction.node}",
+        "lastTransitionTime": rfc3339(now),
         "lastProbeTime": None,
     }
     return {"status": {"conditions": [entry]}}

@@ -12,7 +12,7 @@ from typing import Literal
 
 from ..clock import parse_time, rfc3339
 from ..model import NodeRemediation, NodeView, PodView, Taint
-from ..names import FIELD_MANAGER
+from ..names import EVICTING_CONDITION_TYPE, FIELD_MANAGER
 from .intents import NodeAction, NodeChange
 
 __all__ = (
@@ -52,6 +52,8 @@ KEEP_CORDONED = "circuitgate.io/keep-cordoned"
 # The pod condition the API server sets on a pod the Eviction API evicts (kubectl drain does).
 _DISRUPTION = "DisruptionTarget"
 _BY_EVICTION_API = "EvictionByEvictionAPI"
+# How long after our mark an eviction of the pod is ours: we ask for it right after marking.
+_OUR_EVICTION_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -71,16 +73,26 @@ class SeenEviction:
 
 
 def evictions_on(node: str, pods: Iterable[PodView]) -> list[SeenEviction]:
-    """The evictions of the pods we can see on a node, from their DisruptionTarget condition."""
+    """Someone else's evictions of the pods we can see on a node, from their DisruptionTarget
+    condition: those that did not follow our mark (`EVICTING_CONDITION_TYPE`) at once."""
     seen = []
     for pod in pods:
         condition = pod.conditions.get(_DISRUPTION)
         if pod.node_name != node or condition is None or condition.status != "True":
             continue
         at = parse_time(condition.last_transition_time)
-        if condition.reason == _BY_EVICTION_API and at is not None:
+        if condition.reason == _BY_EVICTION_API and at is not None and not _ours(pod, at):
             seen.append(SeenEviction(pod.name, at))
     return seen
+
+
+def _ours(pod: PodView, evicted_at: float) -> bool:
+    """Whether the eviction at ``evicted_at`` is the one we asked for after marking the pod
+    (times in whole seconds); one much later is someone else's, of a pod we had not evicted
+    (a disruption budget refused ours)."""
+    mark = pod.conditions.get(EVICTING_CONDITION_TYPE)
+    marked_at = parse_time(mark.last_transition_time) if mark and mark.status == "True" else None
+    return marked_at is not None and marked_at <= evicted_at <= marked_at + _OUR_EVICTION_SECONDS
 
 
 @dataclass(frozen=True)
@@ -165,29 +177,19 @@ def _cordoned_again_by_someone_else(node: NodeView, cordoned_at: float) -> bool:
     )
 
 
-def _drained_by_someone_else(
-    evicted: Sequence[SeenEviction],
-    spec: NodeRemediation,
-    trips: Sequence[Trip],
-    cordoned_at: float,
-) -> str | None:
-    """A pod evicted after our cordon that we did not evict (we evict only pods that tripped
-    there, and only when asked to): someone drains the node. Condition times keep whole
-    seconds: an eviction in the second of our cordon counts as after it (a drain follows a
-    cordon at once; at worst a node someone evicted from just then stays cordoned, theirs)."""
-    ours = {trip.pod for trip in trips} if spec.evict_tripped_pods else set()
+def _drained_by_someone_else(evicted: Sequence[SeenEviction], cordoned_at: float) -> str | None:
+    """A pod someone else evicted after our cordon: someone drains the node. Condition times
+    keep whole seconds: an eviction in the second of our cordon counts as after it (a drain
+    follows a cordon at once; at worst a node someone evicted from just then stays cordoned,
+    theirs)."""
     for eviction in evicted:
-        if eviction.at >= int(cordoned_at) and eviction.pod not in ours:
+        if eviction.at >= int(cordoned_at):
             return eviction.pod
     return None
 
 
 def _someone_else(
-    node: NodeView,
-    spec: NodeRemediation,
-    trips: Sequence[Trip],
-    evicted: Sequence[SeenEviction],
-    cordoned_at: float,
+    node: NodeView, evicted: Sequence[SeenEviction], cordoned_at: float
 ) -> str | None:
     """What shows that the node is someone else's now, if anything does."""
     if not node.unschedulable:
@@ -196,7 +198,7 @@ def _someone_else(
         return f"node {node.name} is annotated {KEEP_CORDONED}=true"
     if _cordoned_again_by_someone_else(node, cordoned_at):
         return f"node {node.name} was cordoned again by someone else"
-    drained = _drained_by_someone_else(evicted, spec, trips, cordoned_at)
+    drained = _drained_by_someone_else(evicted, cordoned_at)
     if drained is not None:
         return f"node {node.name} is being drained by someone else (pod {drained} evicted)"
     return None
@@ -213,7 +215,7 @@ def _decide_ours(
     ours must not leave our cordon on for good."""
     without_ours = _without_our_taint(node)
     cordoned_at = parse_time(node.annotations.get(CORDONED_AT)) or now
-    someone_else = _someone_else(node, spec, trips, evicted, cordoned_at)
+    someone_else = _someone_else(node, evicted, cordoned_at)
     if someone_else is not None:
         reason = f"{someone_else}; circuitgate lets it be"
         annotations = _released(node, now)

@@ -318,3 +318,30 @@ def test_an_admin_who_keeps_or_drains_a_node_we_cordoned_makes_it_theirs(
     eventually(lambda: time.time() > cordoned_at + 15, timeout=30, what="the cool-down over")
     operator.settle(f"{cluster.namespace}/workers")
     assert spec_of(cluster, node).get("unschedulable") is True
+
+
+def test_our_own_eviction_seen_after_a_restart_is_not_taken_for_a_drain(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """A new operator has not seen the trips that led to our evictions; the evicted pods
+    (terminating through their grace period) must not read as someone else's drain, which
+    would leave our cordon on for good."""
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    first = start_operator()
+    cluster.policy(**remediation(tripThreshold=2, evictTrippedPods=True, cooldownSeconds=25))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    eventually(lambda: any(cluster.pod(p)["metadata"].get("deletionTimestamp") for p in hosts))
+
+    first.kill()
+    second = start_operator()
+    second.settle(f"{cluster.namespace}/workers")
+    assert annotations_of(cluster, node).get(CORDONED_BY) == f"{cluster.namespace}/workers"
+    eventually(
+        lambda: not spec_of(cluster, node).get("unschedulable"),
+        timeout=60,
+        what="our cordon undone after the cool-down",
+    )

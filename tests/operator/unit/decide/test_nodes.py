@@ -18,6 +18,7 @@ from circuitgate_operator.decide.nodes import (
     evictions_on,
 )
 from circuitgate_operator.model import Condition, NodeRemediation, NodeView, PodView, Taint
+from circuitgate_operator.names import EVICTING_CONDITION_TYPE
 
 from .builders import NOW, node, pod
 
@@ -185,28 +186,42 @@ def test_a_drain_after_our_cordon_makes_the_node_theirs() -> None:
     decision = decide(n, trips=[], evicted=drained)
     assert decision.action == "release" and "drain" in decision.reason
     assert decision.change is not None and decision.change.unschedulable is None
-    # A tripped pod evicted after our cordon may be our own eviction, when we evict.
-    evicting = dataclasses.replace(SPEC, evict_tripped_pods=True)
-    ours_evicted = [SeenEviction("a", NOW - 100)]
-    trips = [Trip("a", NOW - 250)]
-    assert decide(n, trips=trips, evicted=ours_evicted, spec=evicting).action == "hold"
-    assert decide(n, trips=trips, evicted=ours_evicted).action == "release"
+
+
+def evicted_pod(
+    name: str,
+    reason: str = "EvictionByEvictionAPI",
+    node_name: str = "node-a",
+    marked_at: float | None = None,
+) -> PodView:
+    """A pod with a DisruptionTarget condition set at NOW, and our mark set at ``marked_at``."""
+    disruption = Condition("DisruptionTarget", "True", reason, "", rfc3339(NOW))
+    conditions = {"DisruptionTarget": disruption}
+    if marked_at is not None:
+        mark = Condition(EVICTING_CONDITION_TYPE, "True", "BreakerTripped", "", rfc3339(marked_at))
+        conditions[EVICTING_CONDITION_TYPE] = mark
+    return dataclasses.replace(pod(name, node=node_name), conditions=conditions)
 
 
 def test_evictions_on_a_node_are_read_from_the_disruption_condition() -> None:
-    def evicted_pod(name: str, reason: str, node_name: str = "node-a") -> PodView:
-        condition = Condition("DisruptionTarget", "True", reason, "", rfc3339(NOW))
-        return dataclasses.replace(
-            pod(name, node=node_name), conditions={"DisruptionTarget": condition}
-        )
-
     pods = [
-        evicted_pod("x", "EvictionByEvictionAPI"),
+        evicted_pod("x"),
         evicted_pod("y", "PreemptionByScheduler"),
-        evicted_pod("z", "EvictionByEvictionAPI", node_name="node-b"),
+        evicted_pod("z", node_name="node-b"),
         pod("w"),
     ]
     assert evictions_on("node-a", pods) == [SeenEviction("x", NOW)]
+
+
+def test_an_eviction_right_after_our_mark_is_ours_and_a_later_one_someone_elses() -> None:
+    """We mark a pod, then ask for its eviction: that eviction is no drain, whoever decides
+    (a restarted operator, another replica). A pod whose eviction a budget refused keeps an
+    old mark: a drain evicting it much later is someone else's."""
+    pods = [
+        evicted_pod("ours", marked_at=NOW - 1),
+        evicted_pod("refused-then-drained", marked_at=NOW - 60),
+    ]
+    assert evictions_on("node-a", pods) == [SeenEviction("refused-then-drained", NOW)]
 
 
 def test_a_release_mark_is_forgotten_once_the_trips_it_forgives_are_out_of_the_window() -> None:
