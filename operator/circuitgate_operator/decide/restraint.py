@@ -1,6 +1,7 @@
 """What holds planned actions back, applied once as a pass over the whole Plan.
 
-In order: the pause annotation (no new action at all), then a suspected shared outage and the
+In order: the pause annotation (no new action at all; only letting go of a node someone else
+took over), then a suspected shared outage and the
 safety caps (no new unready mark, eviction or cordon past them: an eviction of a pod still
 ready takes a slot of the unready-pods cap, after the marks), then a dry run (what is left is only
 described, in Events). A first True on a pod that has no condition yet is never held back: it
@@ -59,7 +60,10 @@ def restrain(plan: Plan, restraints: Restraints) -> bool:
     capped = False
     if restraints.paused:
         _hold_conditions(plan, [w for w in plan.conditions if not w.first_true], "paused", PAUSED)
-        plan.nodes = _drop(plan, plan.nodes, plan.nodes, "paused")
+        # Letting go of a node someone else took over is not held: the evidence (a drain's
+        # evicted pods) goes with the pods, and after the pause the cool-down would uncordon it.
+        held_nodes = [n for n in plan.nodes if n.action != "release"]
+        plan.nodes = _drop(plan, plan.nodes, held_nodes, "paused")
         plan.evictions = _drop(plan, plan.evictions, plan.evictions, "paused")
     else:
         marks = [w for w in plan.conditions if w.marks_unready]

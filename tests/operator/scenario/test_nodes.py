@@ -345,3 +345,31 @@ def test_our_own_eviction_seen_after_a_restart_is_not_taken_for_a_drain(
         timeout=60,
         what="our cordon undone after the cool-down",
     )
+
+
+def test_a_drain_while_the_policy_is_paused_still_makes_the_node_theirs(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """The evidence of a drain lasts only while the evicted pods do (the kubelet deletes
+    them): a pause must not hold letting go until it is gone, or the cool-down after the
+    pause would uncordon a node the admin drained."""
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    cluster.policy(**remediation(tripThreshold=2, cooldownSeconds=15))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    cordoned_at = time.time()
+    paused = {"metadata": {"annotations": {"circuitgate.io/paused": "true"}}}
+    cluster.patch_policy("workers", paused)
+    kubectl = cluster.control_plane.kubectl
+    kubectl("drain", node, "--force", "--ignore-daemonsets", "--timeout=2s", check=False)
+    eventually(lambda: CORDONED_BY not in annotations_of(cluster, node), what="our marks gone")
+
+    # The kubelet finishes the drain: the evicted pods, and the evidence with them, go.
+    kubectl("delete", "pods", "--all", "-n", cluster.namespace, "--force", "--grace-period=0")
+    cluster.patch_policy("workers", {"metadata": {"annotations": {"circuitgate.io/paused": None}}})
+    eventually(lambda: time.time() > cordoned_at + 15, timeout=30, what="the cool-down over")
+    operator.settle(f"{cluster.namespace}/workers")
+    assert spec_of(cluster, node).get("unschedulable") is True

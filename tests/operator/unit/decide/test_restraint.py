@@ -97,6 +97,16 @@ def test_a_pause_holds_back_everything_but_first_trues() -> None:
     assert p.events == []  # nothing left for the dry run to describe
 
 
+def test_a_pause_still_lets_go_of_a_node_someone_else_took_over() -> None:
+    """The evidence of a drain goes with its pods: held until after the pause, the release
+    would come too late, and the cool-down would uncordon the admin's node."""
+    release = node("n3", "release")
+    p = plan(nodes=(node("n1", "cordon"), release))
+    restrain(p, restraints(paused=True))
+    assert p.nodes == [release]
+    assert p.suppressed == {("cordon", "paused"): 1, ("evict", "paused"): 1}
+
+
 def test_a_storm_holds_back_new_marks_cordons_and_evictions() -> None:
     p = plan(
         mark("w0"),
