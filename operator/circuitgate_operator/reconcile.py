@@ -197,10 +197,14 @@ class PolicyLoop:
                 for uid, started in self._watch_started.items()
                 if uid not in self.readings and now - started < policy.spec.watch.timeout
             ),
+            cordons_in_flight=dict(self.operator.cordons_in_flight),
         )
         plan = plan_policy(observation)
         self._count_states(plan, selected)
-        self._applying = asyncio.ensure_future(self.operator.applier.apply(plan))
+        # Counted as in flight before this task yields: no other policy plans without them.
+        sent = {c.node for c in plan.nodes if c.action == "cordon"}
+        self.operator.cordons_in_flight.update(dict.fromkeys(sent, self.key))
+        self._applying = asyncio.ensure_future(self._apply(plan, sent))
         result = await asyncio.shield(self._applying)
         if logger.isEnabledFor(logging.DEBUG) and (
             result.writes or result.failures or plan.suppressed
@@ -219,6 +223,15 @@ class PolicyLoop:
         for pod in result.evicted + result.eviction_blocked:
             self._evicted[pod] = now
         return self._next_deadline(policy, result, trips, now)
+
+    async def _apply(self, plan: Plan, cordons: set[str]) -> ApplyResult:
+        """Apply the plan; its ``cordons`` stop counting as in flight once answered (the view
+        has the node then, or the cordon failed)."""
+        try:
+            return await self.operator.applier.apply(plan)
+        finally:
+            for node in cordons:
+                self.operator.cordons_in_flight.pop(node, None)
 
     def _next_deadline(
         self,

@@ -33,6 +33,9 @@ class PolicyObservation:
     first_read_pending: frozenset[str] = frozenset()
     # Pods (by name) that another policy of the namespace watches: theirs, never restored here.
     watched_elsewhere: frozenset[str] = frozenset()
+    # Cordons this process has sent and not yet seen answered: node name -> policy key. The
+    # cordon cap counts them, or two policies planning at once would both take its last slot.
+    cordons_in_flight: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def matched(self) -> list[PodView]:

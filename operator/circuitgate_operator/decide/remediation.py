@@ -29,18 +29,22 @@ __all__ = ("cordon_cap", "plan_remediation")
 def cordon_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
     """The cordoned-nodes cap: a percentage of the nodes the watched pods run on, counting the
     nodes circuitgate holds cordoned now among them (for any policy: their pods lose those
-    nodes just the same) and those this policy holds anywhere."""
+    nodes just the same) and those this policy holds anywhere, and the cordons of either kind
+    still on their way."""
     key = obs.policy.key
     ran_on = {pod.node_name for pod in matched if pod.node_name}
-    held = sum(
-        1
+    held = {
+        n.name
         for n in obs.nodes.values()
         if n.unschedulable
         and (owner := n.annotations.get(CORDONED_BY))
         and (owner == key or n.name in ran_on)
-    )
+    }
+    held |= {
+        node for node, owner in obs.cordons_in_flight.items() if owner == key or node in ran_on
+    }
     total = len(ran_on)
-    return Cap(obs.policy.spec.safety.max_cordoned_nodes, total, held)
+    return Cap(obs.policy.spec.safety.max_cordoned_nodes, total, len(held))
 
 
 def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]) -> None:

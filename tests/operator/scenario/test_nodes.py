@@ -373,3 +373,42 @@ def test_a_drain_while_the_policy_is_paused_still_makes_the_node_theirs(
     eventually(lambda: time.time() > cordoned_at + 15, timeout=30, what="the cool-down over")
     operator.settle(f"{cluster.namespace}/workers")
     assert spec_of(cluster, node).get("unschedulable") is True
+
+
+def test_the_cordon_cap_holds_for_policies_planning_while_a_cordon_is_in_flight(
+    cluster: Cluster,
+    start_operator: Callable[..., OperatorProcess],
+    operator_identity: OperatorIdentity,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """Two policies whose pods share two GPU nodes, one node allowed cordoned: each trips on
+    its own node at once, and every write is held 4 s, so each plans while the other's
+    cordon is still on its way. The cap counts cordons sent, not only those seen back."""
+    proxy = FaultProxy(control_plane).start()
+    try:
+        kubeconfig = proxy.kubeconfig(operator_identity.kubeconfig, tmp_path / "slow-kubeconfig")
+        operator = start_operator(env={"KUBECONFIG": str(kubeconfig)})
+        n1, n2 = cluster.node("gpu-1", labels=GPU), cluster.node("gpu-2", labels=GPU)
+        layout = {"a0": n1, "a1": n1, "a2": n2, "b0": n2, "b1": n2, "b2": n1}
+        hosts = {
+            pod: cluster.worker_pod(pod, node=node, labels={"app": pod[0]})
+            for pod, node in layout.items()
+        }
+        spec = remediation(tripThreshold=2, cooldownSeconds=600)  # maxCordonedNodes: 1
+        for app in "ab":
+            selector = {"matchLabels": {"app": app}}
+            cluster.policy(f"gpu-{app}", selector=selector, readiness={"enabled": False}, **spec)
+        eventually(lambda: len(cluster.circuit_states()) == len(hosts), timeout=30)
+
+        proxy.faults = Faults(latency=1.0, delay=4.0, writes_only=True)
+        for pod in ("a0", "a1", "b0", "b1"):
+            cluster.workers.trip(hosts[pod], trips=1)
+        eventually(lambda: any(spec_of(cluster, n).get("unschedulable") for n in (n1, n2)))
+        proxy.faults = Faults()
+        for app in "ab":
+            operator.settle(f"{cluster.namespace}/gpu-{app}")
+        cordoned = [n for n in (n1, n2) if spec_of(cluster, n).get("unschedulable")]
+        assert len(cordoned) == 1, cordoned
+    finally:
+        proxy.stop()

@@ -240,6 +240,10 @@ def test_node_cordon_respects_cap_and_storm() -> None:
         observe(pol, pods, {p.uid: reading(p) for p in pods}, nodes=cordoned, trips=trips)
     )
     assert plan.nodes == []  # n1 is held, the cap is full
+    # A cordon still on its way (another policy's, of a node these pods run on) fills it too.
+    obs = observe(pol, pods, {p.uid: reading(p) for p in pods}, nodes=nodes, trips=trips)
+    plan = plan_policy(dataclasses.replace(obs, cordons_in_flight={"n3": "ns/other"}))
+    assert plan.nodes == [] and plan.suppressed[("cordon", "cap")] == 2
 
 
 def test_cleanup_restores_pods_removes_states_and_undoes_cordons() -> None:
