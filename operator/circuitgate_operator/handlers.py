@@ -66,7 +66,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         settings.peering.name = config.peering_name  # used only if that peering object exists
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    operator = Operator(config)
+    operator = Operator(config, peered=not settings.peering.standalone)
     await operator.start()
     memo.operator = operator
     memo.webhook = (

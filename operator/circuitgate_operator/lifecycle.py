@@ -33,8 +33,13 @@ Store = Literal["policies", "pods", "nodes", "circuit_states"]
 class Operator:
     """Everything one operator process shares: kept in kopf's memo."""
 
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, *, peered: bool = False) -> None:
         self.config = config
+        # With peers, a replica taking over waits before its first decisions until the writes
+        # the replica it replaces had sent have landed (`PolicyLoop` counts from here).
+        self.peered = peered
+        self.active_since = 0.0
+        self.running_loops = 0
         self.view = ClusterView()
         self.metrics = Metrics()
         self.trips: dict[str, TripLedger] = {}

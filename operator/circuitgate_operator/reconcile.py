@@ -54,6 +54,10 @@ _MAX_RETRY_SECONDS = 30.0
 # How long a stopping loop waits for the answers to writes it has sent (kopf cancels the
 # daemon for good after 10 s).
 APPLY_DRAIN_SECONDS = 8.0
+# How long a peered replica that takes over (starts, or resumes after a pause) waits before it
+# decides: the replica it replaces may still have writes on their way for that long, which no
+# listing shows yet (a cap counted without them would be overshot).
+TAKEOVER_HOLD_SECONDS = APPLY_DRAIN_SECONDS + 2.0
 # How often the view is listed again, to forget what kopf's resumed watches no longer list.
 RELIST_SECONDS = 300.0
 
@@ -102,13 +106,18 @@ class PolicyLoop:
             self.wake.set()
 
     async def run(self) -> None:
-        view = self.operator.view
-        await self._first_listing()
-        view.listen(self.namespace, self.wake)
-        self.operator.loops[self.key] = self
-        self.wake.set()
+        view, operator = self.operator.view, self.operator
+        if not operator.running_loops:  # kopf starts every loop at once, on start and resume
+            operator.active_since = time.time()
+        operator.running_loops += 1
         deadline: float | None = None
         try:
+            if operator.peered:
+                await asyncio.sleep(operator.active_since + TAKEOVER_HOLD_SECONDS - time.time())
+            await self._first_listing()
+            view.listen(self.namespace, self.wake)
+            operator.loops[self.key] = self
+            self.wake.set()
             while True:
                 timeout = self.operator.config.resync_seconds
                 if deadline is not None:
@@ -122,6 +131,7 @@ class PolicyLoop:
                 deadline = await self.reconcile()
                 self._reconciles.inc()
         finally:
+            operator.running_loops -= 1
             view.unlisten(self.namespace, self.wake)
             if self._applying is not None and not self._applying.done():
                 # Writes already sent land whatever happens to us: have their answers before

@@ -28,8 +28,9 @@ from circuitgate_devkit.cluster.control_plane import ControlPlane
 from circuitgate_devkit.cluster.helm import CHART
 from circuitgate_devkit.cluster.service_accounts import service_account_kubeconfig
 from circuitgate_devkit.waiting import eventually
+from circuitgate_operator.reconcile import TAKEOVER_HOLD_SECONDS
 
-__all__ = ("ALL_RBAC", "PEERED", "ChartAccount", "OperatorIdentity")
+__all__ = ("ALL_RBAC", "PEERED", "TAKEOVER", "ChartAccount", "OperatorIdentity")
 
 RELEASE = "circuitgate-operator-tests"
 NAMESPACE = "circuitgate-operator-tests"
@@ -38,6 +39,9 @@ PEERING_NAME = "circuitgate"
 # The options of operator replicas that peer through the object the release makes for the
 # scope it serves (a KopfPeering in each namespace; its CRD is in the chart's crds/).
 PEERED = ("--peering", PEERING_NAME, "--peering-lifetime", "4")
+# How long such a replica may take to act after it starts or takes over: it first waits out
+# the writes of the replica before it (`TAKEOVER_HOLD_SECONDS`), then lists and decides.
+TAKEOVER = TAKEOVER_HOLD_SECONDS + 20
 ALL_RBAC: dict[str, Any] = {
     "fullnameOverride": RELEASE,
     "nodeRemediation": {"enabled": True, "evictPods": True},

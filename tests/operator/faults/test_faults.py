@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from circuitgate_devkit.cluster.accounts import PEERED
+from circuitgate_devkit.cluster.accounts import PEERED, TAKEOVER
 from circuitgate_devkit.cluster.fault_proxy import FaultProxy, Faults
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.ports import free_port
@@ -173,7 +173,11 @@ def test_a_policy_deleted_while_a_replica_was_paused_is_gone_when_it_takes_over(
         cluster.policy("b", **safety)
         eventually(lambda: cluster.events("OverlappingPolicies"), timeout=30, what="the overlap")
         eventually(lambda: "Pausing operations" in low.tail(400), timeout=30, what="low paused")
-        eventually(lambda: high.reconciles(f"{cluster.namespace}/a") > 0, what="high acting")
+        eventually(
+            lambda: high.reconciles(f"{cluster.namespace}/a") > 0,
+            timeout=TAKEOVER,
+            what="high acting",
+        )
         proxy.faults = Faults(too_many=0.05, server_error=0.05, cut_watches=(1.0, 4.0))
         cluster.delete_policy("b")  # low is paused: only high sees this
         eventually(lambda: cluster.policy_object("b") is None, timeout=30, what="b gone")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from circuitgate_devkit.cluster.accounts import PEERED
+from circuitgate_devkit.cluster.accounts import PEERED, TAKEOVER
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
 from circuitgate_operator.decide.nodes import CORDONED_BY
@@ -124,7 +124,8 @@ def test_of_two_replicas_only_one_acts_and_the_other_takes_over(
     node = cluster.node("n1")
     hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(3)}
     cluster.policy(safety={"maxUnreadyPods": 1, "stormThreshold": 100})
-    eventually(lambda: all(cluster.condition_status(p) == "True" for p in hosts))
+    # A peered replica's first decisions wait for what a replica before it had sent.
+    eventually(lambda: all(cluster.condition_status(p) == "True" for p in hosts), timeout=TAKEOVER)
     cluster.workers.trip(hosts["w0"], trips=1)
     eventually(lambda: cluster.condition_status("w0") == "False")
 
@@ -142,7 +143,7 @@ def test_of_two_replicas_only_one_acts_and_the_other_takes_over(
     cluster.workers.close(hosts["w0"])
     eventually(
         lambda: cluster.condition_status("w0") == "True",
-        timeout=30,
+        timeout=TAKEOVER,
         what="the low replica takes over",
     )
     # Counted once the whole plan is applied, a moment after the condition landed.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from circuitgate_devkit.cluster.accounts import OperatorIdentity
+from circuitgate_devkit.cluster.accounts import PEERED, OperatorIdentity
 from circuitgate_devkit.cluster.control_plane import ControlPlane
 from circuitgate_devkit.cluster.fault_proxy import FaultProxy, Faults
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
@@ -410,5 +410,47 @@ def test_the_cordon_cap_holds_for_policies_planning_while_a_cordon_is_in_flight(
             operator.settle(f"{cluster.namespace}/gpu-{app}")
         cordoned = [n for n in (n1, n2) if spec_of(cluster, n).get("unschedulable")]
         assert len(cordoned) == 1, cordoned
+    finally:
+        proxy.stop()
+
+
+def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
+    cluster: Cluster,
+    start_operator: Callable[..., OperatorProcess],
+    operator_identity: OperatorIdentity,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """A replica paused for another lets the writes it sent land (for up to 8 s); the replica
+    taking over cannot see them yet, and must not plan on a view without them. Here the old
+    replica's cordon of n1 is held 7 s, and n2 trips worse meanwhile."""
+    proxy = FaultProxy(control_plane).start()
+    try:
+        kubeconfig = proxy.kubeconfig(operator_identity.kubeconfig, tmp_path / "slow-kubeconfig")
+        low = start_operator(
+            *PEERED, "--priority", "100", standalone=False, name="low",
+            env={"KUBECONFIG": str(kubeconfig)},
+        )  # fmt: skip
+        n1, n2 = cluster.node("gpu-1", labels=GPU), cluster.node("gpu-2", labels=GPU)
+        layout = {"w0": n1, "w1": n1, "w2": n2, "w3": n2, "w4": n2}
+        hosts = {pod: cluster.worker_pod(pod, node=node) for pod, node in layout.items()}
+        spec = remediation(tripThreshold=2, cooldownSeconds=600)
+        cluster.policy(readiness={"enabled": False}, **spec)
+        eventually(lambda: len(cluster.circuit_states()) == len(hosts), timeout=30)
+
+        proxy.faults = Faults(latency=1.0, delay=7.0, writes_only=True)
+        delayed = proxy.counts["delayed"]
+        cluster.workers.trip(hosts["w0"], trips=1)
+        cluster.workers.trip(hosts["w1"], trips=1)
+        eventually(lambda: proxy.counts["delayed"] > delayed, timeout=10, what="n1's cordon sent")
+        for pod in ("w2", "w3", "w4"):
+            cluster.workers.trip(hosts[pod], trips=1)
+        high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
+        eventually(lambda: "Pausing operations" in low.tail(400), what="the low replica pauses")
+        eventually(lambda: spec_of(cluster, n1).get("unschedulable"), timeout=20)
+        proxy.faults = Faults()
+        high.settle(f"{cluster.namespace}/workers")
+        cordoned = [n for n in (n1, n2) if spec_of(cluster, n).get("unschedulable")]
+        assert cordoned == [n1]
     finally:
         proxy.stop()

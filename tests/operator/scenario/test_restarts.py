@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from circuitgate_devkit.cluster.accounts import PEERED
+from circuitgate_devkit.cluster.accounts import PEERED, TAKEOVER
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
 from circuitgate_operator.names import CONDITION_TYPE
@@ -89,19 +89,26 @@ def test_a_replica_resumed_after_a_deletion_forgets_the_deleted_policy(
     cluster.policy("extra", selector={"matchLabels": {"app": "worker"}})
     # The low replica is active first, so it sees both policies, then pauses for the high one.
     low = start_operator(*PEERED, "--priority", "100", standalone=False, name="low")
-    eventually(lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "True")
+    overlapping = eventually(
+        lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "True",
+        timeout=TAKEOVER,  # a peered replica's first decisions wait for a takeover to settle
+    )
+    assert overlapping
     high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
     eventually(lambda: "Pausing operations" in low.tail(400), what="the low replica pauses")
     cluster.delete_policy("extra")
     eventually(lambda: cluster.policy_object("extra") is None)
-    eventually(lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "False")
+    eventually(
+        lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "False",
+        timeout=TAKEOVER,
+    )
     eventually(lambda: all(cluster.condition_status(p) == "True" for p in hosts))
 
     high.kill()
     cluster.workers.trip(hosts["w0"], trips=1)
     eventually(
         lambda: cluster.condition_status("w0") == "False",
-        timeout=40,
+        timeout=TAKEOVER + 10,
         what="the resumed replica acts on the trip",
     )
     assert cluster.policy_condition("Overlapping")["status"] == "False"  # type: ignore[index]
