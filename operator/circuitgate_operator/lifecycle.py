@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from .config import OperatorConfig
 from .contract import BreakerState
 from .decide.ledger import TripLedger
 from .metrics import Metrics, serve_metrics
-from .reconcile import PolicyLoop
+from .reconcile import TAKEOVER_HOLD_SECONDS, PolicyLoop
 from .view import ClusterView
 from .watch.pool import new_session
 
@@ -38,7 +39,7 @@ class Operator:
         # With peers, a replica taking over waits before its first decisions until the writes
         # the replica it replaces had sent have landed (`PolicyLoop` counts from here).
         self.peered = peered
-        self.active_since = 0.0
+        self.active_since = time.monotonic()  # the start, or when loops ran again after none
         self.running_loops = 0
         self.view = ClusterView()
         self.metrics = Metrics()
@@ -91,6 +92,12 @@ class Operator:
             await self._session.close()
         if self._api is not None:
             self._api.close()
+
+    async def takeover_settled(self) -> None:
+        """Return once a peered replica may decide: `TAKEOVER_HOLD_SECONDS` after it started
+        or took over, when the writes of the replica it replaces have landed."""
+        if self.peered:
+            await asyncio.sleep(self.active_since + TAKEOVER_HOLD_SECONDS - time.monotonic())
 
     @property
     def api(self) -> KubeApi:

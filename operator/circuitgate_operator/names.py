@@ -9,15 +9,15 @@ import re
 GROUP = "circuitgate.io"
 VERSION = "v1alpha1"
 CONDITION_TYPE = "circuitgate.io/circuit-closed"
-# Set on a pod just before each eviction we ask for: the eviction is then known as ours by any
-# replica, after any restart, and never read as someone else's drain of the node.
-EVICTING_CONDITION_TYPE = "circuitgate.io/evicting"
+# Set on a pod whose eviction we asked for and were granted: the eviction is then known as ours
+# by any replica, after any restart, and never read as someone else's drain of the node.
+EVICTED_CONDITION_TYPE = "circuitgate.io/evicted"
 # The field manager of our writes to nodes: managedFields then tell whose a later change is.
 FIELD_MANAGER = "circuitgate-operator"
 
 __all__ = (
     "CONDITION_TYPE",
-    "EVICTING_CONDITION_TYPE",
+    "EVICTED_CONDITION_TYPE",
     "FIELD_MANAGER",
     "GROUP",
     "VERSION",

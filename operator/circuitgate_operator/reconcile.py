@@ -108,12 +108,11 @@ class PolicyLoop:
     async def run(self) -> None:
         view, operator = self.operator.view, self.operator
         if not operator.running_loops:  # kopf starts every loop at once, on start and resume
-            operator.active_since = time.time()
+            operator.active_since = time.monotonic()
         operator.running_loops += 1
         deadline: float | None = None
         try:
-            if operator.peered:
-                await asyncio.sleep(operator.active_since + TAKEOVER_HOLD_SECONDS - time.time())
+            await operator.takeover_settled()
             await self._first_listing()
             view.listen(self.namespace, self.wake)
             operator.loops[self.key] = self
@@ -237,11 +236,13 @@ class PolicyLoop:
     async def _apply(self, plan: Plan, cordons: set[str]) -> ApplyResult:
         """Apply the plan; its ``cordons`` stop counting as in flight once answered (the view
         has the node then, or the cordon failed)."""
+        in_flight = self.operator.cordons_in_flight
         try:
             return await self.operator.applier.apply(plan)
         finally:
             for node in cordons:
-                self.operator.cordons_in_flight.pop(node, None)
+                if in_flight.get(node) == self.key:  # not another policy's cordon of it
+                    del in_flight[node]
 
     def _next_deadline(
         self,
@@ -337,8 +338,10 @@ async def clean_up_policy(operator: Operator, body: Mapping[str, Any]) -> bool:
     kopf stops the policy's loop in parallel with this handler: until it has stopped (with
     the answers to its writes, a cordon among them) nothing is decided, and then the nodes are
     listed afresh, so a cordon that landed after the view last showed the node is undone too.
+    Right after a takeover it waits as the loops do, for the replaced replica's writes.
     """
     policy = parse_policy(body)
+    await operator.takeover_settled()  # a replaced replica's cordon may still be on its way
     if policy.key in operator.loops:
         return False
     try:

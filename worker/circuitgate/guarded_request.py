@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
@@ -10,10 +11,11 @@ from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.utils.imports import symbol_by_name
 from celery.worker import state as worker_state
 
+from . import broker_deliveries
 from .breaker import SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 from .requeue import requeue_now
-from .task_guard import STOPPED, DeliveryRecord, hand_back, log_poison
+from .task_guard import STOPPED, DeliveryRecord, delivery_name, hand_back, log_poison
 
 __all__ = ("guard_outcomes_in_main",)
 
@@ -31,6 +33,10 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
     base: type[Any] = symbol_by_name(task.Request)
 
     class GuardedRequest(base):  # Celery ships no types: base is Any
+        def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(message, *args, **kwargs)
+            broker_deliveries.stamp(self._request_dict, message)
+
         def on_failure(
             self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
         ) -> Any:
@@ -69,9 +75,28 @@ def _unwrapped(exc: BaseException) -> BaseException:
 def _success_was_stored(request: Any) -> bool:
     """The lost child had stored SUCCESS (it died in ``on_success``, a ``task_postrun``
     receiver or process cleanup): Celery 5.7+ acknowledges the message as succeeded, and
-    it is not handed back. Older Celery has no such check; the message is handed back."""
+    it is not handed back. Older Celery has no such check; the message is handed back. A
+    SUCCESS stored before this delivery started is another message's of the same id (sent
+    again with it): this one is handed back."""
     check = getattr(request, "_success_was_stored", None)
-    return bool(check()) if check is not None else False
+    meta = check() if check is not None else None
+    if not meta:
+        return False
+    done = _unix_time(meta.get("date_done"))
+    started = request.time_start
+    return done is None or started is None or done >= started
+
+
+def _unix_time(value: Any) -> float | None:
+    """A result's ``date_done`` (a datetime, or its ISO form; naive means UTC) in Unix time."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
@@ -85,7 +110,7 @@ def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseEx
     """
     context = request._context
     record = DeliveryRecord.from_request(context)
-    if breaker.was_handed_back(record.name(request.id)):
+    if breaker.was_handed_back(delivery_name(context, record)):
         logger.warning(
             "task %s was handed back before its pool process was lost (%r); acknowledged",
             request.id,

@@ -13,12 +13,14 @@ from celery.exceptions import Ignore, Reject
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
+from .broker_deliveries import BROKER_DELIVERIES, BROKER_HEADERS, DELIVERY_TAG
 
 __all__ = (
     "DELIVERIES_HEADER",
     "FAILED_ON_HEADER",
     "STOPPED",
     "DeliveryRecord",
+    "delivery_name",
     "guard",
     "hand_back",
     "log_poison",
@@ -43,12 +45,16 @@ class DeliveryRecord:
 
     @classmethod
     def from_request(cls, request: Any) -> DeliveryRecord:
-        """Read the headers; anything malformed reads as a fresh message."""
+        """Read the headers; anything malformed reads as a fresh message. The delivery is
+        the broker's own count when that is higher (the same message back as it came)."""
         headers = getattr(request, "headers", None) or {}
         try:
             delivery = max(int(headers.get(DELIVERIES_HEADER, 1)), 1)
         except (TypeError, ValueError):
             delivery = 1
+        by_broker = getattr(request, BROKER_DELIVERIES, None)
+        if isinstance(by_broker, int):
+            delivery = max(delivery, by_broker)
         failed_on = headers.get(FAILED_ON_HEADER) or ()
         if not isinstance(failed_on, list | tuple):
             failed_on = ()
@@ -65,11 +71,6 @@ class DeliveryRecord:
             or self.delivery > _DELIVERY_CAP_FACTOR * max_workers
         )
 
-    def name(self, task_id: str) -> str:
-        """This delivery of ``task_id``: what `hand_back` remembers it by. A redelivery of the
-        same message carries the same record, and so the same name."""
-        return f"{task_id}\0{self.delivery}"
-
     def after_failure_on(self, worker: str) -> dict[str, Any]:
         """The headers of the handed-back copy."""
         failed_on = [w for w in self.failed_on if w != worker] + [worker]
@@ -77,6 +78,14 @@ class DeliveryRecord:
             DELIVERIES_HEADER: self.delivery + 1,
             FAILED_ON_HEADER: failed_on[-_FAILED_ON_KEPT:],
         }
+
+
+def delivery_name(request: Any, record: DeliveryRecord) -> str:
+    """This delivery of the message, as `hand_back` remembers it: the task id, the delivery
+    number and the broker's tag (the same in the pool child and the main process). A
+    redelivery of the same message may share it; another message of the same id does not."""
+    tag = getattr(request, DELIVERY_TAG, "")
+    return f"{request.id}\0{record.delivery}\0{tag}"
 
 
 def guard(task: Task, breakers: BreakerSet) -> None:
@@ -157,6 +166,8 @@ def hand_back(
     it came when the copy could not be published.
     """
     headers = dict(getattr(request, "headers", None) or {})
+    for header in BROKER_HEADERS:
+        headers.pop(header, None)
     headers.update(record.after_failure_on(request.hostname or "unknown"))
     try:
         task.signature_from_request(request, headers=headers).apply_async()
@@ -170,7 +181,7 @@ def hand_back(
             refused,
         )
         return False
-    breaker.note_handed_back(record.name(request.id))
+    breaker.note_handed_back(delivery_name(request, record))
     logger.warning(
         "task %s failed (%r) on delivery %d; handed back to the queue",
         request.id,

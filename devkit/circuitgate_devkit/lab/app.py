@@ -41,6 +41,7 @@ __all__ = (
     "AFTER_SUCCESS",
     "DIES_ONCE_AFTER",
     "FAULTS",
+    "SIGKILL_ONCE",
     "DeviceFault",
     "app",
     "infer",
@@ -103,6 +104,14 @@ FAULTS: dict[str, Callable[[], object]] = {
 }
 """How a broken device shows itself, by the content of the fault file."""
 
+
+def _sigkill_once() -> None:
+    os.unlink(os.environ["CIRCUITGATE_LAB_FAULT"])  # repaired for the next task
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+SIGKILL_ONCE = "sigkill once"
+FAULTS[SIGKILL_ONCE] = _sigkill_once
 AFTER_SUCCESS = "sigkill after success"
 AFTER_HAND_BACK = "sigkill after hand-back"
 FAULTS[AFTER_HAND_BACK] = _raise  # fails as a broken device does, then dies (below)

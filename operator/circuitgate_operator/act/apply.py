@@ -35,7 +35,7 @@ from .requests import (
     circuit_state_status,
     circuit_states_path,
     condition_patch,
-    evicting_patch,
+    evicted_patch,
     eviction_body,
     node_patch,
     policy_status_patch,
@@ -190,22 +190,11 @@ class Applier:
         self.post(change.events)
 
     async def _evict(self, eviction: Eviction, result: ApplyResult) -> None:
-        """Mark the pod, then ask for its eviction: the mark tells every later decision (of
-        any replica, after any restart) that this eviction is ours, not a drain."""
+        """Ask for the eviction, then mark the pod as evicted by us: the mark tells every later
+        decision (of any replica, after any restart) that this eviction is no drain. Only one
+        the API server granted is marked, so a drain of a pod whose eviction a budget refused
+        is still seen as one; a crash between the two requests leaves one unmarked."""
         pod = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}"
-        try:
-            marked = await self.api.request(
-                "PATCH",
-                f"{pod}/status",
-                body=evicting_patch(eviction, time.time()),
-                content_type=STRATEGIC_MERGE_PATCH,
-            )
-        except ApiError as error:
-            if error.status == 404:
-                return
-            raise
-        result.writes += 1
-        self.view.pods.observe(marked, ours=True)
         try:
             await self.api.request("POST", f"{pod}/eviction", body=eviction_body(eviction))
         except ApiError as error:
@@ -219,6 +208,19 @@ class Applier:
         result.count(eviction.action)
         result.evicted.append(eviction.pod)
         self.post(eviction.events)
+        try:
+            marked = await self.api.request(
+                "PATCH",
+                f"{pod}/status",
+                body=evicted_patch(eviction, time.time()),
+                content_type=STRATEGIC_MERGE_PATCH,
+            )
+        except ApiError as error:
+            if error.status != 404:  # gone already: nothing left to mistake for a drain
+                raise
+            return
+        result.writes += 1
+        self.view.pods.observe(marked, ours=True)
 
     async def _policy_status(self, write: PolicyStatusWrite, result: ApplyResult) -> None:
         answer = await self.api.request(

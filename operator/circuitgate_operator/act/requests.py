@@ -15,14 +15,14 @@ from ..decide.intents import (
     PolicyStatusWrite,
 )
 from ..model import POLICY_LABEL
-from ..names import CONDITION_TYPE, EVICTING_CONDITION_TYPE, GROUP, VERSION, label_value
+from ..names import CONDITION_TYPE, EVICTED_CONDITION_TYPE, GROUP, VERSION, label_value
 
 __all__ = (
     "circuit_state_body",
     "circuit_state_status",
     "circuit_states_path",
     "condition_patch",
-    "evicting_patch",
+    "evicted_patch",
     "eviction_body",
     "node_patch",
     "policy_status_patch",
@@ -55,14 +55,13 @@ def condition_patch(write: ConditionWrite) -> dict[str, Any]:
     return {"status": {"conditions": [entry]}}
 
 
-def evicting_patch(eviction: Eviction, now: float) -> dict[str, Any]:
-    """The mark set on a pod just before we ask to evict it (`EVICTING_CONDITION_TYPE`), timed
-    now: an eviction that follows it at once is ours."""
+def evicted_patch(eviction: Eviction, now: float) -> dict[str, Any]:
+    """The mark set on a pod once its eviction was granted (`EVICTED_CONDITION_TYPE`)."""
     entry = {
-        "type": EVICTING_CONDITION_TYPE,
+        "type": EVICTED_CONDITION_TYPE,
         "status": "True",
         "reason": "BreakerTripped",
-        "message": f"circuitgate evicts this pod: its breaker tripped on node {eviction.node}",
+        "message": f"circuitgate evicted this pod: its breaker tripped on node {eviction.node}",
         "lastTransitionTime": rfc3339(now),
         "lastProbeTime": None,
     }

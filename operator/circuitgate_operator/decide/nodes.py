@@ -12,7 +12,7 @@ from typing import Literal
 
 from ..clock import parse_time, rfc3339
 from ..model import NodeRemediation, NodeView, PodView, Taint
-from ..names import EVICTING_CONDITION_TYPE, FIELD_MANAGER
+from ..names import EVICTED_CONDITION_TYPE, FIELD_MANAGER
 from .intents import NodeAction, NodeChange
 
 __all__ = (
@@ -52,8 +52,6 @@ KEEP_CORDONED = "circuitgate.io/keep-cordoned"
 # The pod condition the API server sets on a pod the Eviction API evicts (kubectl drain does).
 _DISRUPTION = "DisruptionTarget"
 _BY_EVICTION_API = "EvictionByEvictionAPI"
-# How long after our mark an eviction of the pod is ours: we ask for it right after marking.
-_OUR_EVICTION_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -74,25 +72,19 @@ class SeenEviction:
 
 def evictions_on(node: str, pods: Iterable[PodView]) -> list[SeenEviction]:
     """Someone else's evictions of the pods we can see on a node, from their DisruptionTarget
-    condition: those that did not follow our mark (`EVICTING_CONDITION_TYPE`) at once."""
+    condition: of pods without our mark (`EVICTED_CONDITION_TYPE`)."""
     seen = []
     for pod in pods:
         condition = pod.conditions.get(_DISRUPTION)
         if pod.node_name != node or condition is None or condition.status != "True":
             continue
         at = parse_time(condition.last_transition_time)
-        if condition.reason == _BY_EVICTION_API and at is not None and not _ours(pod, at):
+        ours = pod.conditions.get(EVICTED_CONDITION_TYPE)
+        if ours is not None and ours.status == "True":
+            continue
+        if condition.reason == _BY_EVICTION_API and at is not None:
             seen.append(SeenEviction(pod.name, at))
     return seen
-
-
-def _ours(pod: PodView, evicted_at: float) -> bool:
-    """Whether the eviction at ``evicted_at`` is the one we asked for after marking the pod
-    (times in whole seconds); one much later is someone else's, of a pod we had not evicted
-    (a disruption budget refused ours)."""
-    mark = pod.conditions.get(EVICTING_CONDITION_TYPE)
-    marked_at = parse_time(mark.last_transition_time) if mark and mark.status == "True" else None
-    return marked_at is not None and marked_at <= evicted_at <= marked_at + _OUR_EVICTION_SECONDS
 
 
 @dataclass(frozen=True)

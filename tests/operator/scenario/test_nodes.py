@@ -22,6 +22,7 @@ from circuitgate_operator.decide.nodes import (
     RELEASED_AT,
     TAINTED,
 )
+from circuitgate_operator.names import EVICTED_CONDITION_TYPE
 
 pytestmark = pytest.mark.cluster
 
@@ -334,7 +335,15 @@ def test_our_own_eviction_seen_after_a_restart_is_not_taken_for_a_drain(
     cluster.workers.trip(hosts["w0"], trips=1)
     cluster.workers.trip(hosts["w1"], trips=1)
     eventually(lambda: spec_of(cluster, node).get("unschedulable"))
-    eventually(lambda: any(cluster.pod(p)["metadata"].get("deletionTimestamp") for p in hosts))
+
+    def marked_evicted() -> bool:  # granted, and marked as ours (the request after it)
+        return any(
+            c["type"] == EVICTED_CONDITION_TYPE and c["status"] == "True"
+            for p in hosts
+            for c in cluster.pod(p)["status"].get("conditions") or ()
+        )
+
+    eventually(marked_evicted, what="our eviction granted and marked")
 
     first.kill()
     second = start_operator()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from circuitgate_devkit.lab.app import AFTER_HAND_BACK, AFTER_SUCCESS
+from circuitgate_devkit.lab.app import AFTER_HAND_BACK, AFTER_SUCCESS, SIGKILL_ONCE
 from circuitgate_devkit.waiting import eventually
 
 from .conftest import FaultLab
@@ -44,7 +44,7 @@ def test_a_child_lost_after_its_task_stored_success_is_not_run_again(faults: Fau
 
     def settled() -> bool:  # either path: Celery's warning, or a second run of the task
         return (
-            "succeeded before the worker was lost" in faults.bad.logfile.read_text()
+            f"[{task_id}] succeeded before the worker was lost" in faults.bad.logfile.read_text()
             or faults.lab.log.successes_per_task()[task_id] > 1
         )
 
@@ -81,3 +81,49 @@ def test_a_child_lost_after_handing_its_task_back_is_not_handed_back_again(
     assert faults.lab.log.successes_per_task()[task_id] == 1, row
     assert len(faults.bad.events.of("counted_failure")) == counted + 1
     assert faults.state() == "closed"
+
+
+def test_a_child_lost_on_a_task_id_that_succeeded_before_is_handed_back(
+    faults: FaultLab,
+) -> None:
+    """A client sends a fixed id again (an idempotency key): the SUCCESS stored by the first
+    message is not this one's, whose child died before storing anything."""
+    [task_id] = faults.lab.send(1, work_s=0.05)
+    faults.lab.log.wait_for_successes({task_id}, timeout=60)
+    faults.settle_behind(task_id)
+    faults.bad.break_device(SIGKILL_ONCE)
+    faults.lab.producer.send_task("lab.infer", args=(1,), kwargs={"work_s": 0.05}, task_id=task_id)
+
+    def settled() -> bool:  # either path: Celery's warning, or the second message's run
+        return (
+            f"[{task_id}] succeeded before the worker was lost" in faults.bad.logfile.read_text()
+            or faults.lab.log.successes_per_task()[task_id] > 1
+        )
+
+    eventually(settled, timeout=60, what="the main process settles the lost child")
+    assert faults.lab.log.successes_per_task()[task_id] == 2
+
+
+def test_a_new_message_with_the_id_of_one_handed_back_is_not_taken_for_it(
+    faults: FaultLab,
+) -> None:
+    """The first message of the id was handed back and its child died: that delivery is
+    remembered. A new message of the same id (``Task.replace`` makes one, so does a client
+    that sends a fixed id again) carries no delivery record, so only the broker's tag tells
+    the two apart: its lost child must hand it back, not acknowledge it."""
+    faults.bad.break_device(AFTER_HAND_BACK)
+    [task_id] = faults.lab.send(1, work_s=0.05)
+    faults.lab.log.wait_for_successes({task_id}, timeout=60)
+    faults.settle_behind(task_id, deliveries=2)
+    faults.bad.break_device(SIGKILL_ONCE)
+    faults.lab.producer.send_task("lab.infer", args=(1,), kwargs={"work_s": 0.05}, task_id=task_id)
+
+    def settled() -> bool:  # either path: our log line for the new delivery, or its run
+        log = faults.bad.logfile.read_text()
+        return log.count(f"{task_id} was handed back before") > 1 or (
+            faults.lab.log.successes_per_task()[task_id] > 1
+        )
+
+    eventually(settled, timeout=60, what="the main process settles the lost child")
+    faults.settle_behind(task_id, deliveries=4)
+    assert faults.lab.log.successes_per_task()[task_id] == 2

@@ -62,19 +62,26 @@ REFUSALS: dict[str, Callable[[Broker], contextlib.AbstractContextManager[None]]]
 }
 
 
+def send_to_the_broken_worker(faults: FaultLab, *, fail_s: float) -> str:
+    """Break the device, send one padded task, and return its id once the worker has it (the
+    refusal starts after: the message itself must still fit)."""
+    faults.bad.break_device()
+    task_id: str = faults.lab.producer.send_task(
+        "lab.infer", args=(0,), kwargs={"fail_s": fail_s}, headers={"padding": PADDING}
+    ).id
+    eventually(
+        lambda: faults.bad.events.of("received", task_id=task_id), timeout=30, what="received"
+    )
+    return task_id
+
+
 # Not on RabbitMQ yet: a refusal the publisher sees there needs publisher confirms.
 @pytest.mark.parametrize("faults", sorted(REFUSALS), indirect=True)
 def test_a_hand_back_the_broker_refuses_leaves_the_message_in_the_queue(
     faults: FaultLab,
 ) -> None:
     trips = faults.trips()
-    faults.bad.break_device()
-    task_id = faults.lab.producer.send_task(
-        "lab.infer", args=(0,), kwargs={"fail_s": 1.5}, headers={"padding": PADDING}
-    ).id
-    eventually(
-        lambda: faults.bad.events.of("received", task_id=task_id), timeout=30, what="received"
-    )
+    task_id = send_to_the_broken_worker(faults, fail_s=1.5)
     with REFUSALS[faults.kind](faults.lab.broker):
         faults.wait_for_trip(trips)  # the same message, back each time, failed fail_max times
     good = faults.healthy("good-refused")
@@ -84,4 +91,21 @@ def test_a_hand_back_the_broker_refuses_leaves_the_message_in_the_queue(
     row = faults.tally(f"hand-back refused/held ({faults.kind})", [task_id])
 
     assert successes[task_id] == 1, row
+    faults.repair_and_close()
+
+
+@pytest.mark.parametrize("faults", ["sqs"], indirect=True)
+def test_a_message_whose_copy_is_refused_every_time_becomes_poison(faults: FaultLab) -> None:
+    """Its copy never goes out, so its headers never count a delivery: SQS's own receive count
+    does, and the message fails for good once past the delivery cap instead of going round
+    for ever (and counting against every worker it reaches)."""
+    task_id = send_to_the_broken_worker(faults, fail_s=0.05)
+    with REFUSALS[faults.kind](faults.lab.broker):
+        eventually(
+            lambda: f"task {task_id} failed on" in faults.bad.logfile.read_text(),
+            timeout=120,
+            what="the message failed for good as poison",
+        )
+    row = faults.tally("copy refused every time (sqs)", [task_id], ended=frozenset({task_id}))
+    assert faults.lab.log.successes_per_task()[task_id] == 0, row
     faults.repair_and_close()

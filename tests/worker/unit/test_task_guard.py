@@ -10,6 +10,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
+from circuitgate.broker_deliveries import BROKER_DELIVERIES, broker_deliveries
 from circuitgate.settings import load_settings
 from circuitgate.shared_state import State
 from circuitgate.task_guard import DELIVERIES_HEADER, FAILED_ON_HEADER, DeliveryRecord, guard
@@ -46,6 +47,33 @@ def test_poison_after_failing_on_k_workers_or_after_the_delivery_cap() -> None:
     assert record.is_poison(3)
     assert DeliveryRecord(delivery=13, failed_on=("a",)).is_poison(3)
     assert not DeliveryRecord(delivery=12, failed_on=("a",)).is_poison(3)
+
+
+def test_the_brokers_own_count_raises_the_delivery_number() -> None:
+    """A delivery back as it came (its copy refused) carries the same headers: the broker's
+    count still reaches the cap."""
+    requeued = SimpleNamespace(headers={DELIVERIES_HEADER: 2}, **{BROKER_DELIVERIES: 13})
+    assert DeliveryRecord.from_request(requeued).delivery == 13
+    copied = SimpleNamespace(headers={DELIVERIES_HEADER: 5}, **{BROKER_DELIVERIES: 1})
+    assert DeliveryRecord.from_request(copied).delivery == 5
+
+
+@pytest.mark.parametrize(
+    ("delivery_info", "headers", "count"),
+    [
+        ({"sqs_message": {"Attributes": {"ApproximateReceiveCount": "7"}}}, {}, 7),
+        ({"sqs_message": {"Attributes": {}}}, {}, None),
+        ({"sqs_message": {"Attributes": {"ApproximateReceiveCount": "many"}}}, {}, None),
+        ({}, {"x-delivery-count": 2}, 3),  # RabbitMQ quorum queue: earlier deliveries
+        ({}, {"x-delivery-count": -1}, None),
+        ({}, {}, None),  # Redis, RabbitMQ classic queues
+    ],
+)
+def test_the_brokers_count_is_read_where_it_keeps_one(
+    delivery_info: dict[str, object], headers: dict[str, object], count: int | None
+) -> None:
+    message = SimpleNamespace(delivery_info=delivery_info, headers=headers)
+    assert broker_deliveries(message) == count
 
 
 # -- outcomes: Celery's control flow is neutral, neither success nor failure ------------------

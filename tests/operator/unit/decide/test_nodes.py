@@ -18,7 +18,7 @@ from circuitgate_operator.decide.nodes import (
     evictions_on,
 )
 from circuitgate_operator.model import Condition, NodeRemediation, NodeView, PodView, Taint
-from circuitgate_operator.names import EVICTING_CONDITION_TYPE
+from circuitgate_operator.names import EVICTED_CONDITION_TYPE
 
 from .builders import NOW, node, pod
 
@@ -192,14 +192,15 @@ def evicted_pod(
     name: str,
     reason: str = "EvictionByEvictionAPI",
     node_name: str = "node-a",
-    marked_at: float | None = None,
+    *,
+    ours: bool = False,
 ) -> PodView:
-    """A pod with a DisruptionTarget condition set at NOW, and our mark set at ``marked_at``."""
+    """A pod with a DisruptionTarget condition set at NOW; ``ours``: with our mark too."""
     disruption = Condition("DisruptionTarget", "True", reason, "", rfc3339(NOW))
     conditions = {"DisruptionTarget": disruption}
-    if marked_at is not None:
-        mark = Condition(EVICTING_CONDITION_TYPE, "True", "BreakerTripped", "", rfc3339(marked_at))
-        conditions[EVICTING_CONDITION_TYPE] = mark
+    if ours:
+        mark = Condition(EVICTED_CONDITION_TYPE, "True", "BreakerTripped", "", rfc3339(NOW))
+        conditions[EVICTED_CONDITION_TYPE] = mark
     return dataclasses.replace(pod(name, node=node_name), conditions=conditions)
 
 
@@ -213,14 +214,11 @@ def test_evictions_on_a_node_are_read_from_the_disruption_condition() -> None:
     assert evictions_on("node-a", pods) == [SeenEviction("x", NOW)]
 
 
-def test_an_eviction_right_after_our_mark_is_ours_and_a_later_one_someone_elses() -> None:
-    """We mark a pod, then ask for its eviction: that eviction is no drain, whoever decides
-    (a restarted operator, another replica). A pod whose eviction a budget refused keeps an
-    old mark: a drain evicting it much later is someone else's."""
-    pods = [
-        evicted_pod("ours", marked_at=NOW - 1),
-        evicted_pod("refused-then-drained", marked_at=NOW - 60),
-    ]
+def test_an_eviction_we_were_granted_is_ours_whoever_decides() -> None:
+    """Marked once the API server granted it: no drain, whoever decides (a restarted
+    operator, another replica). An eviction a budget refused leaves no mark, so a drain that
+    evicts that pod later is someone else's."""
+    pods = [evicted_pod("ours", ours=True), evicted_pod("refused-then-drained")]
     assert evictions_on("node-a", pods) == [SeenEviction("refused-then-drained", NOW)]
 
 
