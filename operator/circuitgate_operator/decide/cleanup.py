@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 
 from ..clock import rfc3339
 from ..model import CircuitStateView, NodeView, PodView, PolicyView
-from .intents import CircuitStateDelete, EventIntent, Plan, node_ref
+from .intents import CircuitStateDelete, Plan, node_event
 from .nodes import (
     CORDONED_BY,
     RELEASE_MARKS,
@@ -70,7 +70,7 @@ def plan_cleanup(
         )
         if decision.change is not None:
             message = f"policy {policy.key} was deleted: {decision.reason}"
-            event = EventIntent(node_ref(node), "NodeUncordoned", message)
+            event = node_event(node, decision.change.action, message)
             # No release marks either: nothing of the policy is left for them to forgive.
             marks = {**decision.change.annotations, **dict.fromkeys(RELEASE_MARKS)}
             change = dataclasses.replace(decision.change, annotations=marks, events=(event,))

@@ -21,6 +21,7 @@ __all__ = (
     "ObjectRef",
     "Plan",
     "PolicyStatusWrite",
+    "node_event",
     "node_ref",
     "pod_ref",
     "policy_ref",
@@ -67,6 +68,20 @@ class EventIntent:
     reason: str
     message: str
     type: str = "Normal"
+
+
+_NODE_EVENTS: dict[str, tuple[str, str]] = {
+    "cordon": ("NodeCordoned", "Warning"),
+    "uncordon": ("NodeUncordoned", "Normal"),
+    # Someone else took the node over: our taint and marks go, the cordon stays theirs.
+    "release": ("NodeReleased", "Normal"),
+}
+
+
+def node_event(node: NodeView, action: NodeAction, message: str) -> EventIntent:
+    """The Event a node change posts: its reason says what happened to the node."""
+    reason, kind = _NODE_EVENTS[action]
+    return EventIntent(node_ref(node), reason, message, kind)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..model import NodeView, PodView
 from .caps import Cap
-from .intents import EventIntent, Eviction, Plan, node_ref, pod_ref
+from .intents import EventIntent, Eviction, Plan, node_event, pod_ref
 from .nodes import (
     CORDONED_BY,
     RELEASED_BY,
@@ -81,11 +81,7 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
             plan.nodes.append(decision.change)  # our own marks only: no news for anyone
         elif decision.change is not None:
             message = f"policy {policy.key}: {decision.reason}"
-            event = (
-                EventIntent(node_ref(node), "NodeCordoned", message, "Warning")
-                if decision.action == "cordon"
-                else EventIntent(node_ref(node), "NodeUncordoned", message)
-            )
+            event = node_event(node, decision.change.action, message)
             plan.nodes.append(dataclasses.replace(decision.change, events=(event,)))
 
 

@@ -315,6 +315,8 @@ def test_an_admin_who_keeps_or_drains_a_node_we_cordoned_makes_it_theirs(
     assert RELEASED_AT in annotations_of(cluster, node)
     assert spec_of(cluster, node).get("unschedulable") is True
     assert OUR_TAINT not in (spec_of(cluster, node).get("taints") or [])
+    assert eventually(lambda: cluster.node_events(node, "NodeReleased"))  # not "uncordoned"
+    assert not cluster.node_events(node, "NodeUncordoned")
 
     eventually(lambda: time.time() > cordoned_at + 15, timeout=30, what="the cool-down over")
     operator.settle(f"{cluster.namespace}/workers")
