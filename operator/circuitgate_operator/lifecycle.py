@@ -45,8 +45,8 @@ class Operator:
         self.metrics = Metrics()
         self.trips: dict[str, TripLedger] = {}
         self.loops: dict[str, PolicyLoop] = {}
-        # Cordons sent and not yet answered (node -> policy key), counted by every policy's cap.
-        self.cordons_in_flight: dict[str, str] = {}
+        # Cordons sent and not yet answered (node -> policy keys), counted by every policy's cap.
+        self.cordons_in_flight: dict[str, set[str]] = {}
         self._api: KubeApi | None = None
         self._session: aiohttp.ClientSession | None = None
         self._recorder: EventRecorder | None = None

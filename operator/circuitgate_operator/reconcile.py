@@ -24,7 +24,7 @@ from .act.requests import circuit_states_path
 from .contract import BreakerState, Reading
 from .decide.circuit_state import startup_grace_ends
 from .decide.cleanup import plan_cleanup
-from .decide.intents import EventIntent, Plan
+from .decide.intents import EventIntent, Eviction, Plan
 from .decide.ledger import TripLedger
 from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
@@ -84,6 +84,7 @@ class PolicyLoop:
         self._posted: set[str] = set()
         self._watch_started: dict[str, float] = {}
         self._evicted: dict[str, float] = {}
+        self._unmarked: dict[str, Eviction] = {}  # granted, our mark not landed yet
         self._failures = 0
         self._applying: asyncio.Future[ApplyResult] | None = None
 
@@ -180,6 +181,9 @@ class PolicyLoop:
         self.ledger.retain({pod.name for pod in selected})
         trips = self.ledger.by_node(keep, now)
         self._evicted = {p: t for p, t in self._evicted.items() if now - t < EVICTION_RETRY_SECONDS}
+        for pod, eviction in list(self._unmarked.items()):
+            if await self.operator.applier.mark_evicted(eviction):
+                del self._unmarked[pod]
         observation = PolicyObservation(
             policy=policy,
             selected=selected,
@@ -195,6 +199,7 @@ class PolicyLoop:
                 if key.startswith(f"{self.namespace}/")
             },
             evicted_recently=frozenset(self._evicted),
+            evicted_unmarked=frozenset(self._unmarked),
             watched_elsewhere=frozenset(
                 pod.name
                 for key, watched in selection.watched.items()
@@ -206,13 +211,16 @@ class PolicyLoop:
                 for uid, started in self._watch_started.items()
                 if uid not in self.readings and now - started < policy.spec.watch.timeout
             ),
-            cordons_in_flight=dict(self.operator.cordons_in_flight),
+            cordons_in_flight={
+                node: frozenset(owners) for node, owners in self.operator.cordons_in_flight.items()
+            },
         )
         plan = plan_policy(observation)
         self._count_states(plan, selected)
         # Counted as in flight before this task yields: no other policy plans without them.
         sent = {c.node for c in plan.nodes if c.action == "cordon"}
-        self.operator.cordons_in_flight.update(dict.fromkeys(sent, self.key))
+        for node in sent:
+            self.operator.cordons_in_flight.setdefault(node, set()).add(self.key)
         self._applying = asyncio.ensure_future(self._apply(plan, sent))
         result = await asyncio.shield(self._applying)
         if logger.isEnabledFor(logging.DEBUG) and (
@@ -231,6 +239,7 @@ class PolicyLoop:
         self.operator.metrics.count(plan, result)
         for pod in result.evicted + result.eviction_blocked:
             self._evicted[pod] = now
+        self._unmarked.update((e.pod, e) for e in result.unmarked)
         return self._next_deadline(policy, result, trips, now)
 
     async def _apply(self, plan: Plan, cordons: set[str]) -> ApplyResult:
@@ -240,9 +249,11 @@ class PolicyLoop:
         try:
             return await self.operator.applier.apply(plan)
         finally:
-            for node in cordons:
-                if in_flight.get(node) == self.key:  # not another policy's cordon of it
-                    del in_flight[node]
+            for node in cordons:  # only ours: another policy may have one on its way too
+                owners = in_flight.get(node, set())
+                owners.discard(self.key)
+                if not owners:
+                    in_flight.pop(node, None)
 
     def _next_deadline(
         self,

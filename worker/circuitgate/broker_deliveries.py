@@ -1,35 +1,52 @@
 """What the broker says about a delivery, handed from the main process to the pool child
-(which sees the request, not the message): how many times it has delivered the message, and
-its tag for this delivery.
+(which sees the request, not the message) in the request's ``delivery_info``, which Celery
+never copies into a message it publishes: how many times the broker has delivered the
+message, and its tag for this delivery.
 
 Our delivery record lives in the headers of the copies we publish; a delivery that goes back
 to its queue as it came (its copy refused) carries the same record again. The broker's own
-count still rises, so a message whose copy is always refused still reaches the delivery cap.
-The tag tells this message from another with the same task id (``Task.replace``, a client
-that sends a fixed id again), which the delivery record alone cannot.
+count still rises, so a message whose copy is refused every time still ends. The count also
+rises with every refusal while a circuit is open, so it is no measure of failures and serves
+only there. The tag tells this message from another with the same task id
+(``Task.replace``, a client that sends a fixed id again), which the record alone cannot.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ("BROKER_DELIVERIES", "BROKER_HEADERS", "DELIVERY_TAG", "broker_deliveries", "stamp")
+__all__ = (
+    "BROKER_HEADERS",
+    "broker_deliveries",
+    "delivered_by_broker",
+    "delivery_tag",
+    "stamp",
+)
 
-BROKER_DELIVERIES = "circuitgate_broker_deliveries"
-"""The request key of the broker's count."""
-DELIVERY_TAG = "circuitgate_delivery_tag"
-"""The request key of the broker's tag for this delivery."""
+_COUNT = "circuitgate_broker_deliveries"
+_TAG = "circuitgate_delivery_tag"
 BROKER_HEADERS = ("x-delivery-count",)
 """Headers the broker sets on delivery, never to be published again with a copy."""
 
 
-def stamp(request: dict[str, Any], message: Any) -> None:
-    """Put the broker's count and tag into a request (Celery's request dict, which the pool
-    child's ``task.request`` is made of)."""
+def stamp(delivery_info: dict[str, Any], message: Any) -> None:
+    """Put the broker's count and tag into a request's ``delivery_info`` (of Celery's request
+    dict, which the pool child's ``task.request`` is made of)."""
     count = broker_deliveries(message)
     if count is not None:
-        request[BROKER_DELIVERIES] = count
-    request[DELIVERY_TAG] = str(getattr(message, "delivery_tag", None) or "")
+        delivery_info[_COUNT] = count
+    delivery_info[_TAG] = str(getattr(message, "delivery_tag", None) or "")
+
+
+def delivered_by_broker(request: Any) -> int | None:
+    """The broker's count that `stamp` put into ``request`` (a task request), if any."""
+    count = (getattr(request, "delivery_info", None) or {}).get(_COUNT)
+    return count if isinstance(count, int) else None
+
+
+def delivery_tag(request: Any) -> str:
+    """The broker's tag for this delivery that `stamp` put into ``request``, or ""."""
+    return str((getattr(request, "delivery_info", None) or {}).get(_TAG) or "")
 
 
 def broker_deliveries(message: Any) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from celery import Task
@@ -15,7 +15,14 @@ from . import broker_deliveries
 from .breaker import SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 from .requeue import requeue_now
-from .task_guard import STOPPED, DeliveryRecord, delivery_name, hand_back, log_poison
+from .task_guard import (
+    STOPPED,
+    DeliveryRecord,
+    delivery_name,
+    hand_back,
+    log_poison,
+    refused_too_often,
+)
 
 __all__ = ("guard_outcomes_in_main",)
 
@@ -35,7 +42,7 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
     class GuardedRequest(base):  # Celery ships no types: base is Any
         def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(message, *args, **kwargs)
-            broker_deliveries.stamp(self._request_dict, message)
+            broker_deliveries.stamp(self._request_dict["delivery_info"], message)
 
         def on_failure(
             self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -82,13 +89,15 @@ def _success_was_stored(request: Any) -> bool:
     meta = check() if check is not None else None
     if not meta:
         return False
-    done = _unix_time(meta.get("date_done"))
+    done = _unix_time(meta.get("date_done"), request.task.app.timezone)
     started = request.time_start
-    return done is None or started is None or done >= started
+    # Unknown times: handed back, which at worst runs it twice, rather than lose it.
+    return done is not None and started is not None and done >= started
 
 
-def _unix_time(value: Any) -> float | None:
-    """A result's ``date_done`` (a datetime, or its ISO form; naive means UTC) in Unix time."""
+def _unix_time(value: Any, zone: tzinfo) -> float | None:
+    """A result's ``date_done`` (a datetime or its ISO form) in Unix time; a naive one is in
+    the app's time zone (what the database backend's columns keep of ``app.now()``)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -96,7 +105,7 @@ def _unix_time(value: Any) -> float | None:
             return None
     if not isinstance(value, datetime):
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=zone)).timestamp()
 
 
 def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
@@ -104,7 +113,8 @@ def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseEx
 
     A poison message (failed on enough workers already) fails as usual without counting.
     With hand-back on, the copy is published with the delivery record and the delivery
-    acknowledged; a copy the broker refuses leaves the original to go back to the queue.
+    acknowledged; a copy the broker refuses leaves the original to go back to the queue,
+    unless the broker has delivered it too often already (then it fails as usual).
     A child that had counted its failure and handed the message back before it died has
     done both already: the delivery is only acknowledged.
     """
@@ -127,6 +137,8 @@ def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseEx
     if not breaker.settings.handback:
         return False
     published = hand_back(request.task, breaker, context, record, exc)
+    if not published and refused_too_often(context, breaker.settings.max_deliveries):
+        return False
     worker_state.task_ready(request)
     if published:
         request.acknowledge()

@@ -13,7 +13,7 @@ from celery.exceptions import Ignore, Reject
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
-from .broker_deliveries import BROKER_DELIVERIES, BROKER_HEADERS, DELIVERY_TAG
+from .broker_deliveries import BROKER_HEADERS, delivered_by_broker, delivery_tag
 
 __all__ = (
     "DELIVERIES_HEADER",
@@ -24,6 +24,7 @@ __all__ = (
     "guard",
     "hand_back",
     "log_poison",
+    "refused_too_often",
 )
 
 logger = logging.getLogger(__name__)
@@ -45,16 +46,12 @@ class DeliveryRecord:
 
     @classmethod
     def from_request(cls, request: Any) -> DeliveryRecord:
-        """Read the headers; anything malformed reads as a fresh message. The delivery is
-        the broker's own count when that is higher (the same message back as it came)."""
+        """Read the headers; anything malformed reads as a fresh message."""
         headers = getattr(request, "headers", None) or {}
         try:
             delivery = max(int(headers.get(DELIVERIES_HEADER, 1)), 1)
         except (TypeError, ValueError):
             delivery = 1
-        by_broker = getattr(request, BROKER_DELIVERIES, None)
-        if isinstance(by_broker, int):
-            delivery = max(delivery, by_broker)
         failed_on = headers.get(FAILED_ON_HEADER) or ()
         if not isinstance(failed_on, list | tuple):
             failed_on = ()
@@ -84,8 +81,23 @@ def delivery_name(request: Any, record: DeliveryRecord) -> str:
     """This delivery of the message, as `hand_back` remembers it: the task id, the delivery
     number and the broker's tag (the same in the pool child and the main process). A
     redelivery of the same message may share it; another message of the same id does not."""
-    tag = getattr(request, DELIVERY_TAG, "")
-    return f"{request.id}\0{record.delivery}\0{tag}"
+    return f"{request.id}\0{record.delivery}\0{delivery_tag(request)}"
+
+
+def refused_too_often(request: Any, max_workers: int) -> bool:
+    """Whether a delivery whose copy was just refused has come back as it came too often to
+    go back again: by the broker's own count, past the delivery cap. It then fails for good
+    (logged), rather than go round for ever; where the broker keeps no count it goes back."""
+    count = delivered_by_broker(request)
+    if count is None or count <= _DELIVERY_CAP_FACTOR * max_workers:
+        return False
+    logger.error(
+        "task %s: its copy was refused and the broker has delivered it %d times; failing it"
+        " for good",
+        request.id,
+        count,
+    )
+    return True
 
 
 def guard(task: Task, breakers: BreakerSet) -> None:
@@ -135,6 +147,8 @@ def _execute(
         if breaker.settings.handback:
             if hand_back(task, breaker, request, record, exc):
                 raise Ignore() from exc
+            if refused_too_often(request, breaker.settings.max_deliveries):
+                raise
             raise Reject(exc, requeue=True) from exc
         raise
     breaker.record_success(token)

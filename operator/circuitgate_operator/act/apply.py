@@ -56,6 +56,8 @@ class ApplyResult:
     conflicts: int = 0
     evicted: list[str] = field(default_factory=list)
     eviction_blocked: list[str] = field(default_factory=list)
+    # Granted evictions whose pod did not take our mark: to be marked on the next pass.
+    unmarked: list[Eviction] = field(default_factory=list)
     actions: dict[Action, int] = field(default_factory=dict)
 
     def count(self, action: Action) -> None:
@@ -193,7 +195,8 @@ class Applier:
         """Ask for the eviction, then mark the pod as evicted by us: the mark tells every later
         decision (of any replica, after any restart) that this eviction is no drain. Only one
         the API server granted is marked, so a drain of a pod whose eviction a budget refused
-        is still seen as one; a crash between the two requests leaves one unmarked."""
+        is still seen as one. A mark refused is tried again (`ApplyResult.unmarked`); until it
+        lands the loop knows the eviction as its own; only a crash in between loses that."""
         pod = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}"
         try:
             await self.api.request("POST", f"{pod}/eviction", body=eviction_body(eviction))
@@ -208,19 +211,30 @@ class Applier:
         result.count(eviction.action)
         result.evicted.append(eviction.pod)
         self.post(eviction.events)
+        if not await self.mark_evicted(eviction):
+            result.unmarked.append(eviction)
+        else:
+            result.writes += 1
+
+    async def mark_evicted(self, eviction: Eviction) -> bool:
+        """Mark a pod whose eviction was granted as evicted by us; False (logged) if the API
+        server did not take the mark, for the caller to try again. A pod already gone needs
+        none: nothing is left of it to mistake for a drain."""
+        path = f"/api/v1/namespaces/{eviction.namespace}/pods/{eviction.pod}/status"
         try:
             marked = await self.api.request(
                 "PATCH",
-                f"{pod}/status",
+                path,
                 body=evicted_patch(eviction, time.time()),
                 content_type=STRATEGIC_MERGE_PATCH,
             )
         except ApiError as error:
-            if error.status != 404:  # gone already: nothing left to mistake for a drain
-                raise
-            return
-        result.writes += 1
+            if error.status == 404:
+                return True
+            logger.warning("pod %s: could not mark it evicted: %s", eviction.pod, error)
+            return False
         self.view.pods.observe(marked, ours=True)
+        return True
 
     async def _policy_status(self, write: PolicyStatusWrite, result: ApplyResult) -> None:
         answer = await self.api.request(

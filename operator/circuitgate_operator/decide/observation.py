@@ -28,14 +28,17 @@ class PolicyObservation:
     now: float
     overlapping: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     evicted_recently: frozenset[str] = frozenset()
+    # Pods we evicted whose mark (`EVICTED_CONDITION_TYPE`) has not landed yet: ours all the
+    # same, never someone else's drain.
+    evicted_unmarked: frozenset[str] = frozenset()
     # Pods (by uid) whose endpoint is being read for the first time: their readiness waits for
     # that answer (bounded by the policy's timeout), rather than being written twice.
     first_read_pending: frozenset[str] = frozenset()
     # Pods (by name) that another policy of the namespace watches: theirs, never restored here.
     watched_elsewhere: frozenset[str] = frozenset()
-    # Cordons this process has sent and not yet seen answered: node name -> policy key. The
+    # Cordons this process has sent and not yet seen answered: node name -> policy keys. The
     # cordon cap counts them, or two policies planning at once would both take its last slot.
-    cordons_in_flight: Mapping[str, str] = field(default_factory=dict)
+    cordons_in_flight: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def matched(self) -> list[PodView]:

@@ -41,7 +41,7 @@ def cordon_cap(obs: PolicyObservation, matched: Sequence[PodView]) -> Cap:
         and (owner == key or n.name in ran_on)
     }
     held |= {
-        node for node, owner in obs.cordons_in_flight.items() if owner == key or node in ran_on
+        node for node, owners in obs.cordons_in_flight.items() if key in owners or node in ran_on
     }
     total = len(ran_on)
     return Cap(obs.policy.spec.safety.max_cordoned_nodes, total, len(held))
@@ -69,7 +69,9 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
             spec=spec.nodes,
             trips=trips,
             now=obs.now,
-            evicted=evictions_on(name, obs.pods.values()),
+            evicted=evictions_on(
+                name, (p for p in obs.pods.values() if p.name not in obs.evicted_unmarked)
+            ),
         )
         count = len(recent_trips(node, trips, spec.nodes.window, obs.now))
         decisions.append((node, decision, count))

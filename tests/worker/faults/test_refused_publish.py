@@ -102,7 +102,7 @@ def test_a_message_whose_copy_is_refused_every_time_becomes_poison(faults: Fault
     task_id = send_to_the_broken_worker(faults, fail_s=0.05)
     with REFUSALS[faults.kind](faults.lab.broker):
         eventually(
-            lambda: f"task {task_id} failed on" in faults.bad.logfile.read_text(),
+            lambda: f"task {task_id}: its copy was refused" in faults.bad.logfile.read_text(),
             timeout=120,
             what="the message failed for good as poison",
         )

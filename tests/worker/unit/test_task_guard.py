@@ -10,10 +10,17 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.broker_deliveries import BROKER_DELIVERIES, broker_deliveries
+from circuitgate.broker_deliveries import broker_deliveries, stamp
 from circuitgate.settings import load_settings
 from circuitgate.shared_state import State
-from circuitgate.task_guard import DELIVERIES_HEADER, FAILED_ON_HEADER, DeliveryRecord, guard
+from circuitgate.task_guard import (
+    DELIVERIES_HEADER,
+    FAILED_ON_HEADER,
+    DeliveryRecord,
+    delivery_name,
+    guard,
+    refused_too_often,
+)
 
 
 def request(**headers: object) -> SimpleNamespace:
@@ -49,13 +56,19 @@ def test_poison_after_failing_on_k_workers_or_after_the_delivery_cap() -> None:
     assert not DeliveryRecord(delivery=12, failed_on=("a",)).is_poison(3)
 
 
-def test_the_brokers_own_count_raises_the_delivery_number() -> None:
-    """A delivery back as it came (its copy refused) carries the same headers: the broker's
-    count still reaches the cap."""
-    requeued = SimpleNamespace(headers={DELIVERIES_HEADER: 2}, **{BROKER_DELIVERIES: 13})
-    assert DeliveryRecord.from_request(requeued).delivery == 13
-    copied = SimpleNamespace(headers={DELIVERIES_HEADER: 5}, **{BROKER_DELIVERIES: 1})
-    assert DeliveryRecord.from_request(copied).delivery == 5
+def test_the_brokers_count_ends_only_a_delivery_whose_copy_was_refused() -> None:
+    """The broker's count rises with every refusal while a circuit is open too, so it never
+    makes a message poison; it only stops one whose copy is refused every time."""
+    info: dict[str, object] = {}
+    stamp(info, SimpleNamespace(delivery_info={"sqs_message": {"Attributes": {
+        "ApproximateReceiveCount": "13"}}}, delivery_tag="receipt-1"))  # fmt: skip
+    requeued = SimpleNamespace(id="t1", headers={DELIVERIES_HEADER: 2}, delivery_info=info)
+    assert DeliveryRecord.from_request(requeued).delivery == 2
+    assert not DeliveryRecord.from_request(requeued).is_poison(3)
+    assert refused_too_often(requeued, 3)
+    assert not refused_too_often(requeued, 4)  # 13 deliveries are within 4 x 4
+    assert not refused_too_often(SimpleNamespace(id="t2", delivery_info={}), 3)  # Redis
+    assert delivery_name(requeued, DeliveryRecord(2)) == "t1\x002\x00receipt-1"
 
 
 @pytest.mark.parametrize(

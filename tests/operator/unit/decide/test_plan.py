@@ -242,7 +242,7 @@ def test_node_cordon_respects_cap_and_storm() -> None:
     assert plan.nodes == []  # n1 is held, the cap is full
     # A cordon still on its way (another policy's, of a node these pods run on) fills it too.
     obs = observe(pol, pods, {p.uid: reading(p) for p in pods}, nodes=nodes, trips=trips)
-    plan = plan_policy(dataclasses.replace(obs, cordons_in_flight={"n3": "ns/other"}))
+    plan = plan_policy(dataclasses.replace(obs, cordons_in_flight={"n3": frozenset({"ns/other"})}))
     assert plan.nodes == [] and plan.suppressed[("cordon", "cap")] == 2
 
 
