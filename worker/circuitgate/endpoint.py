@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -134,23 +135,48 @@ OVER_BOUND_RESERVE = 8
 """Connections past the bound read at once, each only for ``/healthz``."""
 OVER_BOUND_TIMEOUT = 1.0
 """Seconds a connection past the bound has to send its request head."""
-_MAX_HEADER_LINES = 100
+_MAX_HEAD = 16 * 1024
+FIRST_BYTES_WAIT = 0.05
+"""Seconds the accepting thread waits for a connection's first packet when even the reserve
+is full: bounded, so a flood of connections slows accepting, never stops it."""
 
 
 def _answer_past_the_bound(request: socket.socket) -> None:
     """Past the bound only ``/healthz`` is served: liveness must not depend on slow clients.
 
-    Reads the request head with a short timeout (all of it, so closing does not reset a
-    connection whose answer is still on its way), answers, and closes.
+    Reads the request head within one deadline for all of it (a client sending a byte now and
+    then never trips a per-read timeout), so that closing does not reset a connection whose
+    answer is still on its way; then answers and closes.
     """
-    request.settimeout(OVER_BOUND_TIMEOUT)
-    with request.makefile("rb") as head:
-        request_line = head.readline(MAX_URL + 64)
-        for _ in range(_MAX_HEADER_LINES):
-            if head.readline(MAX_URL) in (b"\r\n", b"\n", b""):
-                break
-    alive = request_line.split()[:2] == [b"GET", b"/healthz"]
-    request.sendall(_ALIVE if alive else _REFUSED)
+    deadline = time.monotonic() + OVER_BOUND_TIMEOUT
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < _MAX_HEAD:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        request.settimeout(remaining)
+        chunk = request.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    request.sendall(_ALIVE if _is_healthz(head) else _REFUSED)
+
+
+def _answer_from_what_arrived(request: socket.socket) -> None:
+    """Over the reserve too: answer at once from what the client sends right away (a probe
+    sends its whole request as it connects), in the accepting thread, after a wait of at most
+    `FIRST_BYTES_WAIT` for its first packet."""
+    head = b""
+    readable, _, _ = select.select([request], [], [], FIRST_BYTES_WAIT)
+    if readable:
+        request.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            head = request.recv(_MAX_HEAD)  # all that arrived: nothing left to reset the close
+    request.sendall(_ALIVE if _is_healthz(head) else _REFUSED)
+
+
+def _is_healthz(head: bytes) -> bool:
+    return head.split(b"\r\n", 1)[0].split()[:2] == [b"GET", b"/healthz"]
 
 
 class _Server(ThreadingHTTPServer):
@@ -173,7 +199,7 @@ class _Server(ThreadingHTTPServer):
             ).start()
         else:  # over the reserve too: answer at once instead of queueing a thread
             with contextlib.suppress(OSError):
-                request.sendall(_REFUSED)
+                _answer_from_what_arrived(request)
             self.shutdown_request(request)
 
     def _serve_past_the_bound(self, request: socket.socket) -> None:

@@ -168,6 +168,35 @@ def test_healthz_answers_while_slow_clients_hold_every_slot(endpoint: BreakerEnd
         eventually(lambda: get(endpoint, "/healthz")[0] == 200, timeout=10, what="healthz")
 
 
+def test_healthz_answers_while_trickling_clients_hold_the_slots_and_the_reserve(
+    endpoint: BreakerEndpoint,
+) -> None:
+    """Clients that send a byte now and then never trip a per-read timeout: past the bound
+    each has one second for its whole head, and a probe that finds the reserve full is
+    answered from what it has already sent."""
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        hold_every_slot(endpoint, stack, b"GET /circuit HTTP/1.1\r\n")
+        tricklers = [
+            stack.enter_context(socket.create_connection(endpoint.address, timeout=5))
+            for _ in range(OVER_BOUND_RESERVE)
+        ]
+
+        def trickle() -> None:
+            while not stop.is_set():
+                for trickler in tricklers:
+                    with contextlib.suppress(OSError):
+                        trickler.send(b"x")
+                stop.wait(0.3)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        stack.callback(thread.join)
+        stack.callback(stop.set)
+        for _ in range(5):
+            assert get(endpoint, "/healthz", timeout=3)[0] == 200
+
+
 def test_metrics_expose_state_trips_and_handed_back_messages(
     endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker
 ) -> None:
