@@ -181,9 +181,9 @@ class PolicyLoop:
         self.ledger.retain({pod.name for pod in selected})
         trips = self.ledger.by_node(keep, now)
         self._evicted = {p: t for p, t in self._evicted.items() if now - t < EVICTION_RETRY_SECONDS}
-        for pod, eviction in list(self._unmarked.items()):
-            if await self.operator.applier.mark_evicted(eviction):
-                del self._unmarked[pod]
+        # Taken before the marks are retried: ``pods`` was read before they land.
+        unmarked = frozenset(self._unmarked)
+        await self._retry_marks(pods)
         observation = PolicyObservation(
             policy=policy,
             selected=selected,
@@ -199,7 +199,7 @@ class PolicyLoop:
                 if key.startswith(f"{self.namespace}/")
             },
             evicted_recently=frozenset(self._evicted),
-            evicted_unmarked=frozenset(self._unmarked),
+            evicted_unmarked=unmarked,
             watched_elsewhere=frozenset(
                 pod.name
                 for key, watched in selection.watched.items()
@@ -241,6 +241,18 @@ class PolicyLoop:
             self._evicted[pod] = now
         self._unmarked.update((e.pod, e) for e in result.unmarked)
         return self._next_deadline(policy, result, trips, now)
+
+    async def _retry_marks(self, pods: Mapping[str, PodView]) -> None:
+        """Mark again the pods whose granted eviction did not take our mark; a pod gone, or
+        of that name but another uid (created again), needs none."""
+        for name, eviction in list(self._unmarked.items()):
+            pod = pods.get(name)
+            if (
+                pod is None
+                or pod.uid != eviction.uid
+                or await self.operator.applier.mark_evicted(eviction)
+            ):
+                del self._unmarked[name]
 
     async def _apply(self, plan: Plan, cordons: set[str]) -> ApplyResult:
         """Apply the plan; its ``cordons`` stop counting as in flight once answered (the view

@@ -1,7 +1,8 @@
 """What the broker says about a delivery, handed from the main process to the pool child
-(which sees the request, not the message) in the request's ``delivery_info``, which Celery
-never copies into a message it publishes: how many times the broker has delivered the
-message, and its tag for this delivery.
+(which sees the request, not the message) in the request's ``delivery_info``: how many times
+the broker has delivered the message, and its tag for this delivery. Not in the headers,
+which a republished copy (``retry()``, a hand-back) carries on; a copy's ``delivery_info`` is
+the broker's own again, so it never carries a stale count or tag.
 
 Our delivery record lives in the headers of the copies we publish; a delivery that goes back
 to its queue as it came (its copy refused) carries the same record again. The broker's own

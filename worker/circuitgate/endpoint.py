@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import select
 import socket
 import threading
 import time
@@ -164,14 +163,14 @@ def _answer_past_the_bound(request: socket.socket) -> None:
 
 def _answer_from_what_arrived(request: socket.socket) -> None:
     """Over the reserve too: answer at once from what the client sends right away (a probe
-    sends its whole request as it connects), in the accepting thread, after a wait of at most
-    `FIRST_BYTES_WAIT` for its first packet."""
-    head = b""
-    readable, _, _ = select.select([request], [], [], FIRST_BYTES_WAIT)
-    if readable:
-        request.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            head = request.recv(_MAX_HEAD)  # all that arrived: nothing left to reset the close
+    sends its whole request as it connects), in the accepting thread. The listening socket
+    defers accepting until a connection has sent data (Linux), so this rarely waits; where it
+    cannot, it waits `FIRST_BYTES_WAIT` at most."""
+    request.settimeout(FIRST_BYTES_WAIT)
+    try:
+        head = request.recv(_MAX_HEAD)  # all that arrived: nothing left to reset the close
+    except OSError:  # TimeoutError among them
+        head = b""
     request.sendall(_ALIVE if _is_healthz(head) else _REFUSED)
 
 
@@ -189,6 +188,14 @@ class _Server(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(endpoint.max_connections)
         self.reserve = threading.BoundedSemaphore(OVER_BOUND_RESERVE)
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # Accept a connection only once it has sent something (for up to 1 s): a flood of
+        # silent connections never reaches the accepting thread, and a probe arrives whole.
+        defer = getattr(socket, "TCP_DEFER_ACCEPT", None)
+        if defer is not None:
+            self.socket.setsockopt(socket.IPPROTO_TCP, defer, 1)
+        super().server_bind()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if self.slots.acquire(blocking=False):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from celery import Task
@@ -96,8 +96,9 @@ def _success_was_stored(request: Any) -> bool:
 
 
 def _unix_time(value: Any, zone: tzinfo) -> float | None:
-    """A result's ``date_done`` (a datetime or its ISO form) in Unix time; a naive one is in
-    the app's time zone (what the database backend's columns keep of ``app.now()``)."""
+    """A result's ``date_done`` (a datetime or its ISO form) in Unix time. A naive one may be
+    UTC (MongoDB) or the app's zone (the database backend): the earlier reading, so that in
+    doubt the message is handed back (run twice at worst) rather than taken as done."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -105,7 +106,9 @@ def _unix_time(value: Any, zone: tzinfo) -> float | None:
             return None
     if not isinstance(value, datetime):
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=zone)).timestamp()
+    if value.tzinfo:
+        return value.timestamp()
+    return min(value.replace(tzinfo=z).timestamp() for z in (UTC, zone))
 
 
 def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
