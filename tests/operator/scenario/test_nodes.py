@@ -66,6 +66,26 @@ def cordoned_gpu_node(cluster: Cluster) -> tuple[str, dict[str, str]]:
     return node, hosts
 
 
+def cordoned_on_two_trips(cluster: Cluster, **overrides: Any) -> tuple[str, dict[str, str]]:
+    """A GPU node with two worker pods, cordoned by us once both tripped (``tripThreshold``
+    2; ``overrides`` for the rest of ``nodeRemediation``)."""
+    node = cluster.node("gpu", labels=GPU)
+    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
+    cluster.policy(**remediation(tripThreshold=2, **overrides))
+    eventually(lambda: len(cluster.circuit_states()) == 2)
+    cluster.workers.trip(hosts["w0"], trips=1)
+    cluster.workers.trip(hosts["w1"], trips=1)
+    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    return node, hosts
+
+
+def drain(cluster: Cluster, node: str) -> None:
+    """``kubectl drain`` as an admin runs it; the evictions, not its end, are what count."""
+    cluster.control_plane.kubectl(
+        "drain", node, "--force", "--ignore-daemonsets", "--timeout=2s", check=False
+    )
+
+
 def spec_of(cluster: Cluster, node: str) -> dict[str, Any]:
     return dict(cluster.node_object(node).get("spec") or {})
 
@@ -297,20 +317,14 @@ def test_an_admin_who_keeps_or_drains_a_node_we_cordoned_makes_it_theirs(
     """``kubectl cordon`` of a node we cordoned changes nothing we could see; the admin's
     annotation, or the evictions of a drain, can be seen, and the cool-down then leaves the
     cordon alone (only our taint and marks go)."""
-    node = cluster.node("gpu", labels=GPU)
-    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
-    cluster.policy(**remediation(tripThreshold=2, cooldownSeconds=15))
-    eventually(lambda: len(cluster.circuit_states()) == 2)
-    cluster.workers.trip(hosts["w0"], trips=1)
-    cluster.workers.trip(hosts["w1"], trips=1)
-    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    node, _ = cordoned_on_two_trips(cluster, cooldownSeconds=15)
     cordoned_at = time.time()
 
     kubectl = cluster.control_plane.kubectl
     if admin == "keep-cordoned":
         kubectl("annotate", "node", node, f"{KEEP_CORDONED}=true")
     else:
-        kubectl("drain", node, "--force", "--ignore-daemonsets", "--timeout=2s", check=False)
+        drain(cluster, node)
     eventually(lambda: CORDONED_BY not in annotations_of(cluster, node), what="our marks gone")
     assert RELEASED_AT in annotations_of(cluster, node)
     assert spec_of(cluster, node).get("unschedulable") is True
@@ -329,14 +343,8 @@ def test_our_own_eviction_seen_after_a_restart_is_not_taken_for_a_drain(
     """A new operator has not seen the trips that led to our evictions; the evicted pods
     (terminating through their grace period) must not read as someone else's drain, which
     would leave our cordon on for good."""
-    node = cluster.node("gpu", labels=GPU)
-    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
     first = start_operator()
-    cluster.policy(**remediation(tripThreshold=2, evictTrippedPods=True, cooldownSeconds=25))
-    eventually(lambda: len(cluster.circuit_states()) == 2)
-    cluster.workers.trip(hosts["w0"], trips=1)
-    cluster.workers.trip(hosts["w1"], trips=1)
-    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    node, hosts = cordoned_on_two_trips(cluster, evictTrippedPods=True, cooldownSeconds=25)
 
     def marked_evicted() -> bool:  # granted, and marked as ours (the request after it)
         return any(
@@ -364,18 +372,12 @@ def test_a_drain_while_the_policy_is_paused_still_makes_the_node_theirs(
     """The evidence of a drain lasts only while the evicted pods do (the kubelet deletes
     them): a pause must not hold letting go until it is gone, or the cool-down after the
     pause would uncordon a node the admin drained."""
-    node = cluster.node("gpu", labels=GPU)
-    hosts = {f"w{i}": cluster.worker_pod(f"w{i}", node=node) for i in range(2)}
-    cluster.policy(**remediation(tripThreshold=2, cooldownSeconds=15))
-    eventually(lambda: len(cluster.circuit_states()) == 2)
-    cluster.workers.trip(hosts["w0"], trips=1)
-    cluster.workers.trip(hosts["w1"], trips=1)
-    eventually(lambda: spec_of(cluster, node).get("unschedulable"))
+    node, _ = cordoned_on_two_trips(cluster, cooldownSeconds=15)
     cordoned_at = time.time()
     paused = {"metadata": {"annotations": {"circuitgate.io/paused": "true"}}}
     cluster.patch_policy("workers", paused)
     kubectl = cluster.control_plane.kubectl
-    kubectl("drain", node, "--force", "--ignore-daemonsets", "--timeout=2s", check=False)
+    drain(cluster, node)
     eventually(lambda: CORDONED_BY not in annotations_of(cluster, node), what="our marks gone")
 
     # The kubelet finishes the drain: the evicted pods, and the evidence with them, go.

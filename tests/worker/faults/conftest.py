@@ -13,7 +13,7 @@ import contextlib
 import json
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,18 @@ class FaultLab:
             probe = self.lab.send(1, work_s=0.05)
             self.lab.log.wait_for_successes(set(probe), timeout=60)
         assert self.deliveries(task_id) == deliveries, "the task was published again"
+
+    def wait_for_the_lost_child(
+        self, line: str, otherwise: Callable[[], bool], *, times: int = 1
+    ) -> None:
+        """Wait until the main process has settled a lost child: the bad worker's log holds
+        ``line`` ``times`` times (the path taken when right), or ``otherwise`` holds (what
+        the wrong path shows: a second run, a second copy), for the caller's assertions."""
+
+        def settled() -> bool:
+            return self.bad.logfile.read_text().count(line) >= times or otherwise()
+
+        eventually(settled, timeout=60, what="the main process settles the lost child")
 
     def deliveries(self, task_id: str) -> int:
         """Messages of ``task_id`` that reached a worker's pool, copies included."""

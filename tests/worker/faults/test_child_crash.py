@@ -42,13 +42,11 @@ def test_a_child_lost_after_its_task_stored_success_is_not_run_again(faults: Fau
     faults.bad.break_device(AFTER_SUCCESS)  # the child dies once, in task_postrun
     [task_id] = faults.lab.send(1, work_s=0.05)
 
-    def settled() -> bool:  # either path: Celery's warning, or a second run of the task
-        return (
-            f"[{task_id}] succeeded before the worker was lost" in faults.bad.logfile.read_text()
-            or faults.lab.log.successes_per_task()[task_id] > 1
-        )
-
-    eventually(settled, timeout=60, what="the main process settles the lost child")
+    # Celery's warning when right, a second run of the task when wrong.
+    faults.wait_for_the_lost_child(
+        f"[{task_id}] succeeded before the worker was lost",
+        lambda: faults.lab.log.successes_per_task()[task_id] > 1,
+    )
     faults.settle_behind(task_id)
     row = faults.tally("child lost after success", [task_id])
 
@@ -67,13 +65,10 @@ def test_a_child_lost_after_handing_its_task_back_is_not_handed_back_again(
     faults.bad.break_device(AFTER_HAND_BACK)  # fails, hands back, dies once
     [task_id] = faults.lab.send(1, work_s=0.05)
 
-    def settled() -> bool:  # either path: our log line, or a second copy delivered
-        return (
-            f"{task_id} was handed back before" in faults.bad.logfile.read_text()
-            or faults.deliveries(task_id) > 2
-        )
-
-    eventually(settled, timeout=60, what="the main process settles the lost child")
+    # Our log line when right, a second copy delivered when wrong.
+    faults.wait_for_the_lost_child(
+        f"{task_id} was handed back before", lambda: faults.deliveries(task_id) > 2
+    )
     faults.lab.log.wait_for_successes({task_id}, timeout=60)
     faults.settle_behind(task_id, deliveries=2)
     row = faults.tally("child lost after hand-back", [task_id])
@@ -94,13 +89,11 @@ def test_a_child_lost_on_a_task_id_that_succeeded_before_is_handed_back(
     faults.bad.break_device(SIGKILL_ONCE)
     faults.lab.producer.send_task("lab.infer", args=(1,), kwargs={"work_s": 0.05}, task_id=task_id)
 
-    def settled() -> bool:  # either path: Celery's warning, or the second message's run
-        return (
-            f"[{task_id}] succeeded before the worker was lost" in faults.bad.logfile.read_text()
-            or faults.lab.log.successes_per_task()[task_id] > 1
-        )
-
-    eventually(settled, timeout=60, what="the main process settles the lost child")
+    # Celery's warning when wrong, the second message's run when right.
+    faults.wait_for_the_lost_child(
+        f"[{task_id}] succeeded before the worker was lost",
+        lambda: faults.lab.log.successes_per_task()[task_id] > 1,
+    )
     assert faults.lab.log.successes_per_task()[task_id] == 2
 
 
@@ -118,12 +111,11 @@ def test_a_new_message_with_the_id_of_one_handed_back_is_not_taken_for_it(
     faults.bad.break_device(SIGKILL_ONCE)
     faults.lab.producer.send_task("lab.infer", args=(1,), kwargs={"work_s": 0.05}, task_id=task_id)
 
-    def settled() -> bool:  # either path: our log line for the new delivery, or its run
-        log = faults.bad.logfile.read_text()
-        return log.count(f"{task_id} was handed back before") > 1 or (
-            faults.lab.log.successes_per_task()[task_id] > 1
-        )
-
-    eventually(settled, timeout=60, what="the main process settles the lost child")
+    # Our log line for the new delivery when wrong, its run when right.
+    faults.wait_for_the_lost_child(
+        f"{task_id} was handed back before",
+        lambda: faults.lab.log.successes_per_task()[task_id] > 1,
+        times=2,
+    )
     faults.settle_behind(task_id, deliveries=4)
     assert faults.lab.log.successes_per_task()[task_id] == 2
