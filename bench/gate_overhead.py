@@ -1,15 +1,22 @@
-"""What circuitgate costs a healthy worker: no-op task throughput with it installed and without.
+"""What circuitgate costs a healthy worker: CPU per no-op task with it installed and without.
 
-One real Redis broker, one ``celery worker`` (prefork) per run, the same settings in both
-modes (``circuitgate`` and ``none``). Each run queues the tasks first, then starts the
-worker and measures from the end of the first 5% of tasks to the last (start-up and
-warm-up stay out). Runs alternate between the modes, pairs in swapped order, so slow
-drift on a busy machine hits both alike. ``ratio`` is the median over rounds of with /
-without in the same round (neighbours in time share the machine's load best); each
-mode's throughput is its median. Wall-clock throughput on a shared machine swings by
-10-20% between runs, so two steadier figures come along: the worker's CPU per task (from
-/proc) and circuitgate's own per-task work timed in-process. Prints every run and, as the
-last line, one JSON object.
+One real Redis broker and, in each round, two ``celery worker`` processes (prefork, the same
+settings) side by side: one with circuitgate (``circuitgate`` mode), one without (``none``),
+each draining a queue of its own. They run at the same time so that what the machine does
+meanwhile (other tenants, a host stealing CPU from this VM, frequency changes) hits both
+alike; run one after the other on this machine, the same worker's CPU per task swings by
+10-20% between runs. Each worker has a core of its own. Which worker starts first and which
+core it gets still shift the figures by several percent, so a round is two such runs with
+the order swapped, and its ratio the geometric mean of the two. Each run is measured over
+the same stretch of time for both: from when both have done 5% of their tasks (start-up
+and warm-up stay out) to the last moment both are still busy.
+
+The figure of merit is the CPU-per-task ratio (without / with: 1.0 is free, 0.99 is 1%
+more CPU per task with circuitgate), from the scheduler's nanosecond accounting of every
+thread of each worker and its pool; the median over rounds, with the spread. Throughput
+comes along (with / without), noisier. Then circuitgate's own work per task timed
+in-process: a floor for the overhead. Prints every round and, as the last line, one JSON
+object.
 
     python bench/gate_overhead.py [--tasks N] [--rounds N] [--hot-path-only]
 """
@@ -18,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from circuitgate import Settings, SharedCircuitBreaker
@@ -30,55 +40,105 @@ from circuitgate_devkit.lab.scenario import publish, running
 from circuitgate_devkit.lab.workers import ExecutionLog, LabWorker
 
 CONCURRENCY = 2
-_TICKS = os.sysconf("SC_CLK_TCK")
+MODES = ("circuitgate", "none")
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time used so far by process ``pid`` and its children (the prefork pool)."""
-    total = 0.0
+    """CPU time used so far by process ``pid`` and its children (the prefork pool), every
+    thread of each, from the scheduler's own nanosecond accounting (``schedstat``), not the
+    tick-sampled ``stat`` fields (at 100 Hz those alone are off by a few percent in seconds)."""
+    total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
+            if stat.parent.name != str(pid) and parent != str(pid):
+                continue
+            for thread in (stat.parent / "task").iterdir():
+                total += int((thread / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
             continue  # gone in the meantime
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
-    return total
+    return total / 1e9
 
 
-def throughput(broker: Broker, mode: str, workdir: Path, tasks: int) -> tuple[float, float]:
-    """One worker in ``mode`` drains ``tasks`` queued no-op tasks: (tasks/s, worker CPU ms/task).
+def _pin(worker: LabWorker, core: int) -> None:
+    """Keep ``worker`` (its main process and pool) on one core of its own."""
+    assert worker.process is not None
+    pid = worker.process.pid
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
+            if stat.parent.name == str(pid) or parent == str(pid):
+                for thread in (stat.parent / "task").iterdir():
+                    os.sched_setaffinity(int(thread.name), {core})
+        except (OSError, IndexError, ValueError):
+            continue
 
-    Both leave out the first 5% of tasks (start-up, warm-up). CPU per task is read from
-    /proc and hardly depends on what else the machine runs, unlike wall-clock throughput.
-    """
-    workdir.mkdir(parents=True)
-    queue = f"overhead-{workdir.name}"
-    publish(broker, tasks, queue=queue, work_s=0.0, fail_s=0.0)
-    # No per-task events: the lab's own records would add to both modes' cost per task.
-    worker = LabWorker(
-        "bench", broker, workdir, mode=mode, concurrency=CONCURRENCY, queues=queue,
-        record_tasks=False,
-    )  # fmt: skip
-    log = ExecutionLog(workdir / "executions.jsonl")
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    done: int
+    cpu_s: float
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One worker's figures over the stretch both workers were busy."""
+
+    tasks_per_s: float
+    cpu_us_per_task: float
+
+
+def _sample(worker: LabWorker, log: ExecutionLog) -> Sample:
+    assert worker.process is not None
+    # Counting lines is cheap, so polling takes little CPU from the workers measured.
+    done = log.path.read_bytes().count(b"\n") if log.path.exists() else 0
+    return Sample(time.monotonic(), done, _cpu_seconds(worker.process.pid))
+
+
+def side_by_side(
+    broker: Broker, workdir: Path, tasks: int, order: tuple[str, ...]
+) -> dict[str, Arm]:
+    """Both modes drain ``tasks`` queued no-op tasks each at the same time; each mode's
+    figures over the stretch when both had done 5% and neither had finished."""
+    workers, logs = {}, {}
+    for mode in order:
+        home = workdir / mode
+        home.mkdir(parents=True)
+        queue = f"overhead-{workdir.name}-{mode}"
+        publish(broker, tasks, queue=queue, work_s=0.0, fail_s=0.0)
+        # No per-task events: the lab's own records would add to both modes' cost per task.
+        workers[mode] = LabWorker(
+            mode, broker, home, mode=mode, concurrency=CONCURRENCY, queues=queue,
+            record_tasks=False,
+        )  # fmt: skip
+        logs[mode] = ExecutionLog(home / "executions.jsonl")
     skip = max(tasks // 20, 1)
-    samples: list[tuple[int, float]] = []  # (tasks done, worker CPU seconds)
-    with running([worker]):
-        assert worker.process is not None
+    first: dict[str, Sample] = {}
+    last: dict[str, Sample] = {}
+    with running([workers[mode] for mode in order]):
+        for core, mode in enumerate(order):
+            _pin(workers[mode], core)
         deadline = time.monotonic() + 600
-        done = 0
-        while time.monotonic() < deadline and done < tasks:
+        while time.monotonic() < deadline:
             time.sleep(0.2)
-            # Counting lines is cheap, so polling takes little CPU from the worker measured.
-            done = log.path.read_bytes().count(b"\n") if log.path.exists() else 0
-            if done >= skip and (not samples or done >= tasks):
-                samples.append((done, _cpu_seconds(worker.process.pid)))
-    ends = sorted(execution.end for execution in log.read())
-    if len(ends) < tasks or len(samples) < 2:
-        raise RuntimeError(f"{mode}: only {len(ends)} of {tasks} tasks ran:\n{worker.output()}")
-    (first_done, first_cpu), (last_done, last_cpu) = samples[0], samples[-1]
-    cpu_ms_per_task = 1000 * (last_cpu - first_cpu) / (last_done - first_done)
-    return (len(ends) - skip) / (ends[-1] - ends[skip - 1]), cpu_ms_per_task
+            now = {mode: _sample(workers[mode], logs[mode]) for mode in order}
+            if any(sample.done >= tasks for sample in now.values()):
+                break  # one ran dry: the stretch ends at the sample before
+            if all(sample.done >= skip for sample in now.values()):
+                first = first or now
+                last = now
+    if not first or last is first:
+        raise RuntimeError(f"the workers were never both busy for two samples: {workers}")
+    return {
+        mode: Arm(
+            tasks_per_s=(last[mode].done - first[mode].done) / (last[mode].at - first[mode].at),
+            cpu_us_per_task=1e6
+            * (last[mode].cpu_s - first[mode].cpu_s)
+            / (last[mode].done - first[mode].done),
+        )
+        for mode in order
+    }
 
 
 def hot_path_us_per_task(repeat: int = 20_000) -> float:
@@ -103,10 +163,29 @@ def hot_path_us_per_task(repeat: int = 20_000) -> float:
     return 1e6 * (time.perf_counter() - began) / repeat
 
 
+def _cpu_ratio(arms: dict[str, Arm]) -> float:
+    """Without / with: above 1.0 circuitgate's worker used less CPU per task."""
+    return arms["none"].cpu_us_per_task / arms["circuitgate"].cpu_us_per_task
+
+
+def _rate_ratio(arms: dict[str, Arm]) -> float:
+    """With / without: tasks per second, noisier than CPU per task."""
+    return arms["circuitgate"].tasks_per_s / arms["none"].tasks_per_s
+
+
+def _paired(pair: list[dict[str, Arm]], ratio: Callable[[dict[str, Arm]], float]) -> float:
+    """A round's ratio: the geometric mean over its two runs, so the order's bias cancels."""
+    return math.sqrt(ratio(pair[0]) * ratio(pair[1]))
+
+
+def _us(arms: dict[str, Arm]) -> str:
+    return f"{arms['circuitgate'].cpu_us_per_task:.0f}/{arms['none'].cpu_us_per_task:.0f} us"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per run")
-    parser.add_argument("--rounds", type=int, default=5, help="runs of each mode")
+    parser.add_argument("--tasks", type=int, default=8000, help="no-op tasks per worker and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (two runs each)")
     parser.add_argument(
         "--hot-path-only", action="store_true", help="only the in-process figure (seconds)"
     )
@@ -114,50 +193,61 @@ def main() -> None:
     if args.hot_path_only:
         print(json.dumps({"hot_path_us_per_task": hot_path_us_per_task()}))
         return
-    print(f"{args.tasks} no-op tasks per run, 1 worker x {CONCURRENCY} processes, Redis broker")
-    rates: dict[str, list[float]] = {"circuitgate": [], "none": []}
-    cpu: dict[str, list[float]] = {"circuitgate": [], "none": []}
-    with redis_broker() as broker, tempfile.TemporaryDirectory(prefix="circuitgate-gate-") as tmp:
-        for round_ in range(args.rounds):
-            order = ("none", "circuitgate") if round_ % 2 == 0 else ("circuitgate", "none")
-            for mode in order:
-                rate, cpu_ms = throughput(broker, mode, Path(tmp) / f"{round_}-{mode}", args.tasks)
-                rates[mode].append(rate)
-                cpu[mode].append(cpu_ms)
-                print(
-                    f"round {round_ + 1} {mode:>11}: {rate:7.1f} tasks/s,"
-                    f" worker CPU {cpu_ms:.3f} ms/task",
-                    flush=True,
-                )
-    with_rate, without_rate = (statistics.median(rates[m]) for m in ("circuitgate", "none"))
-    ratio = statistics.median(
-        w / wo for w, wo in zip(rates["circuitgate"], rates["none"], strict=True)
-    )
-    with_cpu, without_cpu = (statistics.median(cpu[m]) for m in ("circuitgate", "none"))
-    print(f"median with circuitgate {with_rate:.1f} tasks/s, without {without_rate:.1f} tasks/s")
-    print(f"ratio {ratio:.3f} (target >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'})")
     print(
-        f"worker CPU per task: with {with_cpu:.3f} ms, without {without_cpu:.3f} ms"
-        f" (CPU-bound throughput ratio {without_cpu / with_cpu:.3f})"
+        f"{args.tasks} no-op tasks per worker and round, 2 workers side by side"
+        f" x {CONCURRENCY} processes, Redis broker"
+    )
+    runs: list[dict[str, Arm]] = []
+    cpu_ratios: list[float] = []
+    rate_ratios: list[float] = []
+    with redis_broker() as broker, tempfile.TemporaryDirectory(prefix="circuitgate-gate-") as tmp:
+        for n in range(args.rounds):
+            pair = [
+                side_by_side(broker, Path(tmp) / f"{n}-{i}", args.tasks, order)
+                for i, order in enumerate((MODES, MODES[::-1]))
+            ]
+            runs.extend(pair)
+            cpu_ratios.append(_paired(pair, _cpu_ratio))
+            rate_ratios.append(_paired(pair, _rate_ratio))
+            print(
+                f"round {n + 1}: CPU per task with/without"
+                f" {' and '.join(_us(arms) for arms in pair)};"
+                f" ratio {cpu_ratios[-1]:.4f}, throughput ratio {rate_ratios[-1]:.3f}",
+                flush=True,
+            )
+    cpu_ratio = statistics.median(cpu_ratios)
+    with_cpu, without_cpu = (
+        statistics.median(r[mode].cpu_us_per_task for r in runs) for mode in MODES
+    )
+    print(
+        f"CPU-per-task ratio {cpu_ratio:.4f} (median of {len(cpu_ratios)} rounds;"
+        f" {min(cpu_ratios):.4f}..{max(cpu_ratios):.4f}; target >= 0.99:"
+        f" {'met' if cpu_ratio >= 0.99 else 'MISSED'})"
+    )
+    print(
+        f"worker CPU per task: with {with_cpu:.1f} us, without {without_cpu:.1f} us;"
+        f" throughput ratio {statistics.median(rate_ratios):.3f}"
     )
     hot_path = hot_path_us_per_task()
     print(
-        f"circuitgate's own work per task (in-process): {hot_path:.1f} us,"
-        f" {hot_path / 10 / without_cpu:.2f}% of a worker's CPU per task"
+        f"circuitgate's own work per task (in-process): {hot_path:.2f} us,"
+        f" {100 * hot_path / without_cpu:.2f}% of a worker's CPU per task"
     )
     print(
         json.dumps(
             {
-                "ratio": ratio,
-                "with_tasks_per_s": with_rate,
-                "without_tasks_per_s": without_rate,
-                "cpu_ratio": without_cpu / with_cpu,
-                "with_cpu_ms_per_task": with_cpu,
-                "without_cpu_ms_per_task": without_cpu,
+                "cpu_ratio": cpu_ratio,
+                "cpu_ratio_min": min(cpu_ratios),
+                "cpu_ratio_max": max(cpu_ratios),
+                "cpu_ratio_stdev": statistics.stdev(cpu_ratios) if len(cpu_ratios) > 1 else 0.0,
+                "cpu_ratios": cpu_ratios,
+                "with_cpu_us_per_task": with_cpu,
+                "without_cpu_us_per_task": without_cpu,
+                "ratio": statistics.median(rate_ratios),
+                "rate_ratios": rate_ratios,
                 "hot_path_us_per_task": hot_path,
-                "runs_with_tasks_per_s": rates["circuitgate"],
-                "runs_without_tasks_per_s": rates["none"],
                 "tasks_per_run": args.tasks,
+                "rounds": len(cpu_ratios),
             }
         )
     )

@@ -27,6 +27,7 @@ from .shared_state import (
     HANDED_BACK_KEPT,
     BreakerFields,
     BreakerSnapshot,
+    Hint,
     SharedBreakerState,
     State,
     token_key,
@@ -53,6 +54,9 @@ _PYBREAKER_NAMES = {
     State.FORCED_CLOSED: pybreaker.STATE_CLOSED,
 }
 Transitions = list[tuple[State, State]]
+# Plain ints: an IntFlag operand would run enum's Python-level __rand__ on every task.
+_FLOWING = int(Hint.FLOWING)
+_QUIET_SUCCESS = int(Hint.QUIET_SUCCESS)
 
 
 class Admission(enum.Enum):
@@ -122,6 +126,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             )
         self.settings = settings
         self.shared = shared or SharedBreakerState()
+        self.shared.set_quiet_success(self._quiet_success)
         excluded: list[Any] = [*settings.ignore_exceptions, *exclude]
         if settings.count_exceptions:
             counted = settings.count_exceptions
@@ -199,6 +204,11 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     def state(self, name: str) -> None:
         {"open": self.open, "closed": self.close, "half-open": self.half_open}[name]()
 
+    def flowing(self) -> bool:
+        """Whether the circuit is closed or forced closed now: one word, the first thing
+        every per-task path asks, since then the breaker has nothing more to say."""
+        return bool(self.shared.hints() & _FLOWING)
+
     def fetch_allowed(self) -> bool:
         """Whether the consumer may fetch now. Runs on every poll: one shared read, one clock.
 
@@ -207,6 +217,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         trial runs). Forced open: never (``open_until`` is infinite).
         """
         self.polls += 1
+        if self.shared.hints() & _FLOWING:
+            return True
         state, open_until = self.shared.gate_view()
         return state.flowing or self._clock() >= open_until
 
@@ -233,6 +245,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         ``claim=True``, when it really runs, so a waiting message never holds the worker
         paused for ``trial_timeout``.
         """
+        if self.shared.hints() & _FLOWING:
+            return Admission.RUN
         state, open_until = self.shared.gate_view()
         if state.flowing:
             return Admission.RUN
@@ -280,6 +294,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         driver call must not pause the worker forever. For any other task (the common case)
         this is one shared read and no thread.
         """
+        if self.shared.hints() & _FLOWING:
+            return contextlib.nullcontext()  # no trial while closed
         state, key = self.shared.trial_view()
         if state is not State.HALF_OPEN or key != token_key(token):
             return contextlib.nullcontext()
@@ -309,20 +325,27 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         return self.shared.update(push)
 
     def record_success(self, token: str) -> None:
-        """A task ran to the end. Any trial claimed since the last trip closes the circuit."""
-        changes: Transitions = []
+        """A task ran to the end. Any trial claimed since the last trip closes the circuit.
 
-        def succeed(f: BreakerFields) -> None:
-            f.successes_total += 1
-            if self._claimed_trial(f, token):
-                f.trial_successes += 1
-                self._close(f, changes)
-            elif f.state == State.CLOSED:
-                f.fail_counter = 0
-                self._push_outcome(f, failed=False)
+        Closed with nothing to forget (no failures in a row, a full window without any), as
+        on nearly every task of a healthy worker, it only counts: no lock, no copy.
+        """
+        if self.shared.hints() & _QUIET_SUCCESS:
+            self.shared.add_success()
+        else:
+            changes: Transitions = []
 
-        self.shared.update(succeed)
-        self._announce(changes)
+            def succeed(f: BreakerFields) -> None:
+                f.successes_total += 1
+                if self._claimed_trial(f, token):
+                    f.trial_successes += 1
+                    self._close(f, changes)
+                elif f.state == State.CLOSED:
+                    f.fail_counter = 0
+                    self._push_outcome(f, failed=False)
+
+            self.shared.update(succeed)
+            self._announce(changes)
         for listener in self.listeners:
             listener.success(self)
 
@@ -417,6 +440,17 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         return self.shared.read(lambda f: key in f.handed_back)
 
     # -- transitions (inside `SharedBreakerState.update`) ----------------------------------------
+
+    def _quiet_success(self, f: BreakerFields) -> bool:
+        """Whether a success would change nothing but ``successes_total`` (`record_success`)."""
+        if f.state == State.FORCED_CLOSED:
+            return True
+        return (
+            f.state == State.CLOSED
+            and f.fail_counter == 0
+            and f.window_failures == 0
+            and f.window_len == self.settings.window_size
+        )
 
     @staticmethod
     def _claimed_trial(f: BreakerFields, token: str) -> bool:

@@ -63,6 +63,8 @@ def broker_deliveries(message: Any) -> int | None:
 
 
 def _count(value: Any) -> int | None:
+    if value is None:  # no count (Redis, classic queues): every message, so no exception
+        return None
     try:
         count = int(value)
     except (TypeError, ValueError):

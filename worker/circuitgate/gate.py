@@ -107,7 +107,7 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
     can_consume = qos.can_consume
     max_estimate = qos.can_consume_max_estimate
     fetch_allowed = breaker.fetch_allowed
-    gate_view = breaker.shared.gate_view
+    flowing = breaker.flowing
 
     def gated_can_consume() -> bool:
         return fetch_allowed() and bool(can_consume())
@@ -115,7 +115,7 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
     def gated_max_estimate() -> int | None:
         # Outside the closed state only the one trial message may come in (SQS fetches in
         # batches of up to ten otherwise).
-        if not gate_view()[0].flowing:
+        if not flowing():
             return 1
         estimate: int | None = max_estimate()
         return estimate
@@ -130,10 +130,14 @@ def _gate_strategy(
     errors: tuple[type[BaseException], ...],
     on_refuse: Callable[[], None] | None,
 ) -> Callable[..., Any]:
+    only = None if breakers.per_queue else breakers.default
+
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
+        breaker = only or breakers.for_queue(queue_of(message.delivery_info))
+        if breaker.flowing():  # nearly every message: nothing to decide
+            return strategy(message, body, ack, reject, *args, **kwargs)
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
-        breaker = breakers.for_queue(queue_of(message.delivery_info))
         if breaker.admit(token, claim=_runs_now(headers, body, token)) is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import enum
 import fcntl
 import hashlib
@@ -13,15 +14,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 __all__ = (
     "CLAIMS_KEPT",
     "HANDED_BACK_KEPT",
     "MAX_WINDOW",
+    "SUCCESS_SLOTS",
     "BreakerFields",
     "BreakerSnapshot",
+    "Hint",
     "SharedBreakerState",
     "State",
     "token_key",
@@ -36,6 +38,9 @@ CLAIMS_KEPT = 8
 HANDED_BACK_KEPT = 64
 """Deliveries last handed back by a child, so the main process never hands one back twice
 when the child dies before its verdict arrives; a delivery pushed out only risks a copy."""
+
+SUCCESS_SLOTS = 64
+"""Processes that count their quiet successes in a slot of their own (more share the lock)."""
 
 _TRIAL_ID_SIZE = 64
 _SPINS = 10_000
@@ -73,6 +78,21 @@ class State(enum.IntEnum):
     def flowing(self) -> bool:
         """Whether the worker fetches freely in this state."""
         return self in (State.CLOSED, State.FORCED_CLOSED)
+
+
+class Hint(enum.IntFlag):
+    """What the live copy lets the hot paths skip, published with it as one 64-bit word.
+
+    A bit is cleared before the copy that lacks it is published and set after the copy that
+    has it, so a reader that sees a bit set knows the live copy has it at that moment. A
+    writer killed in between leaves a bit cleared, which only sends readers the long way
+    until the next publish.
+    """
+
+    FLOWING = 1
+    """The state is closed or forced closed: every task runs and the consumer fetches."""
+    QUIET_SUCCESS = 2
+    """A success changes nothing but the success total (`SharedBreakerState.add_success`)."""
 
 
 class BreakerFields(ctypes.Structure):
@@ -139,7 +159,7 @@ class BreakerFields(ctypes.Structure):
     handed_back: ctypes.Array[ctypes.c_uint64]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BreakerSnapshot:
     """A consistent copy of the shared page, for reports and tests."""
 
@@ -189,13 +209,24 @@ class _Page(ctypes.Structure):
     """Two copies of the fields; ``seq`` counts publishes and its parity names the live one.
 
     A writer fills the other copy and then flips ``seq`` (one aligned 64-bit store), so a
-    writer SIGKILLed half way through leaves only the copy nobody reads torn.
+    writer SIGKILLed half way through leaves only the copy nobody reads torn. ``hints``
+    (`Hint`) let the per-task paths decide from one word; each process adds its quiet
+    successes to a slot of its own, without the lock (one writer per slot).
     """
 
-    _fields_ = (("seq", ctypes.c_uint64), ("copies", BreakerFields * 2))
+    _fields_ = (
+        ("seq", ctypes.c_uint64),
+        ("hints", ctypes.c_uint64),
+        ("copies", BreakerFields * 2),
+        ("slot_owners", ctypes.c_int64 * SUCCESS_SLOTS),  # pid; 0: free
+        ("slot_successes", ctypes.c_uint64 * SUCCESS_SLOTS),
+    )
 
     seq: int
+    hints: int
     copies: ctypes.Array[BreakerFields]
+    slot_owners: ctypes.Array[ctypes.c_int64]
+    slot_successes: ctypes.Array[ctypes.c_uint64]
 
 
 _SIZE = ctypes.sizeof(_Page)
@@ -228,6 +259,14 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
     )
 
 
+def _publish_hints(_: BreakerFields) -> None:
+    """An empty transaction: its publish computes the hints afresh."""
+
+
+def _count_success(f: BreakerFields) -> None:
+    f.successes_total += 1
+
+
 def _account_pause(f: BreakerFields, *, was_flowing: bool) -> None:
     flowing = State(f.state).flowing
     if was_flowing and not flowing:
@@ -242,6 +281,22 @@ _instances: weakref.WeakSet[SharedBreakerState] = weakref.WeakSet()
 def _reset_thread_locks_after_fork() -> None:
     for instance in _instances:
         instance._thread_lock = threading.Lock()
+        instance._slot_lock = threading.Lock()
+        instance._slot = None  # the parent's slot is the parent's
+
+
+def _never_quiet(_: BreakerFields) -> bool:
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 os.register_at_fork(after_in_child=_reset_thread_locks_after_fork)
@@ -270,7 +325,17 @@ class SharedBreakerState:
         # Views of the two copies, made once: the gate reads one on every poll.
         self._copies: tuple[BreakerFields, BreakerFields] = tuple(self._page.copies)
         self._thread_lock = threading.Lock()
+        self._slot_lock = threading.Lock()
+        self._slot: int | None = None
+        self._quiet_success: Callable[[BreakerFields], bool] = _never_quiet
         _instances.add(self)
+        self.update(_publish_hints)
+
+    def set_quiet_success(self, quiet: Callable[[BreakerFields], bool]) -> None:
+        """Tell the page when a success changes nothing but its total (the breaker's rules
+        say so), and publish the hints again; set before the pool forks."""
+        self._quiet_success = quiet
+        self.update(_publish_hints)
 
     def update(self, body: Callable[[BreakerFields], T]) -> T:
         """``body(fields)`` holding the breaker exclusively across threads and processes;
@@ -297,16 +362,51 @@ class SharedBreakerState:
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
-    @staticmethod
     def _publish(
-        page: _Page, live: BreakerFields, spare: BreakerFields, work: BreakerFields
+        self, page: _Page, live: BreakerFields, spare: BreakerFields, work: BreakerFields
     ) -> None:
         before = _visible(live)
         if _visible(work) != before:
             work.version = live.version + 1
             _account_pause(work, was_flowing=State(before[0]).flowing)
+        hints = int(Hint.FLOWING) if _STATES[work.state].flowing else 0
+        if self._quiet_success(work):
+            hints |= Hint.QUIET_SUCCESS
+        page.hints &= hints  # what the new copy lacks goes before it is live
         ctypes.memmove(ctypes.addressof(spare), ctypes.addressof(work), ctypes.sizeof(work))
         page.seq += 1  # readers now see the new copy; the old one is the next spare
+        page.hints = hints  # what it has comes after
+
+    def hints(self) -> int:
+        """What the live copy lets a hot path skip (`Hint` bits): one aligned 64-bit read."""
+        return self._page.hints
+
+    def add_success(self) -> None:
+        """Count a success that changes nothing else (`Hint.QUIET_SUCCESS`), without the lock.
+
+        Each process adds to a slot of its own, taken once under the lock (a dead process's
+        slot is taken over with its count); threads of one process share it under a thread
+        lock. With every slot taken by a live process, it counts under the lock instead.
+        """
+        slot = self._slot if self._slot is not None else self._take_slot()
+        if slot < 0:
+            self.update(_count_success)
+            return
+        counts = self._page.slot_successes
+        with self._slot_lock:
+            counts[slot] += 1
+
+    def _take_slot(self) -> int:
+        def take(_: BreakerFields) -> int:
+            owners = self._page.slot_owners
+            for slot in range(SUCCESS_SLOTS):
+                if owners[slot] == 0 or not _alive(owners[slot]):
+                    owners[slot] = os.getpid()
+                    return slot
+            return -1
+
+        self._slot = self.update(take)
+        return self._slot
 
     def read(self, read: Callable[[BreakerFields], T]) -> T:
         """``read(fields)`` from a moment when no publish happened, without taking the lock.
@@ -337,8 +437,13 @@ class SharedBreakerState:
         return self.read(_trial_fields)
 
     def snapshot(self) -> BreakerSnapshot:
-        """Every field, read consistently without blocking writers."""
-        return self.read(_snapshot)
+        """Every field, read consistently without blocking writers; the success total
+        includes the slots' (each only grows, so the sum never goes back)."""
+        snapshot = self.read(_snapshot)
+        quiet = sum(self._page.slot_successes)
+        if not quiet:
+            return snapshot
+        return dataclasses.replace(snapshot, successes_total=snapshot.successes_total + quiet)
 
     def close(self) -> None:
         """Unmap the page; the memory goes away with the last process that maps it."""

@@ -107,10 +107,11 @@ def guard(task: Task, breakers: BreakerSet) -> None:
     the guarded task.
     """
     run = task.run
+    only = None if breakers.per_queue else breakers.default
 
     @functools.wraps(run)
     def guarded_run(*args: Any, **kwargs: Any) -> Any:
-        breaker = breakers.for_queue(queue_of(task.request.delivery_info))
+        breaker = only or breakers.for_queue(queue_of(task.request.delivery_info))
         return _execute(task, breaker, run, args, kwargs)
 
     task.run = guarded_run

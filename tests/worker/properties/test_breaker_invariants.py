@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 
 from circuitgate.breaker import Admission, SharedCircuitBreaker
 from circuitgate.settings import Settings
-from circuitgate.shared_state import CLAIMS_KEPT, BreakerFields, SharedBreakerState, State
+from circuitgate.shared_state import CLAIMS_KEPT, BreakerFields, Hint, SharedBreakerState, State
 from tests.profiles import property_settings
 
 fork = multiprocessing.get_context("fork")
@@ -47,6 +47,8 @@ SETTINGS = Settings(
     max_reset_timeout=40,
     jitter=0.5,
     trial_timeout=30,
+    window_size=3,  # a full window of successes, where a success only counts, comes often
+    min_calls=3,
 )
 BEAT = SETTINGS.trial_timeout / 4
 """Fake seconds between heartbeats of a running trial (its thread's interval)."""
@@ -207,7 +209,14 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
     def success(self, index: int, token: str) -> None:
         before = self.breaker.snapshot()
+        quiet = self.breaker.shared.hints() & Hint.QUIET_SUCCESS
         self._worker(index).ask("success", token)
+        if quiet:  # counted without the lock: exactly what the transaction would have done
+            after = self.breaker.snapshot()
+            assert after.successes_total == before.successes_total + 1
+            assert dataclasses.replace(after, successes_total=0, paused_seconds=0) == (
+                dataclasses.replace(before, successes_total=0, paused_seconds=0)
+            ), "a quiet success changed more than the total"
         recent = self.claims[-CLAIMS_KEPT:]
         if token in recent and before.state in (State.OPEN, State.HALF_OPEN):
             assert self.breaker.snapshot().state is State.CLOSED, "a claimed trial's success"
@@ -313,15 +322,22 @@ class BreakerMachine(RuleBasedStateMachine):
     def killed_in_a_transaction(self, index: int, token: str, operation: str) -> None:
         worker = self._worker(index)
         before = self.breaker.snapshot()
+        hints = self.breaker.shared.hints()
+        # A flowing admit and a quiet success take no transaction: nothing to die in (a
+        # quiet success may be counted before the kill).
+        quiet = operation == "success" and bool(hints & Hint.QUIET_SUCCESS)
         worker.conn.send(("die", token, operation))
-        if self.breaker.shared.gate_view()[0].flowing and operation == "admit":
-            pass  # a flowing admit takes no transaction: nothing to die in
+        if (hints & Hint.FLOWING and operation == "admit") or quiet:
+            pass
         elif worker.conn.poll(20) and worker.conn.recv() == "inside":
             assert not _lock_is_free(self.breaker.shared), "inside, the lock is held"
         worker.process.kill()
         worker.process.join(10)
         assert _lock_is_free(self.breaker.shared), "the kernel released the dead holder's lock"
         after = self.breaker.snapshot()
+        if quiet:
+            assert after.successes_total - before.successes_total in (0, 1)
+            after = dataclasses.replace(after, successes_total=before.successes_total)
         assert dataclasses.replace(after, paused_seconds=0) == dataclasses.replace(
             before, paused_seconds=0
         ), "a transaction that never returned published something"
@@ -348,6 +364,21 @@ class BreakerMachine(RuleBasedStateMachine):
                 self.claims = []  # a verdict: a new half-open period starts from the next trip
                 self.trial = None
             self.seen = (snapshot.trips, snapshot.state)
+
+    @invariant()
+    def the_hints_never_say_more_than_the_page(self) -> None:
+        """A hot path trusts a hint bit without reading the page: it must hold of the live
+        copy (a writer killed half way may leave a bit cleared, never one set)."""
+        hints = self.breaker.shared.hints()
+        snapshot = self.breaker.snapshot()
+        quiet = snapshot.state is State.FORCED_CLOSED or (
+            snapshot.state is State.CLOSED
+            and snapshot.fail_counter == 0
+            and snapshot.window_failures == 0
+            and snapshot.window_calls == SETTINGS.window_size
+        )
+        assert not hints & Hint.FLOWING or snapshot.state.flowing
+        assert not hints & Hint.QUIET_SUCCESS or quiet
 
     @invariant()
     def no_lock_is_left_held(self) -> None:

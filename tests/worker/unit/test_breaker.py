@@ -70,6 +70,35 @@ def test_failure_rate_over_the_window_trips_without_consecutive_failures() -> No
     assert breaker.current_state == "open"
 
 
+def test_a_full_window_of_successes_rolls_on_and_still_judges_the_rate() -> None:
+    # Successes on a full clean window only count (no lock); failures after them are judged
+    # over the last window_size calls as before.
+    clock = FakeClock()
+    breaker = make(clock, fail_max=100, failure_rate_threshold=0.5, window_size=4, min_calls=4)
+    for i in range(50):
+        breaker.record_success(f"s{i}")
+    assert breaker.snapshot().successes_total == 50
+    assert (breaker.snapshot().window_calls, breaker.snapshot().window_failures) == (4, 0)
+    fail(breaker, "f0")
+    breaker.record_success("s50")
+    assert breaker.current_state == "closed"  # 1 of the last 4 failed
+    fail(breaker, "f1")
+    assert breaker.current_state == "open"  # 2 of the last 4
+
+
+def test_a_success_of_a_healthy_worker_takes_no_lock() -> None:
+    breaker = make(FakeClock(), window_size=2, min_calls=2)
+    for i in range(3):  # the window is full and clean after two; the third takes a slot
+        breaker.record_success(f"s{i}")
+    with breaker.shared._thread_lock:  # every transaction takes it first
+        done = threading.Thread(target=breaker.record_success, args=("s3",), daemon=True)
+        done.start()
+        done.join(5)
+        assert not done.is_alive(), "the success waited for the lock"
+        assert breaker.admit("s4") is Admission.RUN and breaker.fetch_allowed()
+    assert breaker.snapshot().successes_total == 4
+
+
 def test_half_open_lets_exactly_one_trial_in_and_its_success_closes() -> None:
     clock = FakeClock()
     listener = Recorder()

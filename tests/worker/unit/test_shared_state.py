@@ -15,7 +15,9 @@ import types
 import pytest
 
 from circuitgate.shared_state import (
+    SUCCESS_SLOTS,
     BreakerFields,
+    Hint,
     SharedBreakerState,
     State,
     token_key,
@@ -324,3 +326,71 @@ def test_a_writer_killed_while_publishing_leaves_the_page_it_had_found() -> None
     shared.update(_count_success)  # and the next writer starts from it
     after = shared.snapshot()
     assert (after.trips, after.window_failures, after.successes_total) == (2, 1, 4)
+
+
+def _add_successes(shared: SharedBreakerState, times: int) -> None:
+    for _ in range(times):
+        shared.add_success()
+
+
+def test_quiet_successes_of_many_processes_and_threads_are_all_counted() -> None:
+    shared = SharedBreakerState()
+    shared.update(_count_success)  # one counted the long way too
+    children = [fork.Process(target=_add_successes, args=(shared, 300)) for _ in range(3)]
+    threads = [threading.Thread(target=_add_successes, args=(shared, 300)) for _ in range(3)]
+    for worker in [*children, *threads]:
+        worker.start()
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    for thread in threads:
+        thread.join(30)
+    assert shared.snapshot().successes_total == 1 + 6 * 300
+
+
+def test_the_slots_of_dead_processes_are_taken_over_with_their_counts() -> None:
+    shared = SharedBreakerState()
+    for _ in range(SUCCESS_SLOTS + 6):  # more processes, one after the other, than slots
+        child = fork.Process(target=_add_successes, args=(shared, 2))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+    assert shared.snapshot().successes_total == 2 * (SUCCESS_SLOTS + 6)
+
+
+def test_with_every_slot_held_by_a_live_process_successes_count_under_the_lock() -> None:
+    shared = SharedBreakerState()
+    for slot in range(SUCCESS_SLOTS):
+        shared._page.slot_owners[slot] = os.getppid()  # alive, and not this process
+    _add_successes(shared, 5)
+    assert shared.snapshot().successes_total == 5
+    assert sum(shared._page.slot_successes) == 0
+
+
+def test_a_child_never_writes_to_the_slot_of_the_process_it_was_forked_from() -> None:
+    shared = SharedBreakerState()
+    shared.add_success()  # the parent takes a slot before the fork, as a main process may
+    child = fork.Process(target=_add_successes, args=(shared, 1))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert sorted(shared._page.slot_successes[:2]) == [1, 1]
+    assert shared.snapshot().successes_total == 2
+
+
+def test_hints_follow_the_live_copy_and_a_killed_writer_leaves_none_set_wrongly() -> None:
+    shared = SharedBreakerState()
+    assert shared.hints() == Hint.FLOWING  # a fresh page is closed
+    shared.set_quiet_success(lambda fields: fields.fail_counter == 0)
+    assert shared.hints() == Hint.FLOWING | Hint.QUIET_SUCCESS
+    _write(shared, fail_counter=1)
+    assert shared.hints() == Hint.FLOWING
+    _write(shared, state=State.OPEN, fail_counter=0)
+    assert shared.hints() == Hint.QUIET_SUCCESS
+    child = fork.Process(target=_killed_half_way_through_publishing, args=(shared,))
+    child.start()  # publishing trips=5 with everything else as it is
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    assert shared.hints() in (Hint.QUIET_SUCCESS, 0)  # never more than the live copy has
+    _write(shared, state=State.CLOSED)
+    assert shared.hints() == Hint.FLOWING | Hint.QUIET_SUCCESS  # the next publish restores
