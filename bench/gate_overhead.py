@@ -30,17 +30,22 @@ import os
 import statistics
 import tempfile
 import time
+import timeit
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from circuitgate import Settings, SharedCircuitBreaker
+from circuitgate.broker_deliveries import stamp
 from circuitgate_devkit.lab.brokers import Broker, redis_broker
 from circuitgate_devkit.lab.scenario import publish, running
 from circuitgate_devkit.lab.workers import ExecutionLog, LabWorker
 
 CONCURRENCY = 2
 MODES = ("circuitgate", "none")
+POLLS_PER_TASK = 5.0
+"""The consumer's gate checks per no-op task as measured here on Redis (``--hot-path-only``)."""
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -87,6 +92,8 @@ class Arm:
 
     tasks_per_s: float
     cpu_us_per_task: float
+    polls_per_task: float = 0.0
+    """The consumer's gate checks per task (circuitgate's worker; read at the end)."""
 
 
 def _sample(worker: LabWorker, log: ExecutionLog) -> Sample:
@@ -128,6 +135,8 @@ def side_by_side(
             if all(sample.done >= skip for sample in now.values()):
                 first = first or now
                 last = now
+        gated = workers["circuitgate"]
+        polls_per_task = gated.polls() / max(_sample(gated, logs["circuitgate"]).done, 1)
     if not first or last is first:
         raise RuntimeError(f"the workers were never both busy for two samples: {workers}")
     return {
@@ -136,31 +145,44 @@ def side_by_side(
             cpu_us_per_task=1e6
             * (last[mode].cpu_s - first[mode].cpu_s)
             / (last[mode].done - first[mode].done),
+            polls_per_task=polls_per_task if mode == "circuitgate" else 0.0,
         )
         for mode in order
     }
 
 
-def hot_path_us_per_task(repeat: int = 20_000) -> float:
-    """circuitgate's own work per task with the circuit closed, in-process, in microseconds.
+def own_work_us(polls_per_task: float, repeat: int = 20_000) -> dict[str, float]:
+    """circuitgate's own work per task with the circuit closed, in-process, by part: each
+    part's cost times its calls per task (the consumer's polls as counted in the real runs).
 
-    What a worker adds per task: the gate's admit on arrival, the guard's admit, its
-    trial_running around the task and its record_success in the pool, and (about) two
-    can_consume() checks. Unlike the throughput runs this hardly depends on the machine's
-    other load: a floor for the overhead.
+    In the main process: every poll's `fetch_allowed`, the gate strategy's check and the
+    broker facts put into the request; in the pool child: admit, trial_running and
+    record_success. Unlike the side-by-side runs this hardly depends on the machine's other
+    load; in a real worker, whose caches are cold between tasks, each part costs more.
     """
     breaker = SharedCircuitBreaker(Settings())
-    began = time.perf_counter()
-    for n in range(repeat):
-        token = str(n)
-        breaker.fetch_allowed()
-        breaker.fetch_allowed()
-        breaker.admit(token)
-        breaker.admit(token)
-        with breaker.trial_running(token):
+    for n in range(breaker.settings.window_size):  # a healthy worker's full, clean window
+        breaker.record_success(f"warm-{n}")
+    message = types.SimpleNamespace(delivery_info={}, headers={}, delivery_tag="tag")
+
+    def trial_running() -> None:
+        with breaker.trial_running("task"):
             pass
-        breaker.record_success(token)
-    return 1e6 * (time.perf_counter() - began) / repeat
+
+    parts: dict[str, tuple[Callable[[], object], float]] = {
+        "fetch_allowed (per poll)": (breaker.fetch_allowed, polls_per_task),
+        "gate strategy": (breaker.flowing, 1),
+        "broker facts": (lambda: stamp({}, message), 1),
+        "admit": (lambda: breaker.admit("task"), 1),
+        "trial_running": (trial_running, 1),
+        "record_success": (lambda: breaker.record_success("task"), 1),
+    }
+    costs = {
+        name: calls * 1e6 * min(timeit.repeat(part, number=repeat, repeat=5)) / repeat
+        for name, (part, calls) in parts.items()
+    }
+    breaker.shared.close()
+    return costs
 
 
 def _cpu_ratio(arms: dict[str, Arm]) -> float:
@@ -191,7 +213,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.hot_path_only:
-        print(json.dumps({"hot_path_us_per_task": hot_path_us_per_task()}))
+        own = own_work_us(POLLS_PER_TASK)
+        print(json.dumps({"hot_path_us_per_task": sum(own.values()), "hot_path_us": own}))
         return
     print(
         f"{args.tasks} no-op tasks per worker and round, 2 workers side by side"
@@ -228,10 +251,14 @@ def main() -> None:
         f"worker CPU per task: with {with_cpu:.1f} us, without {without_cpu:.1f} us;"
         f" throughput ratio {statistics.median(rate_ratios):.3f}"
     )
-    hot_path = hot_path_us_per_task()
+    polls = statistics.median(r["circuitgate"].polls_per_task for r in runs)
+    own = own_work_us(polls)
+    hot_path = sum(own.values())
     print(
         f"circuitgate's own work per task (in-process): {hot_path:.2f} us,"
-        f" {100 * hot_path / without_cpu:.2f}% of a worker's CPU per task"
+        f" {100 * hot_path / without_cpu:.2f}% of a worker's CPU per task:"
+        f" {', '.join(f'{name} {us:.2f}' for name, us in own.items())}"
+        f" ({polls:.1f} polls per task)"
     )
     print(
         json.dumps(
@@ -246,6 +273,8 @@ def main() -> None:
                 "ratio": statistics.median(rate_ratios),
                 "rate_ratios": rate_ratios,
                 "hot_path_us_per_task": hot_path,
+                "hot_path_us": own,
+                "polls_per_task": polls,
                 "tasks_per_run": args.tasks,
                 "rounds": len(cpu_ratios),
             }

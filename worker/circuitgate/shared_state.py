@@ -42,6 +42,8 @@ when the child dies before its verdict arrives; a delivery pushed out only risks
 SUCCESS_SLOTS = 64
 """Processes that count their quiet successes in a slot of their own (more share the lock)."""
 
+_STRIDE = 8  # uint64s in a 64-byte cache line
+_SLOT_RETRY_SECONDS = 1.0
 _TRIAL_ID_SIZE = 64
 _SPINS = 10_000
 T = TypeVar("T")
@@ -219,7 +221,8 @@ class _Page(ctypes.Structure):
         ("hints", ctypes.c_uint64),
         ("copies", BreakerFields * 2),
         ("slot_owners", ctypes.c_int64 * SUCCESS_SLOTS),  # pid; 0: free
-        ("slot_successes", ctypes.c_uint64 * SUCCESS_SLOTS),
+        # A cache line per slot (index slot * _STRIDE), so children do not fight over one.
+        ("slot_successes", ctypes.c_uint64 * (SUCCESS_SLOTS * _STRIDE)),
     )
 
     seq: int
@@ -327,6 +330,8 @@ class SharedBreakerState:
         self._thread_lock = threading.Lock()
         self._slot_lock = threading.Lock()
         self._slot: int | None = None
+        """This process's slot; -1: none free (until ``_slot_retry_at``)."""
+        self._slot_retry_at = 0.0
         self._quiet_success: Callable[[BreakerFields], bool] = _never_quiet
         _instances.add(self)
         self.update(_publish_hints)
@@ -386,27 +391,30 @@ class SharedBreakerState:
 
         Each process adds to a slot of its own, taken once under the lock (a dead process's
         slot is taken over with its count); threads of one process share it under a thread
-        lock. With every slot taken by a live process, it counts under the lock instead.
+        lock. With every slot taken by a live process, it counts under the lock instead (and
+        looks for a slot again a second later).
         """
-        slot = self._slot if self._slot is not None else self._take_slot()
-        if slot < 0:
-            self.update(_count_success)
-            return
-        counts = self._page.slot_successes
         with self._slot_lock:
-            counts[slot] += 1
+            if self._slot is None or (self._slot < 0 and time.monotonic() >= self._slot_retry_at):
+                self.update(self._take_slot)
+            slot = self._slot
+            if slot is not None and slot >= 0:
+                self._page.slot_successes[slot * _STRIDE] += 1
+                return
+        self.update(_count_success)
 
-    def _take_slot(self) -> int:
-        def take(_: BreakerFields) -> int:
-            owners = self._page.slot_owners
-            for slot in range(SUCCESS_SLOTS):
-                if owners[slot] == 0 or not _alive(owners[slot]):
-                    owners[slot] = os.getpid()
-                    return slot
-            return -1
-
-        self._slot = self.update(take)
-        return self._slot
+    def _take_slot(self, _: BreakerFields) -> None:
+        """Inside a transaction: a free slot or a dead process's, remembered at once (a
+        signal raising later in the transaction leaves it ours, not lost); none: try again
+        in a second."""
+        owners = self._page.slot_owners
+        for slot in range(SUCCESS_SLOTS):
+            if owners[slot] == 0 or not _alive(owners[slot]):
+                owners[slot] = os.getpid()
+                self._slot = slot
+                return
+        self._slot = -1
+        self._slot_retry_at = time.monotonic() + _SLOT_RETRY_SECONDS
 
     def read(self, read: Callable[[BreakerFields], T]) -> T:
         """``read(fields)`` from a moment when no publish happened, without taking the lock.

@@ -17,12 +17,18 @@ from typing import Any
 
 from ..names import GROUP, VERSION
 from ..view import ClusterView, ObjectStore
-from .api import KubeApi
+from .api import ApiError, KubeApi
 from .requests import circuit_states_path
 
-__all__ = ("PAGE_SIZE", "Lister", "Scope", "node_scopes", "policy_scopes")
+__all__ = ("PAGE_SIZE", "READ_ATTEMPTS", "Lister", "Scope", "node_scopes", "policy_scopes")
 
 PAGE_SIZE = 500
+READ_ATTEMPTS = 4
+"""Tries per page when the API server is briefly unwilling (429, 5xx, no answer), as
+client-go's reads retry: a listing needs several pages, and failing the whole listing on one
+refusal would hold a restarted operator's first decisions for the loop's growing backoff."""
+_TRANSIENT = frozenset({0, 429, 500, 502, 503, 504})
+_FIRST_RETRY_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ class Lister:
         items: list[Any] = []
         query: dict[str, str] = {"limit": str(PAGE_SIZE)}
         while True:
-            answer = await self.api.request("GET", scope.path, query=query)
+            answer = await self._get(scope.path, query)
             items += answer.get("items") or ()
             meta = answer.get("metadata") or {}
             if not meta.get("continue"):
@@ -88,3 +94,17 @@ class Lister:
             query = {"limit": str(PAGE_SIZE), "continue": meta["continue"]}
         store: ObjectStore[Any] = getattr(self.view, scope.store)
         return store.replace(scope.namespace, items, str(meta.get("resourceVersion") or ""))
+
+    async def _get(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        """One page; a transient refusal is tried again after 0.25, 0.5 and 1 s (a 429's
+        Retry-After of 1 s included), anything else raises at once."""
+        delay = _FIRST_RETRY_SECONDS
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return await self.api.request("GET", path, query=query)
+            except ApiError as error:
+                if error.status not in _TRANSIENT:
+                    raise
+            await asyncio.sleep(delay)
+            delay *= 2
+        return await self.api.request("GET", path, query=query)

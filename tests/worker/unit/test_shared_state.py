@@ -14,6 +14,7 @@ import types
 
 import pytest
 
+from circuitgate import shared_state
 from circuitgate.shared_state import (
     SUCCESS_SLOTS,
     BreakerFields,
@@ -346,6 +347,7 @@ def test_quiet_successes_of_many_processes_and_threads_are_all_counted() -> None
     for thread in threads:
         thread.join(30)
     assert shared.snapshot().successes_total == 1 + 6 * 300
+    assert list(shared._page.slot_owners).count(os.getpid()) == 1  # one slot for the threads
 
 
 def test_the_slots_of_dead_processes_are_taken_over_with_their_counts() -> None:
@@ -358,13 +360,20 @@ def test_the_slots_of_dead_processes_are_taken_over_with_their_counts() -> None:
     assert shared.snapshot().successes_total == 2 * (SUCCESS_SLOTS + 6)
 
 
-def test_with_every_slot_held_by_a_live_process_successes_count_under_the_lock() -> None:
+def test_with_every_slot_held_by_a_live_process_successes_count_under_the_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared_state, "_SLOT_RETRY_SECONDS", 0.0)  # look again every time
     shared = SharedBreakerState()
     for slot in range(SUCCESS_SLOTS):
         shared._page.slot_owners[slot] = os.getppid()  # alive, and not this process
     _add_successes(shared, 5)
     assert shared.snapshot().successes_total == 5
     assert sum(shared._page.slot_successes) == 0
+    shared._page.slot_owners[3] = 0  # one comes free
+    _add_successes(shared, 2)
+    assert sum(shared._page.slot_successes) == 2  # and is used from then on
+    assert shared.snapshot().successes_total == 7
 
 
 def test_a_child_never_writes_to_the_slot_of_the_process_it_was_forked_from() -> None:
@@ -374,7 +383,7 @@ def test_a_child_never_writes_to_the_slot_of_the_process_it_was_forked_from() ->
     child.start()
     child.join(30)
     assert child.exitcode == 0
-    assert sorted(shared._page.slot_successes[:2]) == [1, 1]
+    assert sorted(shared._page.slot_successes)[-2:] == [1, 1]
     assert shared.snapshot().successes_total == 2
 
 
