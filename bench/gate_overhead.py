@@ -24,6 +24,7 @@ object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import tempfile
 import time
 import timeit
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,35 +49,35 @@ POLLS_PER_TASK = 5.0
 """The consumer's gate checks per no-op task as measured here on Redis (``--hot-path-only``)."""
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time used so far by process ``pid`` and its children (the prefork pool), every
-    thread of each, from the scheduler's own nanosecond accounting (``schedstat``), not the
-    tick-sampled ``stat`` fields (at 100 Hz those alone are off by a few percent in seconds)."""
-    total = 0
+def _threads(pid: int) -> Iterator[Path]:
+    """The ``/proc`` directory of every thread of process ``pid`` and of its children (the
+    prefork pool); processes gone in the meantime are skipped."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             parent = stat.read_text().rsplit(")", 1)[1].split()[1]
-            if stat.parent.name != str(pid) and parent != str(pid):
-                continue
-            for thread in (stat.parent / "task").iterdir():
-                total += int((thread / "schedstat").read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue  # gone in the meantime
+            if stat.parent.name == str(pid) or parent == str(pid):
+                yield from list((stat.parent / "task").iterdir())
+        except (OSError, IndexError):
+            continue
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process ``pid`` and its pool, every thread of each, from the
+    scheduler's own nanosecond accounting (``schedstat``), not the tick-sampled ``stat``
+    fields (at 100 Hz those alone are off by a few percent in seconds)."""
+    total = 0
+    for thread in _threads(pid):
+        with contextlib.suppress(OSError, ValueError):  # gone in the meantime
+            total += int((thread / "schedstat").read_text().split()[0])
     return total / 1e9
 
 
 def _pin(worker: LabWorker, core: int) -> None:
     """Keep ``worker`` (its main process and pool) on one core of its own."""
     assert worker.process is not None
-    pid = worker.process.pid
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
-            if stat.parent.name == str(pid) or parent == str(pid):
-                for thread in (stat.parent / "task").iterdir():
-                    os.sched_setaffinity(int(thread.name), {core})
-        except (OSError, IndexError, ValueError):
-            continue
+    for thread in _threads(worker.process.pid):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(thread.name), {core})
 
 
 @dataclass(frozen=True)

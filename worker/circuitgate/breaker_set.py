@@ -46,6 +46,12 @@ class BreakerSet:
         """Whether some queues have a breaker of their own."""
         return bool(self.named)
 
+    @property
+    def only(self) -> SharedCircuitBreaker | None:
+        """The one breaker of a worker without per-queue ones: per-task paths take it without
+        looking up the message's queue."""
+        return None if self.named else self.default
+
     def get(self, name: str) -> SharedCircuitBreaker:
         """The breaker called ``name``; KeyError names the ones there are."""
         if name == DEFAULT:

@@ -130,7 +130,7 @@ def _gate_strategy(
     errors: tuple[type[BaseException], ...],
     on_refuse: Callable[[], None] | None,
 ) -> Callable[..., Any]:
-    only = None if breakers.per_queue else breakers.default
+    only = breakers.only
 
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
         breaker = only or breakers.for_queue(queue_of(message.delivery_info))

@@ -286,6 +286,7 @@ def _reset_thread_locks_after_fork() -> None:
         instance._thread_lock = threading.Lock()
         instance._slot_lock = threading.Lock()
         instance._slot = None  # the parent's slot is the parent's
+        instance._slot_retry_at = 0.0
 
 
 def _never_quiet(_: BreakerFields) -> bool:
@@ -330,7 +331,7 @@ class SharedBreakerState:
         self._thread_lock = threading.Lock()
         self._slot_lock = threading.Lock()
         self._slot: int | None = None
-        """This process's slot; -1: none free (until ``_slot_retry_at``)."""
+        """This process's slot; None: not taken yet, or none free until ``_slot_retry_at``."""
         self._slot_retry_at = 0.0
         self._quiet_success: Callable[[BreakerFields], bool] = _never_quiet
         _instances.add(self)
@@ -395,11 +396,10 @@ class SharedBreakerState:
         looks for a slot again a second later).
         """
         with self._slot_lock:
-            if self._slot is None or (self._slot < 0 and time.monotonic() >= self._slot_retry_at):
+            if self._slot is None and time.monotonic() >= self._slot_retry_at:
                 self.update(self._take_slot)
-            slot = self._slot
-            if slot is not None and slot >= 0:
-                self._page.slot_successes[slot * _STRIDE] += 1
+            if self._slot is not None:
+                self._page.slot_successes[self._slot * _STRIDE] += 1
                 return
         self.update(_count_success)
 
@@ -413,7 +413,6 @@ class SharedBreakerState:
                 owners[slot] = os.getpid()
                 self._slot = slot
                 return
-        self._slot = -1
         self._slot_retry_at = time.monotonic() + _SLOT_RETRY_SECONDS
 
     def read(self, read: Callable[[BreakerFields], T]) -> T:

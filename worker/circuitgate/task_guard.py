@@ -107,7 +107,7 @@ def guard(task: Task, breakers: BreakerSet) -> None:
     the guarded task.
     """
     run = task.run
-    only = None if breakers.per_queue else breakers.default
+    only = breakers.only
 
     @functools.wraps(run)
     def guarded_run(*args: Any, **kwargs: Any) -> Any:
