@@ -1,18 +1,23 @@
 """One operator watching many worker endpoints on a real API server: what it costs.
 
 A real etcd + kube-apiserver (+ controller manager), N worker pods whose ``status.podIP`` are
-distinct loopback addresses served by one endpoint process
-(``circuitgate_devkit.cluster.endpoint_server``, the contract's long-poll included), and one
-``python -m circuitgate_operator`` process. Measures:
+distinct loopback addresses served by endpoint processes
+(``circuitgate_devkit.cluster.endpoint_server``, the contract's stream and long-poll included;
+one process per ``FLEET_SIZE`` addresses, within the open-files limit), and one
+``python -m circuitgate_operator`` process following them in ``--mode`` (the policy's
+``watch.mode``). Measures:
 
+- settle: from the operator's start until every pod has its readiness-gate condition;
 - trip to pod condition False: from the moment a breaker opens to the moment a watch on the
   pods sees its readiness-gate condition False (p50, p99 over ``--trips`` trips, one at a time);
-- API writes per minute in steady state (the operator's own write counter, cross-checked
-  with the pods' resourceVersions), operator CPU share of one core when steady, peak RSS.
+- in steady state: API writes per minute (the operator's own write counter, cross-checked
+  with the pods' resourceVersions), API requests per second on what the operator reads and
+  writes (the API server's ``apiserver_request_total``, leases and the controller manager's
+  own resources left out), operator CPU share of one core; and peak RSS.
 
 Prints the figures and, as the last line, one JSON object.
 
-    python bench/operator_scale.py [--pods 1000] [--steady-seconds 60] [--trips 40]
+    python bench/operator_scale.py [--pods 1000] [--mode stream] [--steady-seconds 60] [--trips 40]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -39,6 +45,12 @@ from circuitgate_operator.names import CONDITION_TYPE
 
 NAMESPACE = "bench"
 _TICKS = os.sysconf("SC_CLK_TCK")
+FLEET_SIZE = 8000  # addresses per endpoint process: a listening and a served socket each
+# What the operator reads and writes; requests on anything else are the control plane's own.
+OPERATOR_RESOURCES = frozenset(
+    {"pods", "nodes", "events", "circuitpolicies", "circuitstates", "kopfpeerings",
+     "clusterkopfpeerings", "namespaces", "poddisruptionbudgets", "customresourcedefinitions"}
+)  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
@@ -51,6 +63,18 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def api_requests(api: client.ApiClient) -> float:
+    """Requests the API server has served so far on the operator's resources."""
+    response = api.call_api("/metrics", "GET", auth_settings=["BearerToken"],
+                            _preload_content=False)  # fmt: skip
+    total = 0.0
+    for line in response[0].data.decode().splitlines():
+        found = re.match(r'apiserver_request_total\{.*\bresource="([^"]*)".*\} (\S+)$', line)
+        if found and found[1] in OPERATOR_RESOURCES:
+            total += float(found[2])
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,10 +117,12 @@ class ConditionWatch:
                 return
 
 
-def make_pods(core: client.CoreV1Api, workers: FakeWorkers, count: int, nodes: int) -> list[str]:
+def make_pods(
+    core: client.CoreV1Api, fleets: list[FakeWorkers], count: int, nodes: int
+) -> list[str]:
     hosts = [workers_host(i) for i in range(count)]
     for start in range(0, count, 200):
-        workers.add_many(hosts[start : start + 200])
+        fleets[start // FLEET_SIZE].add_many(hosts[start : min(start + 200, count)])
 
     def make(i: int) -> None:
         name = f"w{i:04d}"
@@ -111,7 +137,9 @@ def make_pods(core: client.CoreV1Api, workers: FakeWorkers, count: int, nodes: i
                         {
                             "name": "worker",
                             "image": "example.com/worker:1",
-                            "ports": [{"name": "breaker", "containerPort": workers.port}],
+                            "ports": [
+                                {"name": "breaker", "containerPort": fleets[i // FLEET_SIZE].port}
+                            ],
                         }
                     ],
                 },
@@ -138,12 +166,16 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--steady-seconds", type=float, default=60.0)
     parser.add_argument("--trips", type=int, default=40)
+    parser.add_argument("--mode", choices=("stream", "longPoll", "poll"), default="stream")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="circuitgate-bench-"))
     plane = ControlPlane()
     plane.start()
-    workers = FakeWorkers(workdir).start()
+    fleets: list[FakeWorkers] = []
+    for n in range(-(-args.pods // FLEET_SIZE)):
+        (workdir / f"fleet-{n}").mkdir()
+        fleets.append(FakeWorkers(workdir / f"fleet-{n}").start())
     operator: OperatorProcess | None = None
     watcher: ConditionWatch | None = None
     try:
@@ -155,7 +187,7 @@ def main() -> None:
         for n in range(args.nodes):
             core.create_node({"metadata": {"name": f"bench-node-{n}"}})
         began = time.monotonic()
-        hosts = make_pods(core, workers, args.pods, args.nodes)
+        hosts = make_pods(core, fleets, args.pods, args.nodes)
         print(f"{args.pods} pods on {args.nodes} nodes made in {time.monotonic() - began:.1f}s")
         custom.create_namespaced_custom_object(
             "circuitgate.io",
@@ -169,6 +201,7 @@ def main() -> None:
                 "spec": {
                     "selector": {"matchLabels": {"app": "worker"}},
                     "endpoint": {"port": "breaker"},
+                    "watch": {"mode": args.mode},
                 },
             },
         )
@@ -198,16 +231,20 @@ def main() -> None:
             interval=0.5,
             what="every pod's condition",
         )
-        print(f"operator settled {args.pods} pods in {time.monotonic() - began:.1f}s")
+        settle = time.monotonic() - began
+        print(f"operator settled {args.pods} pods in {settle:.1f}s")
         time.sleep(5)
 
         # Steady state: nothing changes, the long-polls come and go.
         writes_before = operator.writes()
         listed = core.list_namespaced_pod(NAMESPACE)
         versions = {p.metadata.name: p.metadata.resource_version for p in listed.items}
+        requests_before = api_requests(api)
         cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
         time.sleep(args.steady_seconds)
-        cpu_share = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+        steady = time.monotonic() - wall_before
+        cpu_share = (cpu_seconds(pid) - cpu_before) / steady
+        requests_per_s = (api_requests(api) - requests_before) / steady
         writes = operator.writes() - writes_before
         writes_per_min = writes * 60.0 / args.steady_seconds
         listed = core.list_namespaced_pod(NAMESPACE)
@@ -216,7 +253,8 @@ def main() -> None:
         )
         print(
             f"steady {args.steady_seconds:.0f}s: {writes_per_min:.1f} API writes/min by the "
-            f"operator, {changed} pods changed, operator CPU {100 * cpu_share:.2f}% of one core"
+            f"operator, {changed} pods changed, {requests_per_s:.2f} API requests/s, "
+            f"operator CPU {100 * cpu_share:.2f}% of one core"
         )
 
         # Trips, one at a time.
@@ -224,20 +262,22 @@ def main() -> None:
         watcher.start()
         time.sleep(2)
         latencies: list[float] = []
-        tripped: list[str] = []
+        tripped: list[int] = []
         for i in range(args.trips):
             index = (i * 37) % args.pods
             name, host = f"w{index:04d}", hosts[index]
-            opened = workers.trip(host, trips=1)
+            fleet = fleets[index // FLEET_SIZE]
+            opened = fleet.trip(host, trips=1)
             deadline = time.monotonic() + 30
             while name not in watcher.false_at and time.monotonic() < deadline:
                 time.sleep(0.005)
             if name not in watcher.false_at:
                 raise SystemExit(f"{name} never turned False")
             latencies.append(watcher.false_at[name] - opened)
-            tripped.append(host)
+            tripped.append(index)
             if len(tripped) >= 10:  # stay well under the caps: close the oldest
-                workers.close(tripped.pop(0))
+                oldest = tripped.pop(0)
+                fleets[oldest // FLEET_SIZE].close(hosts[oldest])
         p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
         print(
             f"trip to condition False over {len(latencies)} trips: p50 {1000 * p50:.0f} ms, "
@@ -247,9 +287,12 @@ def main() -> None:
         print(f"operator peak RSS {rss:.0f} MiB")
         result = {
             "pods": args.pods,
+            "mode": args.mode,
+            "settle_s": round(settle, 1),
             "trip_to_condition_p50_s": round(p50, 4),
             "trip_to_condition_p99_s": round(p99, 4),
             "steady_writes_per_min": round(writes_per_min, 2),
+            "api_requests_per_s_steady": round(requests_per_s, 2),
             "cpu_share_steady": round(cpu_share, 4),
             "peak_rss_mib": round(rss, 1),
         }
@@ -259,7 +302,8 @@ def main() -> None:
             watcher.stop()
         if operator is not None:
             operator.stop()
-        workers.stop()
+        for fleet in fleets:
+            fleet.stop()
         plane.stop()
 
 

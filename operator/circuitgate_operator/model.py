@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 from .clock import parse_time
 from .names import CONDITION_TYPE, label_value
@@ -87,9 +87,14 @@ class LabelSelector:
         return True
 
 
+WatchMode = Literal["stream", "longPoll", "poll"]
+
+
 @dataclass(frozen=True)
 class WatchSpec:
-    mode: str = "longPoll"
+    """How the endpoints are followed: stream falls back to longPoll, longPoll to polling."""
+
+    mode: WatchMode = "stream"
     poll_interval: float = 10.0
     timeout: float = 5.0
     long_poll: float = 30.0
@@ -283,7 +288,7 @@ def parse_policy_spec(spec: Mapping[str, Any]) -> PolicySpec:
         port=endpoint.get("port", 0),
         path=endpoint.get("path") or "/circuit",
         watch=WatchSpec(
-            mode=watch.get("mode") or "longPoll",
+            mode=cast(WatchMode, watch.get("mode") or "stream"),
             poll_interval=_seconds(watch, "pollIntervalSeconds", 10.0),
             timeout=_seconds(watch, "timeoutSeconds", 5.0),
             long_poll=_seconds(watch, "longPollSeconds", 30.0),

@@ -26,6 +26,7 @@ from .decide.circuit_state import startup_grace_ends
 from .decide.cleanup import plan_cleanup
 from .decide.intents import EventIntent, Eviction, Plan
 from .decide.ledger import TripLedger
+from .decide.memo import PlanMemo
 from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
 from .decide.plan import plan_policy
@@ -87,6 +88,7 @@ class PolicyLoop:
         self._unmarked: dict[str, Eviction] = {}  # granted, our mark not landed yet
         self._failures = 0
         self._applying: asyncio.Future[ApplyResult] | None = None
+        self.memo = PlanMemo()
 
     @property
     def ledger(self) -> TripLedger:
@@ -122,9 +124,12 @@ class PolicyLoop:
                 timeout = self.operator.config.resync_seconds
                 if deadline is not None:
                     timeout = min(timeout, max(deadline - time.time(), 0.0))
+                woke = False
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
-                        await self.wake.wait()
+                        woke = await self.wake.wait()
+                if not woke:  # a periodic pass: every pod planned afresh, level-triggered
+                    self.memo.clear()
                 await asyncio.sleep(COALESCE_SECONDS)
                 self.wake.clear()
                 await self._list(time.time() - RELIST_SECONDS)
@@ -215,7 +220,7 @@ class PolicyLoop:
                 node: frozenset(owners) for node, owners in self.operator.cordons_in_flight.items()
             },
         )
-        plan = plan_policy(observation)
+        plan = plan_policy(observation, self.memo)
         self._count_states(plan, selected)
         # Counted as in flight before this task yields: no other policy plans without them.
         sent = {c.node for c in plan.nodes if c.action == "cordon"}

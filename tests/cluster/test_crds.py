@@ -197,7 +197,7 @@ def test_minimal_policy_gets_defaults(api: ApiClient, namespace: str) -> None:
         "selector": {"matchLabels": {"app": "worker"}},
         "endpoint": {"port": 8000, "path": "/circuit"},
         "watch": {
-            "mode": "longPoll",
+            "mode": "stream",
             "pollIntervalSeconds": 10,
             "timeoutSeconds": 5,
             "longPollSeconds": 30,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from .contract import WorkerDocument
 
-__all__ = ("BadQuery", "BreakerEndpoint", "CircuitQuery", "parse_circuit_query")
+__all__ = (
+    "BadQuery",
+    "BreakerEndpoint",
+    "CircuitQuery",
+    "StreamQuery",
+    "parse_circuit_query",
+    "parse_stream_query",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,34 +48,65 @@ class CircuitQuery:
     wait: float = 0.0
 
 
+@dataclass(frozen=True)
+class StreamQuery:
+    """``GET /circuit/stream?since=SEQ&keepalive=SECONDS``: an event per change past ``since``
+    (the current document at once without it), a keep-alive comment when quiet that long."""
+
+    since: int | None = None
+    keepalive: float = 15.0
+
+
 def parse_circuit_query(query: str, *, max_wait: float) -> CircuitQuery:
-    """Parse and check the query; ``wait`` is capped at ``max_wait``."""
+    """Parse and check a long-poll's query; ``wait`` is capped at ``max_wait``."""
+    params = _params(query, ("since", "wait"))
+    since = _since(params)
+    wait = _seconds(params, "wait", 0.0)
+    if "wait" in params and since is None:
+        raise BadQuery("wait needs since")
+    return CircuitQuery(since=since, wait=min(wait, max_wait))
+
+
+def parse_stream_query(query: str, *, max_wait: float) -> StreamQuery:
+    """Parse and check a stream's query; ``keepalive`` is capped at ``max_wait``, and at least
+    a second whatever ``max_wait`` says."""
+    params = _params(query, ("since", "keepalive"))
+    keepalive = _seconds(params, "keepalive", StreamQuery.keepalive)
+    return StreamQuery(since=_since(params), keepalive=max(min(keepalive, max_wait), 1.0))
+
+
+def _params(query: str, allowed: tuple[str, ...]) -> dict[str, str]:
     try:
         params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise BadQuery("malformed query string") from None
-    unknown = sorted(set(params) - {"since", "wait"})
+    unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise BadQuery(f"unknown parameter {unknown[0]!r}; allowed: since, wait")
+        raise BadQuery(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(allowed)}")
     if any(len(values) > 1 for values in params.values()):
         raise BadQuery("each parameter may be given once")
-    since = None
-    if "since" in params:
-        text = params["since"][0]
-        if not text.isascii() or not text.isdigit() or len(text) > 20:
-            raise BadQuery("since must be a non-negative integer")
-        since = int(text)
-    wait = 0.0
-    if "wait" in params:
-        try:
-            wait = float(params["wait"][0])
-        except ValueError:
-            raise BadQuery("wait must be a number of seconds") from None
-        if not 0 <= wait < float("inf"):
-            raise BadQuery("wait must be a non-negative number of seconds")
-        if since is None:
-            raise BadQuery("wait needs since")
-    return CircuitQuery(since=since, wait=min(wait, max_wait))
+    return {name: values[0] for name, values in params.items()}
+
+
+def _since(params: dict[str, str]) -> int | None:
+    if "since" not in params:
+        return None
+    text = params["since"]
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise BadQuery("since must be a non-negative integer")
+    return int(text)
+
+
+def _seconds(params: dict[str, str], name: str, default: float) -> float:
+    if name not in params:
+        return default
+    try:
+        value = float(params[name])
+    except ValueError:
+        raise BadQuery(f"{name} must be a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise BadQuery(f"{name} must be a non-negative number of seconds")
+    return value
 
 
 class _ChangeNotifier:
@@ -88,6 +127,14 @@ class _ChangeNotifier:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but not past the endpoint's stop."""
+        self._stopped.wait(seconds)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -123,6 +170,18 @@ class _ChangeNotifier:
                 with self._changed:
                     self._changed.notify_all()
             time.sleep(self._interval)
+
+
+STREAM_MIN_GAP = 0.25
+"""Seconds between two stream events that change no breaker's state: a state change goes out
+at once, counters at most this often (a degraded worker changes them with every task)."""
+_KEEPALIVE = b": keep-alive\n\n"
+_RECHECK = 0.01  # seconds between two looks at the states while counter changes are held
+
+
+def _event(document: WorkerDocument) -> bytes:
+    """One Server-Sent Event: the whole document on one line, its sequence as the event id."""
+    return b"id: %d\nevent: circuit\ndata: %s\n\n" % (document.sequence, document.dumps())
 
 
 _REFUSED = (
@@ -245,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/circuit":
             return self._circuit(endpoint, url.query)
+        if url.path == "/circuit/stream":
+            return self._stream(endpoint, url.query)
         if url.query:
             return self._send(HTTPStatus.BAD_REQUEST, b"no query string here\n")
         if url.path == "/healthz":
@@ -266,11 +327,30 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             parsed = parse_circuit_query(query, max_wait=endpoint.max_wait)
         except BadQuery as exc:
-            body = json.dumps({"error": str(exc)}).encode()
-            return self._send(HTTPStatus.BAD_REQUEST, body, "application/json")
+            return self._bad_query(exc)
         if parsed.since is not None and parsed.wait > 0:
             endpoint.wait_past(parsed.since, parsed.wait)
         return self._send(HTTPStatus.OK, endpoint.document().dumps(), "application/json")
+
+    def _stream(self, endpoint: BreakerEndpoint, query: str) -> None:
+        """Server-Sent Events until the client goes or the endpoint stops; a client that stops
+        reading is dropped once a write has waited ``timeout`` seconds."""
+        try:
+            parsed = parse_stream_query(query, max_wait=endpoint.max_wait)
+        except BadQuery as exc:
+            return self._bad_query(exc)
+        self.close_connection = True  # the stream ends with its connection
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for chunk in endpoint.stream(parsed):
+            self.wfile.write(chunk)
+
+    def _bad_query(self, error: BadQuery) -> None:
+        body = json.dumps({"error": str(error)}).encode()
+        return self._send(HTTPStatus.BAD_REQUEST, body, "application/json")
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain") -> None:
         self.send_response(status)
@@ -290,8 +370,13 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("circuitgate endpoint: " + format, *args)
 
 
+def _states(document: WorkerDocument) -> tuple[str, ...]:
+    return tuple(breaker.state for breaker in document.breakers)
+
+
 class BreakerEndpoint:
-    """``/circuit`` (with long-poll), ``/healthz``, ``/readyz`` and ``/metrics`` on one port."""
+    """``/circuit`` (with long-poll and a stream), ``/healthz``, ``/readyz`` and ``/metrics``
+    on one port."""
 
     def __init__(
         self,
@@ -310,6 +395,7 @@ class BreakerEndpoint:
         self.max_connections = max_connections
         self.max_wait = max_wait
         self._address = (host, port)
+        self._sequence = sequence
         self._notifier = _ChangeNotifier(sequence, poll_interval)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -324,6 +410,31 @@ class BreakerEndpoint:
 
     def wait_past(self, since: int, timeout: float) -> None:
         self._notifier.wait_past(since, timeout)
+
+    def stream(self, query: StreamQuery) -> Iterator[bytes]:
+        """What a stream sends, each piece when it is due, until the endpoint stops: the
+        document when the sequence passes what was sent (at once if nothing was), else a
+        keep-alive every ``keepalive`` seconds."""
+        sent, states, last_event = query.since, None, -math.inf
+        while not self._notifier.stopped:
+            if sent is not None:
+                self._notifier.wait_past(sent, query.keepalive)
+                if self._notifier.stopped:
+                    return
+                if self._sequence() <= sent:
+                    yield _KEEPALIVE
+                    continue
+            document = self.document()
+            pause = last_event + STREAM_MIN_GAP - time.monotonic()
+            while pause > 0 and _states(document) == states:  # a state change ends the pause
+                self._notifier.wait_past(document.sequence, pause)
+                self._notifier.pause(min(_RECHECK, pause))  # a document per change is too many
+                if self._notifier.stopped:
+                    return
+                document = self.document()
+                pause = last_event + STREAM_MIN_GAP - time.monotonic()
+            sent, states, last_event = document.sequence, _states(document), time.monotonic()
+            yield _event(document)
 
     def start(self) -> None:
         self._server = _Server(self._address, self)

@@ -1,9 +1,11 @@
 """A stand-in for the worker's breaker endpoint, as a real process serving many loopback addresses.
 
 It follows the contract exactly (``GET /circuit``, long-poll with ``?since=SEQ&wait=SECONDS``,
-``/healthz``, ``/readyz``), with documents built by ``circuitgate.contract`` itself, and can be
-told to misbehave (malformed, oversized, slow, refusing connections, no long-poll support,
-hostile answers; ``max_wait`` caps its long-polls as a worker's setting does).
+the stream ``GET /circuit/stream?keepalive=SECONDS``, ``/healthz``, ``/readyz``), with documents
+built by ``circuitgate.contract`` itself, and can be told to misbehave (malformed, oversized,
+slow, refusing connections, no long-poll or stream support, a stream gone silent, hostile
+answers; ``max_wait`` caps its long-polls as a worker's setting does). Each misbehaviour
+spoils a stream's events as it spoils a long-poll's answers.
 A control API on its own port sets each address's breaker. When the real endpoint server
 (``circuitgate.endpoint``) lands, ``FakeWorkers`` is the one class to swap.
 
@@ -26,6 +28,11 @@ from circuitgate.contract import BreakerDocument, WorkerDocument
 
 MODES = (
     "normal", "malformed", "invalid", "oversized", "slow", "no_long_poll", "http500",
+    # An older worker: no stream (404, long-poll served); a stream that stops sending anything,
+    # keep-alives included, after its first event; one that sends a byte now and then but never
+    # an event's end; one flooding comments after its first event; keep-alives and never an
+    # event.
+    "no_stream", "silent", "trickle", "flood", "no_event",
     # Hostile: a new sequence on every answer, at once; JSON nested past Python's recursion
     # limit; a time that overflows once in UTC.
     "instant_change", "nested", "year_one",
@@ -51,6 +58,8 @@ class Endpoint:
     max_wait: float = 300.0  # the longest a long-poll is held, as a worker's max_wait
     open_requests: int = 0
     total_requests: int = 0
+    keepalives: int = 0
+    events: int = 0  # stream events sent: a stream's answers, as requests are a long-poll's
     site: web.TCPSite | None = None
     transports: set[asyncio.BaseTransport] = field(default_factory=set)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -71,10 +80,27 @@ class Endpoint:
             breakers=(breaker,),
         ).dumps()
 
+    async def wait_past(self, since: int, timeout: float) -> bool:
+        """Whether the sequence passed ``since`` within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.sequence <= since:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.changed.wait()
+            except TimeoutError:
+                return False
+        return True
+
     def bump(self) -> None:
         self.sequence += 1
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+_PADDING = b" " * 65536
 
 
 class Fleet:
@@ -83,6 +109,7 @@ class Fleet:
         self.endpoints: dict[str, Endpoint] = {}
         self.app = web.Application()
         self.app.router.add_get("/circuit", self.circuit)
+        self.app.router.add_get("/circuit/stream", self.stream)
         self.app.router.add_get("/healthz", self.ok)
         self.app.router.add_get("/readyz", self.ok)
         self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
@@ -107,54 +134,97 @@ class Fleet:
         finally:
             endpoint.open_requests -= 1
 
+    def _payload(self, endpoint: Endpoint) -> bytes:
+        """The document, as the endpoint's mode spoils it."""
+        mode = endpoint.mode
+        if mode == "malformed":
+            return b'{"schema": "circuitgate.io/breaker-state/v1", "wor'
+        if mode == "invalid":
+            document = json.loads(endpoint.document())
+            document["breakers"][0]["state"] = "ajar"
+            return json.dumps(document).encode()
+        if mode == "nested":
+            return b"[" * 100_000 + b"]" * 100_000
+        if mode == "year_one":
+            document = json.loads(endpoint.document())
+            document["breakers"][0]["opened_at"] = "0001-01-01T00:00:00+01:00"
+            return json.dumps(document).encode()
+        if mode == "instant_change":
+            endpoint.bump()
+        return endpoint.document()
+
     async def _answer(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
         mode = endpoint.mode
         if mode == "slow":
             await asyncio.sleep(3600)
         if mode == "http500":
             return web.Response(status=500, text="boom")
-        if mode == "malformed":
-            return web.Response(
-                body=b'{"schema": "circuitgate.io/breaker-state/v1", "wor',
-                content_type="application/json",
-            )
-        if mode == "invalid":
-            document = json.loads(endpoint.document())
-            document["breakers"][0]["state"] = "ajar"
-            return web.json_response(document)
-        if mode == "nested":
-            return web.Response(body=b"[" * 100_000 + b"]" * 100_000)
-        if mode == "year_one":
-            document = json.loads(endpoint.document())
-            document["breakers"][0]["opened_at"] = "0001-01-01T00:00:00+01:00"
-            return web.json_response(document)
-        if mode == "instant_change":
-            endpoint.bump()
-            return web.Response(body=endpoint.document(), content_type="application/json")
         if mode == "oversized":
             response = web.StreamResponse()
             response.content_type = "application/json"
             await response.prepare(request)
-            chunk = b" " * 65536
             for _ in range(64):  # 4 MiB of padding, streamed without a length
-                await response.write(chunk)
+                await response.write(_PADDING)
             await response.write(endpoint.document())
             await response.write_eof()
             return response
         since = request.query.get("since")
-        if since is not None and mode != "no_long_poll":
+        if since is not None and mode not in ("no_long_poll", "instant_change"):
             wait = min(float(request.query.get("wait", "30")), endpoint.max_wait)
-            deadline = time.monotonic() + wait
-            while endpoint.sequence <= int(since):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        await endpoint.changed.wait()
-                except TimeoutError:
-                    break
-        return web.Response(body=endpoint.document(), content_type="application/json")
+            await endpoint.wait_past(int(since), wait)
+        return web.Response(body=self._payload(endpoint), content_type="application/json")
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        endpoint = self._endpoint(request)
+        if request.transport is not None:
+            endpoint.transports.add(request.transport)
+        endpoint.total_requests += 1
+        endpoint.open_requests += 1
+        try:
+            return await self._stream(endpoint, request)
+        finally:
+            endpoint.open_requests -= 1
+
+    async def _stream(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+        if endpoint.mode == "slow":
+            await asyncio.sleep(3600)
+        if endpoint.mode == "http500":
+            return web.Response(status=500, text="boom")
+        if endpoint.mode == "no_stream":
+            raise web.HTTPNotFound(text="not found: try /circuit\n")
+        keepalive = min(max(float(request.query.get("keepalive", "15")), 1.0), endpoint.max_wait)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        sent: int | None = None
+        while True:
+            mode = endpoint.mode
+            if mode in ("slow", "silent") and sent is not None:
+                await asyncio.sleep(3600)
+            if mode == "no_event" or (mode == "trickle" and sent is not None):
+                await response.write(b": keep-alive\n\n" if mode == "no_event" else b"data: {")
+                while True:
+                    await asyncio.sleep(0.2)
+                    await response.write(b": keep-alive\n\n" if mode == "no_event" else b" ")
+            if mode == "flood" and sent is not None:
+                while True:
+                    await response.write(b": flood\n\n" * 64)
+                    await asyncio.sleep(0)
+            if mode == "http500":  # too late for a status: the stream just ends
+                return response
+            if mode == "oversized":
+                for _ in range(64):  # 4 MiB without an event's end
+                    await response.write(_PADDING)
+            if sent is None or endpoint.sequence > sent:
+                sent = endpoint.sequence
+                payload = self._payload(endpoint)
+                await response.write(b"id: %d\nevent: circuit\ndata: %s\n\n" % (sent, payload))
+                endpoint.events += 1
+                await asyncio.sleep(0)  # instant_change sends without end: let others in
+            elif not await endpoint.wait_past(sent, keepalive):
+                await response.write(b": keep-alive\n\n")
+                endpoint.keepalives += 1
 
     # -- control -------------------------------------------------------------------------------
 
@@ -221,6 +291,8 @@ class Fleet:
             {
                 "open_requests": endpoint.open_requests,
                 "total_requests": endpoint.total_requests,
+                "keepalives": endpoint.keepalives,
+                "events": endpoint.events,
                 "sequence": endpoint.sequence,
                 "listening": endpoint.site is not None,
             }

@@ -4,12 +4,14 @@ change means; the policy's CircuitStates of pods it no longer watches go."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from ..clock import rfc3339
 from ..contract import TRIPPED_STATES, BreakerState, Reading
 from ..model import ContainerView, PodView
 from .intents import CircuitStateDelete, CircuitStateWrite, EventIntent, Plan, pod_ref
+from .memo import PlanMemo
 from .observation import PolicyObservation
 from .readiness import restore
 from .selection import resolve_port
@@ -197,17 +199,32 @@ def circuit_events(
 
 
 def plan_circuit_states(
-    plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]
+    plan: Plan, obs: PolicyObservation, matched: Sequence[PodView], memo: PlanMemo | None = None
 ) -> dict[str, dict[str, Any]]:
     """Plan the watched pods' CircuitStates; return each one's status as it will be (none for a
     pod that has no state yet)."""
     stamp = rfc3339(obs.now)
     states: dict[str, dict[str, Any]] = {}
     for pod in matched:
-        status = _plan_circuit_state(plan, obs, pod, stamp)
+        if memo is None:
+            status = _plan_circuit_state(plan, obs, pod, stamp)
+        else:
+            inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod))
+            step = partial(_plan_circuit_state, plan, obs, pod, stamp)
+            status = memo.circuit_states.decide(plan, pod.uid, inputs, step, _timeless)
         if status is not None:
             states[pod.name] = status
     return states
+
+
+def _timeless(status: Mapping[str, Any] | None) -> bool:
+    """Whether a pass that wrote nothing for this status would write nothing at any time: all
+    but a pod never read, whose Warning waits for the clock."""
+    return (
+        status is None
+        or status.get("state", BreakerState.UNKNOWN) != BreakerState.UNKNOWN
+        or _ever_read(status)
+    )
 
 
 def _plan_circuit_state(

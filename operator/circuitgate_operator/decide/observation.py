@@ -39,6 +39,10 @@ class PolicyObservation:
     # Cordons this process has sent and not yet seen answered: node name -> policy keys. The
     # cordon cap counts them, or two policies planning at once would both take its last slot.
     cordons_in_flight: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Each pod's reading, looked up once per pass (three steps ask for it).
+    _reading_of: dict[str, Reading | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def matched(self) -> list[PodView]:
@@ -47,6 +51,11 @@ class PolicyObservation:
 
     def reading(self, pod: PodView) -> Reading | None:
         """The pod's reading at its current address, or None while there is none."""
+        if pod.uid not in self._reading_of:
+            self._reading_of[pod.uid] = self._read(pod)
+        return self._reading_of[pod.uid]
+
+    def _read(self, pod: PodView) -> Reading | None:
         spec = self.policy.spec
         if not pod.pod_ip:
             return None

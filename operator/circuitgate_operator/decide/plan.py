@@ -1,7 +1,9 @@
 """One policy's reconciliation as a pure function: what the cluster shows now in, a Plan out.
 
 Nothing here remembers earlier decisions; the Plan is recomputed from the observed objects every
-time, so after an outage, a pause or a restart nothing stale is replayed. Each part of the Plan
+time, so after an outage, a pause or a restart nothing stale is replayed. A `PlanMemo` only
+saves work: a pod whose inputs are the objects they were is not planned again, and the Plan
+is the same with it or without it. Each part of the Plan
 is planned by its own module as if nothing held it back; `restraint` then takes out, once,
 what the pause, a storm, the caps or a dry run hold back, and the status reports the result.
 """
@@ -16,6 +18,7 @@ from ..model import PodView
 from .caps import storm_reached
 from .circuit_state import plan_circuit_states, plan_orphans
 from .intents import Plan
+from .memo import PlanMemo
 from .observation import PolicyObservation
 from .policy_status import plan_policy_status
 from .readiness import plan_overlaps, plan_readiness, unready_cap
@@ -39,14 +42,18 @@ def _tripped(
     return count
 
 
-def plan_policy(obs: PolicyObservation) -> Plan:
+def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:
     """Decide every change for one policy: CircuitStates, readiness, nodes, status, Events."""
     policy, spec = obs.policy, obs.policy.spec
     matched = obs.matched
     plan = Plan()
-    states = plan_circuit_states(plan, obs, matched)
+    if memo is not None:
+        memo.under((policy.name, policy.label, spec))
+    states = plan_circuit_states(plan, obs, matched, memo)
     plan_orphans(plan, obs, matched)
-    plan_readiness(plan, obs, matched, states)
+    plan_readiness(plan, obs, matched, states, memo)
+    if memo is not None:
+        memo.finish()
     plan_remediation(plan, obs, matched)
     plan_overlaps(plan, obs)
 

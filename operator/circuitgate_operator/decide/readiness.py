@@ -8,6 +8,7 @@ the unready-pods cap and a dry run to them, once for the whole Plan.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from ..clock import parse_time, rfc3339
@@ -16,6 +17,7 @@ from ..model import Condition, PodView
 from ..names import CONDITION_TYPE
 from .caps import Cap
 from .intents import ConditionWrite, EventIntent, Plan, pod_ref
+from .memo import PlanMemo
 from .observation import PolicyObservation
 
 __all__ = (
@@ -159,62 +161,89 @@ def plan_readiness(
     obs: PolicyObservation,
     matched: Sequence[PodView],
     states: Mapping[str, Mapping[str, Any]],
+    memo: PlanMemo | None = None,
 ) -> None:
     """Plan each watched pod's condition from its circuit's state. New unready marks come
     last, oldest opening first: the order in which a cap lets them through."""
-    policy, spec = obs.policy, obs.policy.spec
     stamp = rfc3339(obs.now)
     marks: list[tuple[str, ConditionWrite]] = []
     for pod in matched:
-        if not pod.gated:
-            if spec.readiness_enabled:
-                message = (
-                    f"selected by policy {policy.name} but has no readiness gate "
-                    f"{CONDITION_TYPE}; circuitgate cannot mark it unready"
-                )
-                plan.events.append(
-                    EventIntent(pod_ref(pod), "ReadinessGateMissing", message, "Warning")
-                )
-            continue
-        if not spec.readiness_enabled:
-            why = f"readiness is disabled in policy {policy.name}"
-            write = restore(pod, stamp, why) or first_condition(
-                pod, "ReadinessDisabled", why, stamp
+        status = states.get(pod.name, _UNREAD)
+        if memo is None:
+            mark = _plan_pod_readiness(plan, obs, pod, status, stamp)
+        else:
+            inputs = (pod, status, obs.reading(pod), pod.uid in obs.first_read_pending)
+            mark = memo.readiness.decide(
+                plan,
+                pod.uid,
+                inputs,
+                partial(_plan_pod_readiness, plan, obs, pod, status, stamp),
+                partial(_timeless, status),
             )
-            if write is not None:
-                plan.conditions.append(write)
-            continue
-        if pod.uid in obs.first_read_pending and pod.name not in states:
-            continue
-        status = states.get(pod.name, {"state": BreakerState.UNKNOWN})
-        if _stale_open_over(obs, pod, status):
-            # What is recorded is all there is (an unreadable endpoint, or a state read after a
-            # restart before its first answer), and it holds a pod unready only while it lasts.
-            ends = rfc3339(open_evidence_ends(status) or obs.now)
-            why = f"the breaker endpoint cannot be read, and its last open period ended at {ends}"
-            write = None if pod.uid in obs.first_read_pending else restore(pod, stamp, why)
-            if write is not None:
-                plan.conditions.append(write)
-            if write is not None or status.get("state") != BreakerState.UNKNOWN:
-                continue
-        wanted = decide_readiness(pod, status, stamp)
-        current = pod.gate_condition
-        if wanted is None or same_condition(current, wanted):
-            continue
-        if wanted.status == "False" and (current is None or current.status != "False"):
-            opened_at = str(status.get("openedAt") or "")
-            event = EventIntent(pod_ref(pod), "PodMarkedUnready", wanted.message, "Warning")
-            write = condition_write(
-                pod, wanted, marks_unready=True, opened_at=opened_at or None, events=(event,)
-            )
-            marks.append((opened_at, write))
-            continue
-        events: tuple[EventIntent, ...] = ()
-        if current is not None and current.status == "False" and wanted.status == "True":
-            events = (EventIntent(pod_ref(pod), "PodMarkedReady", wanted.message),)
-        plan.conditions.append(condition_write(pod, wanted, events=events))
+        if mark is not None:
+            marks.append(mark)
     marks.sort(key=lambda mark: (mark[0], mark[1].pod))
     plan.conditions.extend(write for _, write in marks)
+
+
+_UNREAD: Mapping[str, Any] = {"state": BreakerState.UNKNOWN}
+
+
+def _timeless(status: Mapping[str, Any], mark: tuple[str, ConditionWrite] | None) -> bool:
+    """Whether a pass that changed nothing for this pod would change nothing at any time: not
+    while an open state could stop being evidence."""
+    return mark is None and status.get("state") not in _HOLDING
+
+
+def _plan_pod_readiness(
+    plan: Plan, obs: PolicyObservation, pod: PodView, status: Mapping[str, Any], stamp: str
+) -> tuple[str, ConditionWrite] | None:
+    """Plan one pod's condition; a new unready mark is returned (with its opening time, to
+    order the marks by), not planned."""
+    policy, spec = obs.policy, obs.policy.spec
+    if not pod.gated:
+        if spec.readiness_enabled:
+            message = (
+                f"selected by policy {policy.name} but has no readiness gate "
+                f"{CONDITION_TYPE}; circuitgate cannot mark it unready"
+            )
+            event = EventIntent(pod_ref(pod), "ReadinessGateMissing", message, "Warning")
+            plan.events.append(event)
+        return None
+    if not spec.readiness_enabled:
+        why = f"readiness is disabled in policy {policy.name}"
+        write = restore(pod, stamp, why) or first_condition(pod, "ReadinessDisabled", why, stamp)
+        if write is not None:
+            plan.conditions.append(write)
+        return None
+    if pod.uid in obs.first_read_pending and status is _UNREAD:
+        return None
+    if _stale_open_over(obs, pod, status):
+        # What is recorded is all there is (an unreadable endpoint, or a state read after a
+        # restart before its first answer), and it holds a pod unready only while it lasts.
+        ends = rfc3339(open_evidence_ends(status) or obs.now)
+        why = f"the breaker endpoint cannot be read, and its last open period ended at {ends}"
+        write = None if pod.uid in obs.first_read_pending else restore(pod, stamp, why)
+        if write is not None:
+            plan.conditions.append(write)
+        if write is not None or status.get("state") != BreakerState.UNKNOWN:
+            return None
+    wanted = decide_readiness(pod, status, stamp)
+    current = pod.gate_condition
+    if wanted is None or same_condition(current, wanted):
+        return None
+    if wanted.status == "False" and (current is None or current.status != "False"):
+        opened_at = str(status.get("openedAt") or "")
+        event = EventIntent(pod_ref(pod), "PodMarkedUnready", wanted.message, "Warning")
+        write = condition_write(
+            pod, wanted, marks_unready=True, opened_at=opened_at or None, events=(event,)
+        )
+        return opened_at, write
+    events: tuple[EventIntent, ...] = ()
+    if current is not None and current.status == "False" and wanted.status == "True":
+        events = (EventIntent(pod_ref(pod), "PodMarkedReady", wanted.message),)
+    plan.conditions.append(condition_write(pod, wanted, events=events))
+    return None
 
 
 def plan_overlaps(plan: Plan, obs: PolicyObservation) -> None:

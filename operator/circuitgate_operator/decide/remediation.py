@@ -57,6 +57,10 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
         for n in obs.nodes.values()
         if policy.key in (n.annotations.get(CORDONED_BY), n.annotations.get(RELEASED_BY))
     }
+    on_node: dict[str, list[PodView]] = {}  # grouped once: nodes x pods is 200 000 at 10 000
+    for pod in obs.pods.values():
+        if pod.name not in obs.evicted_unmarked:
+            on_node.setdefault(pod.node_name, []).append(pod)
     decisions: list[tuple[NodeView, NodeDecision, int]] = []
     for name in sorted(names):
         node = obs.nodes.get(name)
@@ -69,9 +73,7 @@ def plan_remediation(plan: Plan, obs: PolicyObservation, matched: Sequence[PodVi
             spec=spec.nodes,
             trips=trips,
             now=obs.now,
-            evicted=evictions_on(
-                name, (p for p in obs.pods.values() if p.name not in obs.evicted_unmarked)
-            ),
+            evicted=evictions_on(name, on_node.get(name, ())),
         )
         count = len(recent_trips(node, trips, spec.nodes.window, obs.now))
         decisions.append((node, decision, count))

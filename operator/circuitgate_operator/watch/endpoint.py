@@ -1,4 +1,5 @@
-"""Following one worker's breaker endpoint: long-poll when it can, plain polling when it cannot.
+"""Following one worker's breaker endpoint: its stream when it serves one, long-poll when it
+does not, plain polling when it cannot hold a request either.
 
 Every answer is bounded in size and time; anything but a valid document within those bounds is
 an ``unknown`` Reading with a reason. Runs on the operator's event loop until cancelled.
@@ -7,13 +8,15 @@ an ``unknown`` Reading with a reason. Runs on the operator's event loop until ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
 from ..contract import Reading, parse_document, unknown
 from ..model import WatchSpec
+from .sse import EventParser, EventTooLarge
 
 __all__ = ("DEFAULT_MAX_BYTES", "EndpointWatcher", "fetch_reading")
 
@@ -54,19 +57,51 @@ async def fetch_reading(
                         )
     except TimeoutError:
         return unknown(url, "timeout", f"no complete answer within {limit:g}s")
-    except aiohttp.ClientConnectorError as error:
+    except aiohttp.ClientError as error:
+        return _failed(url, error)
+    return parse_document(url, bytes(body))
+
+
+def _failed(url: str, error: aiohttp.ClientError) -> Reading:
+    if isinstance(error, aiohttp.ClientConnectorError):
         if error.os_error is not None and error.os_error.errno == errno.ECONNREFUSED:
             return unknown(url, "refused", "connection refused")
         return unknown(url, "unreachable", "cannot connect")
-    except aiohttp.ClientPayloadError:
+    if isinstance(error, aiohttp.ClientPayloadError):
         return unknown(url, "other", "answer cut short")
-    except aiohttp.ClientError as error:
-        return unknown(url, "other", f"request failed: {type(error).__name__}")
-    return parse_document(url, bytes(body))
+    return unknown(url, "other", f"request failed: {type(error).__name__}")
+
+
+# What an endpoint without a stream answers for one: an older worker's 400 ("no query string
+# here") or 404, a server's 405 or 501 (or a 200 that is no event stream).
+_NO_STREAM = frozenset({400, 404, 405, 501})
+
+
+class _Pace:
+    """A token bucket: ``burst`` reads at once, one per ``gap`` seconds on average."""
+
+    def __init__(self, gap: float, burst: int, now: float) -> None:
+        self.gap, self.burst = gap, burst
+        self.tokens, self.at = float(burst), now
+
+    def spend(self, now: float) -> float:
+        """Take a token; the seconds to wait before the next read."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) / self.gap) - 1
+        self.at = now
+        return max(-self.tokens * self.gap, 0.0)
 
 
 class EndpointWatcher:
     """Reads one pod's endpoint over and over and hands every Reading to ``on_reading``.
+
+    In stream mode (the default) it opens ``<url>/stream`` first (and again after any failed
+    read): one connection, one Reading per event, a keep-alive comment every ``long_poll``
+    seconds. A stream whose first event takes longer than ``timeout``, or that completes no
+    event or keep-alive for ``long_poll + timeout`` seconds after it (bytes trickling in do
+    not count), is unknown. The socket is read ``BURST`` times at once and once per
+    ``MIN_GAP`` after that; what arrives meanwhile waits in the socket and only its latest
+    event is read. An endpoint that serves no stream is followed by long-poll, as in longPoll
+    mode.
 
     The first request (and the first after a failure) is a plain GET. Then, in longPoll mode,
     every request asks ``?since=SEQ&wait=S``. A long-poll answered at once without a new
@@ -81,6 +116,7 @@ class EndpointWatcher:
     """
 
     MIN_GAP = 0.25  # seconds between two requests at least: 4 a second per pod at most
+    BURST = 4  # stream reads at once before the pace is MIN_GAP
     HELD = 1.0  # an answer this late (or after half the wait) was held: long-poll works
 
     def __init__(
@@ -98,13 +134,22 @@ class EndpointWatcher:
         self.on_reading = on_reading
         self.max_bytes = max_bytes
         # Whether the last round polled: always in poll mode, after an early answer otherwise.
-        self.polling = spec.mode != "longPoll"
+        self.polling = spec.mode == "poll"
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         since: int | None = None
         while True:
-            long_poll = self.spec.mode == "longPoll" and since is not None
+            if self.spec.mode == "stream" and since is None:
+                served = False
+                async with contextlib.aclosing(self._stream()) as stream:
+                    async for reading in stream:
+                        served = True
+                        self.on_reading(reading)
+                if served:  # it ended on an unknown Reading
+                    await asyncio.sleep(self.spec.poll_interval)
+                    continue
+            long_poll = self.spec.mode != "poll" and since is not None
             wait = self.spec.long_poll if long_poll else 0.0
             started = loop.time()
             reading = await self._fetch(since if long_poll else None, wait)
@@ -114,12 +159,71 @@ class EndpointWatcher:
                 since = None
                 await asyncio.sleep(self.spec.poll_interval)
                 continue
-            if self.spec.mode == "longPoll":
+            if self.spec.mode != "poll":
                 early = long_poll and elapsed < min(self.HELD, wait / 2)
                 self.polling = early and reading.sequence == since
             gap = self.spec.poll_interval if self.polling else self.MIN_GAP
             since = reading.sequence
             await asyncio.sleep(max(gap - elapsed, 0.0))
+
+    async def _stream(self) -> AsyncGenerator[Reading, None]:
+        """The stream's Readings as they come, the last one unknown; none at all when the
+        endpoint serves no stream. Whatever goes wrong in it is a Reading, never our end."""
+        try:
+            async for reading in self._follow_stream():
+                yield reading
+        except TimeoutError:
+            yield unknown(self.url, "timeout", f"no answer within {self.spec.timeout:g}s")
+        except EventTooLarge as error:
+            yield unknown(self.url, "oversized", f"oversized event: {error}")
+        except aiohttp.ClientError as error:
+            yield _failed(self.url, error)
+        except Exception as error:  # the watcher never dies on a reply
+            yield unknown(self.url, "other", f"stream failed: {type(error).__name__}")
+
+    async def _follow_stream(self) -> AsyncGenerator[Reading, None]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.timeout  # connected, answered, the first event
+        quiet = self.spec.long_poll + self.spec.timeout
+        params = {"keepalive": f"{self.spec.long_poll:g}"}
+        async with asyncio.timeout_at(deadline):
+            response = await self.session.get(
+                f"{self.url}/stream", params=params, allow_redirects=False
+            )
+        async with response:
+            served = response.status == 200 and response.content_type == "text/event-stream"
+            if response.status in _NO_STREAM or (response.status == 200 and not served):
+                return
+            if not served:
+                yield unknown(self.url, "http_status", f"HTTP {response.status} instead of 200")
+                return
+            parser = EventParser(self.max_bytes)
+            pace = _Pace(self.MIN_GAP, self.BURST, loop.time())
+            heard = False
+            while True:
+                try:  # not across the yield: a deadline armed there would cancel our consumer
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await response.content.readany()
+                except TimeoutError:
+                    wait = quiet if heard else self.spec.timeout
+                    what = "event or keep-alive" if heard else "event"
+                    yield unknown(self.url, "timeout", f"no {what} within {wait:g}s")
+                    return
+                if not chunk:
+                    break
+                blocks = parser.blocks
+                events = [e for e in parser.feed(chunk) if e.event == "circuit"]
+                heard = heard or bool(events)
+                if heard and parser.blocks > blocks:  # a whole event or keep-alive, not a byte
+                    deadline = loop.time() + quiet
+                if events:
+                    reading = parse_document(self.url, events[-1].data)
+                    yield reading
+                    if not reading.reachable:
+                        return
+                # Whatever came: a flood of anything waits in the socket, and is read as one.
+                await asyncio.sleep(pace.spend(loop.time()))
+        yield unknown(self.url, "other", "the stream ended")
 
     async def _fetch(self, since: int | None, wait: float) -> Reading:
         """One request; whatever goes wrong in it is an unknown Reading, never our end."""

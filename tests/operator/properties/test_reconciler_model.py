@@ -2,11 +2,12 @@
 cluster where writes fail (409, 429, 5xx) or land late, and breakers, endpoints, pods, nodes,
 admins, the policy and the operator itself do anything in between.
 
-The promises, checked after every step: never past a cap (unready pods, cordoned nodes) by an
-action of ours; no new action while a shared outage is suspected; no write to a node, taint or
-condition that is not ours; and once every breaker is closed and the cool-down has passed, the
-cluster is back to the admin's state within a few reconciliations (the marks of a release made
-then go one window later, when no trip is left for them to forgive).
+The promises, checked after every step: the plan made with each policy's `PlanMemo` (kept across
+the passes, as the loop keeps it) is the plan made without one; never past a cap (unready pods,
+cordoned nodes) by an action of ours; no new action while a shared outage is suspected; no write
+to a node, taint or condition that is not ours; and once every breaker is closed and the cool-
+down has passed, the cluster is back to the admin's state within a few reconciliations (the
+marks of a release made then go one window later, when no trip is left for them to forgive).
 
 ``HYPOTHESIS_PROFILE=nightly`` explores many more paths.
 """
@@ -32,6 +33,7 @@ from circuitgate_operator.decide.intents import (
     Plan,
 )
 from circuitgate_operator.decide.ledger import TripLedger
+from circuitgate_operator.decide.memo import PlanMemo
 from circuitgate_operator.decide.nodes import CORDONED_BY, RELEASE_MARKS, RELEASED_BY, TAINTED
 from circuitgate_operator.decide.observation import PolicyObservation
 from circuitgate_operator.decide.plan import plan_policy
@@ -68,6 +70,7 @@ OUTCOMES = st.sampled_from(["ok", "ok", "ok", "conflict", "refused", "late"])
 
 steps = 0  # reconciliations explored, for the report
 landed: dict[str, int] = {}  # writes that landed, by kind: the model reaches what matters
+memo_entries = 0  # per-pod decisions the memos offered: the equivalence is not vacuous
 
 
 # Two policies of the namespace, each selecting pods by their app label (a relabelled pod moves
@@ -121,6 +124,7 @@ class ReconcilerModel(RuleBasedStateMachine):
         self.deleted: dict[str, PolicyView] = {}
         self.ledgers: dict[str, TripLedger] = {name: TripLedger() for name in POLICIES}
         self.late: list[Any] = []
+        self.memos: dict[str, PlanMemo] = {}
         for i, name in enumerate(PODS):
             self._new_pod(name, NODES[i % len(NODES)])
 
@@ -170,6 +174,10 @@ class ReconcilerModel(RuleBasedStateMachine):
             reachable=True,
             breaker="default",
             opened_at=rfc3339(opened, precise=True) if tripped and opened else None,
+            # An open period of a minute: once it is over, what is recorded is no evidence.
+            may_close_at=rfc3339(opened + 60, precise=True)
+            if state == BreakerState.OPEN and opened
+            else None,
         )
 
     def _matched(self, policy: PolicyView) -> list[PodView]:
@@ -319,6 +327,10 @@ class ReconcilerModel(RuleBasedStateMachine):
             return self._clean_up(data, name, reliable=reliable) if name in self.deleted else 0
         obs = self._observe(policy)
         plan = plan_policy(obs)
+        memo = self.memos.setdefault(name, PlanMemo())
+        global memo_entries
+        memo_entries += len(memo.circuit_states.entries) + len(memo.readiness.entries)
+        assert plan_policy(dataclasses.replace(obs), memo) == plan, "the memo changed the plan"
         self._check_restraint(obs, plan)
         unready_before = self._ours_unready(obs.matched)
         cordoned_before = self._cordoned_among(obs)
@@ -383,7 +395,7 @@ class ReconcilerModel(RuleBasedStateMachine):
     def reconcile(self, data: st.DataObject) -> None:
         self._reconcile(data)
 
-    @rule(seconds=st.sampled_from([1.0, 5.0, 30.0, 90.0]))
+    @rule(seconds=st.sampled_from([1.0, 5.0, 30.0, 90.0, 600.0]))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
 
@@ -537,3 +549,4 @@ TestReconcilerModel = ReconcilerModel.TestCase
 def teardown_module() -> None:
     print(f"\nreconciler model: {steps} reconciliations explored ({PROFILE} profile)")
     print(f"writes landed: {dict(sorted(landed.items()))}")
+    print(f"per-pod decisions offered from the memo: {memo_entries}")

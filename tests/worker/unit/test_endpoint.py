@@ -18,10 +18,13 @@ from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
 from circuitgate.endpoint import (
     OVER_BOUND_RESERVE,
+    STREAM_MIN_GAP,
     BadQuery,
     BreakerEndpoint,
     CircuitQuery,
+    StreamQuery,
     parse_circuit_query,
+    parse_stream_query,
 )
 from circuitgate.endpoint_step import serve_breakers
 from circuitgate.settings import Settings
@@ -115,10 +118,136 @@ def test_a_long_poll_with_no_change_answers_at_the_timeout(endpoint: BreakerEndp
     assert json.loads(body)["sequence"] == since
 
 
+class Stream:
+    """A client of ``/circuit/stream``: each event as ``(arrived, id, document)``, or
+    ``(arrived, None, None)`` for a keep-alive comment; ``None`` once the stream ends."""
+
+    def __init__(self, endpoint: BreakerEndpoint, query: str = "") -> None:
+        host, port = endpoint.address
+        self.connection = http.client.HTTPConnection(host, port, timeout=10)
+        self.connection.request("GET", f"/circuit/stream{query}")
+        self.response = self.connection.getresponse()
+
+    def next(self) -> tuple[float, int | None, dict[str, object] | None] | None:
+        lines: list[bytes] = []
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            if line == b"\n":
+                break
+            lines.append(line.rstrip(b"\n"))
+        arrived = time.monotonic()
+        if all(line.startswith(b":") for line in lines):
+            return arrived, None, None
+        fields = dict(line.split(b": ", 1) for line in lines)
+        assert fields[b"event"] == b"circuit"
+        return arrived, int(fields[b"id"]), json.loads(fields[b"data"])
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@pytest.fixture
+def stream(endpoint: BreakerEndpoint) -> Iterator[Stream]:
+    client = Stream(endpoint, "?keepalive=1")
+    yield client
+    client.close()
+
+
+def test_a_stream_sends_the_document_at_once_then_each_change(
+    endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker, stream: Stream
+) -> None:
+    assert stream.response.status == 200
+    assert stream.response.getheader("Content-Type") == "text/event-stream"
+    first = stream.next()
+    assert first is not None and first[2] is not None
+    assert first[1] == first[2]["sequence"] == json.loads(get(endpoint, "/circuit")[1])["sequence"]
+    tripped = time.monotonic()
+    breaker.record_failure("t", RuntimeError())
+    event = stream.next()
+    assert event is not None and event[2] is not None
+    assert event[2]["breakers"][0]["state"] == "open"  # type: ignore[index]
+    assert event[1] is not None and event[1] > first[1]
+    assert event[0] - tripped < 2  # woke on the change, not at a keep-alive
+
+
+def test_a_quiet_stream_sends_keep_alives(stream: Stream) -> None:
+    assert stream.next() is not None  # the document
+    for _ in range(2):
+        quiet = stream.next()
+        assert quiet is not None and quiet[1] is None
+
+
+def test_a_stream_since_the_current_sequence_starts_with_the_next_change(
+    endpoint: BreakerEndpoint, breaker: SharedCircuitBreaker
+) -> None:
+    since = json.loads(get(endpoint, "/circuit")[1])["sequence"]
+    client = Stream(endpoint, f"?since={since}&keepalive=1")
+    try:
+        quiet = client.next()
+        assert quiet is not None and quiet[1] is None  # nothing new: a keep-alive first
+        breaker.record_failure("t", RuntimeError())
+        event = client.next()
+        assert event is not None and event[1] is not None and event[1] > since
+    finally:
+        client.close()
+
+
+def test_a_stream_paces_counter_changes_but_never_a_state_change(
+    endpoint: BreakerEndpoint,
+) -> None:
+    """A degraded worker changes its counters with every task: the stream sends them at most
+    every STREAM_MIN_GAP seconds, the last value included; a trip goes out at once."""
+    breakers = BreakerSet(Settings(fail_max=60, reset_timeout=30))
+    server = serve_breakers(breakers, "w@lab", ["celery"], host="127.0.0.1", port=0, max_wait=5)
+    server.start()
+    client = Stream(server, "?keepalive=5")
+    try:
+        assert client.next() is not None
+        began = time.monotonic()
+        for _ in range(58):
+            breakers.default.record_failure("t", RuntimeError())
+            time.sleep(0.005)
+        events = []
+        while not events or events[-1][2]["breakers"][0]["consecutive_failures"] < 58:
+            event = client.next()
+            assert event is not None and event[2] is not None
+            events.append(event)
+        spent = events[-1][0] - began
+        assert len(events) <= spent / STREAM_MIN_GAP + 2
+        assert len(events) >= 2  # paced, not held back to the end
+        breakers.default.record_failure("t", RuntimeError())  # 59: counters only
+        breakers.default.record_failure("t", RuntimeError())  # 60: open
+        tripped = time.monotonic()
+        while True:
+            event = client.next()
+            assert event is not None and event[2] is not None
+            if event[2]["breakers"][0]["state"] == "open":
+                break
+        assert event[0] - tripped < STREAM_MIN_GAP
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_stream_ends_when_the_endpoint_stops(breakers: BreakerSet) -> None:
+    server = serve_breakers(breakers, "w@lab", ["celery"], host="127.0.0.1", port=0, max_wait=5)
+    server.start()
+    client = Stream(server, "?keepalive=5")
+    try:
+        assert client.next() is not None
+        server.stop()
+        assert client.next() is None
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize(
     "path",
     ["/circuit?since=-1", "/circuit?wait=3", "/circuit?since=1&wait=x", "/circuit?foo=1",
-     "/circuit?since=1&since=2", "/healthz?x=1"],
+     "/circuit?since=1&since=2", "/healthz?x=1", "/circuit/stream?wait=1",
+     "/circuit/stream?keepalive=-1", "/circuit/stream?since=x"],
 )  # fmt: skip
 def test_bad_queries_get_400(endpoint: BreakerEndpoint, path: str) -> None:
     assert get(endpoint, path)[0] == 400
@@ -225,3 +354,27 @@ def test_any_query_string_parses_or_raises_bad_query(text: str) -> None:
         return
     assert query.since is None or query.since >= 0
     assert 0 <= query.wait <= 60
+
+
+@given(
+    since=st.integers(0, 10**18),
+    keepalive=st.floats(0, 1e6, allow_nan=False),
+    max_wait=st.sampled_from([0.001, 0.5, 60.0]),
+)
+def test_valid_stream_queries_parse_and_keepalive_is_bounded(
+    since: int, keepalive: float, max_wait: float
+) -> None:
+    """At most max_wait, and a second at least, whatever max_wait says."""
+    query = parse_stream_query(f"since={since}&keepalive={keepalive!r}", max_wait=max_wait)
+    assert query == StreamQuery(since=since, keepalive=max(min(keepalive, max_wait), 1.0))
+    assert query.keepalive >= 1.0
+
+
+@given(st.text(max_size=200))
+def test_any_stream_query_parses_or_raises_bad_query(text: str) -> None:
+    try:
+        query = parse_stream_query(text, max_wait=60)
+    except BadQuery:
+        return
+    assert query.since is None or query.since >= 0
+    assert 1 <= query.keepalive <= 60

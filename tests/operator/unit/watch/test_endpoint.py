@@ -1,19 +1,25 @@
-"""Following real endpoints (a separate process on loopback addresses): long-poll, fallback to
-polling, bounded reads, and watchers that leave nothing behind when stopped."""
+"""Following real endpoints (a separate process on loopback addresses): the stream, long-poll,
+the fallbacks to long-poll and to polling, bounded reads, and watchers that leave nothing
+behind when stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
+from circuitgate.breaker_set import BreakerSet
+from circuitgate.endpoint_step import serve_breakers
+from circuitgate.settings import Settings
 from circuitgate_devkit.cluster.fake_endpoints import FakeWorkers
 from circuitgate_devkit.waiting import eventually_async
 from circuitgate_operator.contract import Reading
 from circuitgate_operator.model import WatchSpec
-from circuitgate_operator.watch.endpoint import EndpointWatcher, fetch_reading
+from circuitgate_operator.watch.endpoint import DEFAULT_MAX_BYTES, EndpointWatcher, fetch_reading
 from circuitgate_operator.watch.pool import Target, WatcherPool, new_session
+from circuitgate_operator.watch.sse import Event, EventParser
 
 
 def test_long_poll_hears_a_trip_at_once(fake_workers: FakeWorkers) -> None:
@@ -25,7 +31,7 @@ def test_long_poll_hears_a_trip_at_once(fake_workers: FakeWorkers) -> None:
             watcher = EndpointWatcher(
                 session=session,
                 url=fake_workers.url(host),
-                spec=WatchSpec(long_poll=30, poll_interval=10),
+                spec=WatchSpec(mode="longPoll", long_poll=30, poll_interval=10),
                 on_reading=lambda r: readings.append((time.time(), r)),
             )
             task = asyncio.create_task(watcher.run())
@@ -44,6 +50,169 @@ def test_long_poll_hears_a_trip_at_once(fake_workers: FakeWorkers) -> None:
     assert [r.state for _, r in readings] == ["closed", "open"]
 
 
+def test_a_stream_hears_a_trip_at_once_and_costs_keep_alives_only(
+    fake_workers: FakeWorkers,
+) -> None:
+    host = fake_workers.add()
+    readings: list[tuple[float, Reading]] = []
+
+    async def scenario() -> float:
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(long_poll=1, poll_interval=10),
+                on_reading=lambda r: readings.append((time.time(), r)),
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            opened = await asyncio.to_thread(fake_workers.trip, host, trips=1)
+            await eventually_async(lambda: readings[-1][1].state == "open")
+            heard = readings[-1][0] - opened
+            sent = fake_workers.show(host)["keepalives"]
+            await eventually_async(
+                lambda: fake_workers.show(host)["keepalives"] >= sent + 3,
+                timeout=10,
+                what="3 keep-alives",
+            )
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return heard
+
+    assert asyncio.run(scenario()) < 1.0
+    assert [r.state for _, r in readings] == ["closed", "open"]  # keep-alives are no readings
+    assert fake_workers.show(host)["total_requests"] == 1  # one connection all along
+
+
+def test_an_endpoint_without_a_stream_is_long_polled(fake_workers: FakeWorkers) -> None:
+    """An older worker answers the stream 404 (or 400): the watcher long-polls it instead."""
+    host = fake_workers.add()
+    fake_workers.set(host, mode="no_stream")
+    readings: list[tuple[float, Reading]] = []
+
+    async def scenario() -> float:
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(long_poll=30, poll_interval=10),
+                on_reading=lambda r: readings.append((time.time(), r)),
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            await eventually_async(lambda: fake_workers.show(host)["open_requests"] == 1)
+            opened = await asyncio.to_thread(fake_workers.trip, host, trips=1)
+            await eventually_async(lambda: readings[-1][1].state == "open")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert not watcher.polling
+            return readings[-1][0] - opened
+
+    assert asyncio.run(scenario()) < 1.0
+    assert [r.state for _, r in readings] == ["closed", "open"]  # the 404 is no reading
+    # The stream asked once, then a plain GET, the long-poll the trip answered, the next one.
+    assert fake_workers.show(host)["total_requests"] <= 4
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "reason"),
+    [
+        ("malformed", "malformed", "malformed document: not JSON"),
+        ("invalid", "malformed", "malformed document: breakers/0/state"),
+        ("oversized", "oversized", f"oversized event: more than {DEFAULT_MAX_BYTES} bytes"),
+        ("slow", "timeout", "no answer within 1s"),
+        ("silent", "timeout", "no event or keep-alive within 2s"),
+        ("trickle", "timeout", "no event or keep-alive within 2s"),
+        ("no_event", "timeout", "no event within 1s"),
+        ("http500", "http_status", "HTTP 500 instead of 200"),
+        ("refused", "refused", "connection refused"),
+    ],
+)
+def test_a_bad_stream_is_unknown_with_a_kind_and_a_reason(
+    fake_workers: FakeWorkers, mode: str, kind: str, reason: str
+) -> None:
+    """A stream that completes no event or keep-alive for longPollSeconds + timeoutSeconds
+    (a byte now and then does not count), or sends no first event within timeoutSeconds
+    (keep-alives do not count), is as unknown as a long-poll that never answers."""
+    host = fake_workers.add()
+    fake_workers.trip(host, trips=1)  # whatever it says, it never reads as closed
+    if mode == "refused":
+        fake_workers.set(host, listening=False)
+    else:
+        fake_workers.set(host, mode=mode)
+    readings: list[Reading] = []
+
+    async def scenario() -> float:
+        spec = WatchSpec(long_poll=1, timeout=1, poll_interval=10)
+        watcher, task = await follow(fake_workers, host, spec, readings)
+        started = time.monotonic()
+        await eventually_async(lambda: any(r.state == "unknown" for r in readings), timeout=10)
+        took = time.monotonic() - started
+        await stop(watcher, task)
+        return took
+
+    took = asyncio.run(scenario())
+    reading = next(r for r in readings if r.state == "unknown")
+    assert all(r.state == "open" for r in readings[: readings.index(reading)])
+    assert not reading.reachable and reading.error == kind
+    assert reading.reason.startswith(reason)
+    assert took < 4.0
+    assert fake_workers.show(host)["total_requests"] <= 1
+
+
+def test_a_stream_flooding_comments_is_read_at_a_bounded_pace(
+    fake_workers: FakeWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No event in them, so no reading: the socket itself is read BURST times at once, then
+    once per MIN_GAP, and what arrives meanwhile waits there (once 93 % of a core)."""
+    host = fake_workers.add()
+    readings: list[Reading] = []
+    reads: list[float] = []
+    feed = EventParser.feed
+
+    def counted(parser: EventParser, chunk: bytes) -> list[Event]:
+        reads.append(time.monotonic())
+        return feed(parser, chunk)
+
+    monkeypatch.setattr(EventParser, "feed", counted)
+
+    async def scenario() -> None:
+        watcher, task = await follow(fake_workers, host, WatchSpec(poll_interval=1), readings)
+        await eventually_async(lambda: len(readings) == 1)
+        await asyncio.to_thread(fake_workers.set, host, mode="flood")
+        await eventually_async(lambda: len(reads) >= 20, timeout=20, what="20 reads")
+        assert not task.done()
+        await stop(watcher, task)
+
+    asyncio.run(scenario())
+    rate = (len(reads) - EndpointWatcher.BURST - 1) / (reads[-1] - reads[0])
+    assert rate <= 1 / EndpointWatcher.MIN_GAP + 0.5, f"{rate:.0f} reads a second"
+    assert [r.state for r in readings] == ["closed"]
+
+
+def test_a_stream_sending_without_end_is_read_at_a_bounded_pace(
+    fake_workers: FakeWorkers,
+) -> None:
+    """A new sequence in every event, back to back: BURST readings, then one per MIN_GAP."""
+    host = fake_workers.add()
+    fake_workers.set(host, mode="instant_change")
+    readings: list[Reading] = []
+
+    async def scenario() -> float:
+        watcher, task = await follow(fake_workers, host, WatchSpec(poll_interval=1), readings)
+        await eventually_async(lambda: len(readings) >= EndpointWatcher.BURST + 1)
+        began, first = time.monotonic(), len(readings)
+        await eventually_async(lambda: len(readings) >= first + 8, timeout=10, what="8 more")
+        rate = (len(readings) - first) / (time.monotonic() - began)
+        await stop(watcher, task)
+        return rate
+
+    rate = asyncio.run(scenario())
+    assert rate <= 1 / EndpointWatcher.MIN_GAP + 0.5, f"{rate:.0f} readings a second"
+    assert all(r.state == "closed" for r in readings)
+    assert fake_workers.show(host)["total_requests"] == 1
+
+
 def test_an_endpoint_without_long_poll_is_polled_at_the_interval(fake_workers: FakeWorkers) -> None:
     host = fake_workers.add()
     fake_workers.set(host, mode="no_long_poll")
@@ -54,7 +223,7 @@ def test_an_endpoint_without_long_poll_is_polled_at_the_interval(fake_workers: F
             watcher = EndpointWatcher(
                 session=session,
                 url=fake_workers.url(host),
-                spec=WatchSpec(long_poll=30, poll_interval=1),
+                spec=WatchSpec(mode="longPoll", long_poll=30, poll_interval=1),
                 on_reading=readings.append,
             )
             began = time.monotonic()
@@ -229,7 +398,7 @@ def test_an_endpoint_answering_every_long_poll_at_once_is_asked_a_bounded_number
 
     async def scenario() -> float:
         watcher, task = await follow(
-            fake_workers, host, WatchSpec(long_poll=30, poll_interval=1), readings
+            fake_workers, host, WatchSpec(mode="longPoll", long_poll=30, poll_interval=1), readings
         )
         await eventually_async(lambda: len(readings) >= 2)
         began, first = time.monotonic(), len(readings)
@@ -254,7 +423,7 @@ def test_an_endpoint_holding_long_polls_for_less_than_asked_is_still_long_polled
 
     async def scenario() -> float:
         watcher, task = await follow(
-            fake_workers, host, WatchSpec(long_poll=30, poll_interval=20), readings
+            fake_workers, host, WatchSpec(mode="longPoll", long_poll=30, poll_interval=20), readings
         )
         # The plain GET, then held long-polls each cut short at 1.2 s by the endpoint.
         await eventually_async(lambda: len(readings) >= 3, timeout=10, what="3 readings")
@@ -291,3 +460,41 @@ def test_a_watcher_that_dies_leaves_the_pod_unknown(fake_workers: FakeWorkers) -
     asyncio.run(scenario())
     assert [r.state for r in heard] == ["open", "unknown"]
     assert heard[-1].reason == "watcher failed: RuntimeError"
+
+
+def test_the_worker_endpoint_itself_is_followed_on_one_stream() -> None:
+    """The worker's own endpoint (circuitgate.endpoint), not the stand-in: the operator's
+    query is one the worker serves, a trip arrives as an event, and no second request is made."""
+    breakers = BreakerSet(Settings(fail_max=1, reset_timeout=30))
+    server = serve_breakers(breakers, "w@lab", ["celery"], host="127.0.0.1", port=0, max_wait=5)
+    server.start()
+    host, port = server.address
+    readings: list[Reading] = []
+    requests: list[str] = []
+
+    async def count(_: object, __: object, params: aiohttp.TraceRequestStartParams) -> None:
+        requests.append(params.url.path)
+
+    async def scenario() -> None:
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(count)
+        async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=f"http://{host}:{port}/circuit",
+                spec=WatchSpec(long_poll=1, poll_interval=10),
+                on_reading=readings.append,
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            await asyncio.to_thread(breakers.default.record_failure, "t", RuntimeError())
+            await eventually_async(lambda: readings[-1].state == "open", timeout=3)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert [r.state for r in readings] == ["closed", "open"]
+    assert requests == ["/circuit/stream"]

@@ -56,18 +56,23 @@ class Reply:
         """The state an honest reader may see in this reply, else None."""
         if not self.ok or self.padding + len(self.body) > MAX_BYTES:
             return None
-        try:
-            document = json.loads(self.body)
-        except (ValueError, RecursionError):
+        return honest_state(self.body)
+
+
+def honest_state(body: bytes) -> str | None:
+    """The state a valid document says (its most severe breaker's), else None."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        if next(iter(VALIDATOR.iter_errors(document)), None) is not None:
             return None
-        try:
-            if next(iter(VALIDATOR.iter_errors(document)), None) is not None:
-                return None
-        except RecursionError:
-            return None
-        severity = {"forced_open": 4, "open": 3, "half_open": 2, "forced_closed": 1, "closed": 0}
-        worst = max(document["breakers"], key=lambda b: (severity[b["state"]], b["name"]))
-        return str(worst["state"])
+    except RecursionError:
+        return None
+    severity = {"forced_open": 4, "open": 3, "half_open": 2, "forced_closed": 1, "closed": 0}
+    worst = max(document["breakers"], key=lambda b: (severity[b["state"]], b["name"]))
+    return str(worst["state"])
 
 
 # -- what hypothesis writes ------------------------------------------------------------------
