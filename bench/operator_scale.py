@@ -7,7 +7,8 @@ one process per ``FLEET_SIZE`` addresses, within the open-files limit), and one
 ``python -m circuitgate_operator`` process following them in ``--mode`` (the policy's
 ``watch.mode``). Measures:
 
-- settle: from the operator's start until every pod has its readiness-gate condition;
+- settle: from the operator's start to its last write of the start (every pod read and
+  marked, then no write for ``QUIET_SECONDS``);
 - trip to pod condition False: from the moment a breaker opens to the moment a watch on the
   pods sees its readiness-gate condition False (p50, p99 over ``--trips`` trips, one at a time);
 - in steady state: API writes per minute (the operator's own write counter, cross-checked
@@ -45,6 +46,7 @@ from circuitgate_operator.names import CONDITION_TYPE
 
 NAMESPACE = "bench"
 _TICKS = os.sysconf("SC_CLK_TCK")
+QUIET_SECONDS = 15.0  # no write for this long after every pod is read and marked: settled
 FLEET_SIZE = 8000  # addresses per endpoint process: a listening and a served socket each
 # What the operator reads and writes; requests on anything else are the control plane's own.
 OPERATOR_RESOURCES = frozenset(
@@ -70,11 +72,38 @@ def api_requests(api: client.ApiClient) -> float:
     response = api.call_api("/metrics", "GET", auth_settings=["BearerToken"],
                             _preload_content=False)  # fmt: skip
     total = 0.0
-    for line in response[0].data.decode().splitlines():
+    for line in response.data.decode().splitlines():
         found = re.match(r'apiserver_request_total\{.*\bresource="([^"]*)".*\} (\S+)$', line)
         if found and found[1] in OPERATOR_RESOURCES:
             total += float(found[2])
     return total
+
+
+class WriteClock:
+    """Samples the operator's write counter four times a second: when it last moved."""
+
+    def __init__(self, operator: OperatorProcess) -> None:
+        self.operator = operator
+        self.last_change = time.monotonic()
+        self._last = -1.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            try:  # a busy operator may answer its metrics late: the next sample tells
+                writes = self.operator.writes()
+            except OSError:
+                continue
+            if writes != self._last:
+                self._last, self.last_change = writes, time.monotonic()
+
+    def quiet_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_change >= seconds
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -213,11 +242,15 @@ def main() -> None:
         )
         began = time.monotonic()
         operator.start()
+        clock = WriteClock(operator)
         assert operator.process is not None
         pid = operator.process.pid
 
         def settled() -> bool:
-            samples = operator.metrics() if operator else {}
+            try:  # a busy operator may answer its metrics late: not settled yet
+                samples = operator.metrics() if operator else {}
+            except OSError:
+                return False
             return samples.get('circuitgate_operator_circuits{state="closed"}') == args.pods
 
         eventually(settled, timeout=300, interval=0.5, what="every endpoint read")
@@ -231,11 +264,12 @@ def main() -> None:
             interval=0.5,
             what="every pod's condition",
         )
-        settle = time.monotonic() - began
-        print(f"operator settled {args.pods} pods in {settle:.1f}s")
-        time.sleep(5)
+        eventually(lambda: clock.quiet_for(QUIET_SECONDS), timeout=900, what="no more writes")
+        clock.stop()
+        settle = clock.last_change - began
+        print(f"operator settled {args.pods} pods in {settle:.1f}s (its last write of the start)")
 
-        # Steady state: nothing changes, the long-polls come and go.
+        # Steady state: nothing changes; keep-alives (or long-polls) come and go.
         writes_before = operator.writes()
         listed = core.list_namespaced_pod(NAMESPACE)
         versions = {p.metadata.name: p.metadata.resource_version for p in listed.items}
