@@ -19,6 +19,7 @@ import asyncio
 import json
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,13 +125,24 @@ class Fleet:
         return self.endpoints[sockname[0]]
 
     async def circuit(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, self._answer)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._counted(request, self._stream)
+
+    async def _counted(
+        self,
+        request: web.Request,
+        answer: Callable[[Endpoint, web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Answer for the endpoint the request reached, counted while open and in total."""
         endpoint = self._endpoint(request)
         if request.transport is not None:
             endpoint.transports.add(request.transport)
         endpoint.total_requests += 1
         endpoint.open_requests += 1
         try:
-            return await self._answer(endpoint, request)
+            return await answer(endpoint, request)
         finally:
             endpoint.open_requests -= 1
 
@@ -173,17 +185,6 @@ class Fleet:
             wait = min(float(request.query.get("wait", "30")), endpoint.max_wait)
             await endpoint.wait_past(int(since), wait)
         return web.Response(body=self._payload(endpoint), content_type="application/json")
-
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        endpoint = self._endpoint(request)
-        if request.transport is not None:
-            endpoint.transports.add(request.transport)
-        endpoint.total_requests += 1
-        endpoint.open_requests += 1
-        try:
-            return await self._stream(endpoint, request)
-        finally:
-            endpoint.open_requests -= 1
 
     async def _stream(self, endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
         if endpoint.mode == "slow":

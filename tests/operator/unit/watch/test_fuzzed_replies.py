@@ -17,8 +17,9 @@ import asyncio
 import json
 import re
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hypothesis import HealthCheck, example, given
 from hypothesis import strategies as st
@@ -289,21 +290,34 @@ class RawServer:
         return reply.cut is None and reply.ok and not reply.close
 
 
-async def follow(replies: list[Reply]) -> tuple[list[Reading], RawServer, list[str], int]:
-    """A watcher following the raw server until every reply has been read once."""
+class Served(Protocol):
+    """A raw server on loopback: its handlers, and the event that ends those still open."""
+
+    handlers: set[asyncio.Task[None]]
+    stopped: asyncio.Event
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None: ...
+
+
+async def follow_server(
+    server: Served,
+    spec: WatchSpec,
+    on_reading: Callable[[Reading], None],
+    done: Callable[[], bool],
+) -> tuple[list[str], int]:
+    """A real watcher following ``server`` until ``done``: the event loop's unhandled errors,
+    and the peak memory traced while following."""
     loop = asyncio.get_running_loop()
     errors: list[str] = []
     loop.set_exception_handler(lambda _, context: errors.append(str(context.get("message"))))
-    server = RawServer(replies)
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, limit=1 << 20)
     port = listener.sockets[0].getsockname()[1]
-    readings: list[Reading] = []
     session = new_session()
     watcher = EndpointWatcher(
         session=session,
         url=f"http://127.0.0.1:{port}/circuit",
-        spec=SPEC,
-        on_reading=readings.append,
+        spec=spec,
+        on_reading=on_reading,
         max_bytes=MAX_BYTES,
     )
     task = asyncio.create_task(watcher.run())
@@ -311,7 +325,7 @@ async def follow(replies: list[Reply]) -> tuple[list[Reading], RawServer, list[s
     baseline = tracemalloc.get_traced_memory()[0]
     try:
         async with asyncio.timeout(30):
-            while len(readings) < len(replies) and not task.done():
+            while not done() and not task.done():
                 await asyncio.sleep(0.02)
         assert not task.done(), f"the watcher ended: {task.exception()!r}"
     finally:
@@ -323,6 +337,16 @@ async def follow(replies: list[Reply]) -> tuple[list[Reading], RawServer, list[s
         server.stopped.set()  # the client is gone: every handler ends on its own
         if server.handlers:
             await asyncio.wait(server.handlers, timeout=5)
+    return errors, peak
+
+
+async def follow(replies: list[Reply]) -> tuple[list[Reading], RawServer, list[str], int]:
+    """A watcher following the raw server until every reply has been read once."""
+    server = RawServer(replies)
+    readings: list[Reading] = []
+    errors, peak = await follow_server(
+        server, SPEC, readings.append, lambda: len(readings) >= len(replies)
+    )
     return readings, server, errors, peak
 
 

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from circuitgate_operator.contract import Reading
 from circuitgate_operator.model import WatchSpec
 from circuitgate_operator.watch.endpoint import EndpointWatcher
-from circuitgate_operator.watch.pool import new_session
 from tests.operator.unit.watch.test_fuzzed_replies import (
     MEMORY_BOUND,
     bodies,
     documents,
     dumps,
+    follow_server,
     honest_state,
     status_lines,
 )
@@ -151,37 +151,14 @@ class StreamServer:
 async def follow(script: Script) -> tuple[list[tuple[float, Reading]], list[str], int]:
     """A watcher following the server until it has come back for a second answer."""
     loop = asyncio.get_running_loop()
-    errors: list[str] = []
-    loop.set_exception_handler(lambda _, context: errors.append(str(context.get("message"))))
     server = StreamServer(script)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
     readings: list[tuple[float, Reading]] = []
-    session = new_session()
-    watcher = EndpointWatcher(
-        session=session,
-        url=f"http://127.0.0.1:{port}/circuit",
-        spec=SPEC,
-        on_reading=lambda reading: readings.append((loop.time(), reading)),
-        max_bytes=MAX_BYTES,
+    errors, peak = await follow_server(
+        server,
+        SPEC,
+        lambda reading: readings.append((loop.time(), reading)),
+        lambda: server.connections >= 2,
     )
-    task = asyncio.create_task(watcher.run())
-    tracemalloc.reset_peak()
-    baseline = tracemalloc.get_traced_memory()[0]
-    try:
-        async with asyncio.timeout(30):
-            while server.connections < 2 and not task.done():
-                await asyncio.sleep(0.02)
-        assert not task.done(), f"the watcher ended: {task.exception()!r}"
-    finally:
-        peak = tracemalloc.get_traced_memory()[1] - baseline
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await session.close()
-        listener.close()
-        server.stopped.set()
-        if server.handlers:
-            await asyncio.wait(server.handlers, timeout=5)
     return readings, errors, peak
 
 
