@@ -11,6 +11,7 @@ one process per ``FLEET_SIZE`` addresses, within the open-files limit), and one
   marked, then no write for ``QUIET_SECONDS``);
 - trip to pod condition False: from the moment a breaker opens to the moment a watch on the
   pods sees its readiness-gate condition False (p50, p99 over ``--trips`` trips, one at a time);
+- the policy passes while tripping: how many, their mean duration, how many over 250 ms;
 - in steady state: API writes per minute (the operator's own write counter, cross-checked
   with the pods' resourceVersions), API requests per second on what the operator reads and
   writes (the API server's ``apiserver_request_total``, leases and the controller manager's
@@ -104,6 +105,22 @@ class WriteClock:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def pass_times(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The policy passes between two samples of the operator's metrics: how many, their mean,
+    how many took longer than 250 ms (from its histogram)."""
+    name = "circuitgate_operator_reconcile_seconds"
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    count = delta(f"{name}_count")
+    return {
+        "passes": count,
+        "pass_mean_ms": round(1000 * delta(f"{name}_sum") / count, 1) if count else 0.0,
+        "passes_over_250ms": count - delta(f'{name}_bucket{{le="0.25"}}'),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -292,6 +309,7 @@ def main() -> None:
         )
 
         # Trips, one at a time.
+        passes_before = operator.metrics()
         watcher = ConditionWatch(core)
         watcher.start()
         time.sleep(2)
@@ -317,6 +335,11 @@ def main() -> None:
             f"trip to condition False over {len(latencies)} trips: p50 {1000 * p50:.0f} ms, "
             f"p99 {1000 * p99:.0f} ms, max {1000 * max(latencies):.0f} ms"
         )
+        passes = pass_times(passes_before, operator.metrics())
+        print(
+            f"policy passes while tripping: {passes['passes']:.0f}, mean "
+            f"{passes['pass_mean_ms']:.0f} ms, {passes['passes_over_250ms']:.0f} over 250 ms"
+        )
         rss = peak_rss_mib(pid)
         print(f"operator peak RSS {rss:.0f} MiB")
         result = {
@@ -329,6 +352,7 @@ def main() -> None:
             "api_requests_per_s_steady": round(requests_per_s, 2),
             "cpu_share_steady": round(cpu_share, 4),
             "peak_rss_mib": round(rss, 1),
+            **passes,
         }
         print(json.dumps(result))
     finally:

@@ -35,7 +35,7 @@ class OperatorConfig:
     peering_lifetime: int = 60
     peering_name: str = "circuitgate"
     max_document_bytes: int = 256 * 1024
-    api_threads: int = 8
+    api_threads: int = 16
     resync_seconds: float = 30.0
 
     @classmethod

@@ -68,6 +68,12 @@ class Metrics:
             ["policy"],
             registry=self.registry,
         )
+        self.reconcile_seconds = Histogram(
+            "circuitgate_operator_reconcile_seconds",
+            "One pass of a policy's loop: planning and applying its plan.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
         self.trip_to_condition = Histogram(
             "circuitgate_operator_trip_to_condition_seconds",
             "From a breaker opening (its opened_at) to its pod's condition written False.",

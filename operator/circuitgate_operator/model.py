@@ -228,6 +228,12 @@ class PodView:
         """Alive enough to serve an endpoint: not finished, not being deleted."""
         return not self.deleting and self.phase not in ("Succeeded", "Failed")
 
+    def placement(self) -> tuple[object, ...]:
+        """What decides which policy watches the pod and where: a pod whose conditions or
+        containers change keeps its selection and its watcher."""
+        return (self.uid, self.labels, self.deleting, self.phase, self.pod_ip,
+                self.container_ports, self.node_name)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class NodeView:

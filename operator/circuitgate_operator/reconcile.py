@@ -31,7 +31,7 @@ from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
 from .decide.plan import plan_policy
 from .decide.readiness import open_evidence_ends
-from .decide.selection import endpoint_url, resolve_port, select_pods
+from .decide.selection import Selection, endpoint_url, resolve_port, select_pods
 from .model import (
     POLICY_LABEL,
     CircuitStateView,
@@ -59,8 +59,12 @@ APPLY_DRAIN_SECONDS = 8.0
 # decides: the replica it replaces may still have writes on their way for that long, which no
 # listing shows yet (a cap counted without them would be overshot).
 TAKEOVER_HOLD_SECONDS = APPLY_DRAIN_SECONDS + 2.0
-# How often the view is listed again, to forget what kopf's resumed watches no longer list.
+# How often the view is listed again (by name), to forget what kopf's resumed watches no
+# longer list.
 RELIST_SECONDS = 300.0
+# How often a periodic pass plans every pod afresh, without the memo (which keeps decisions only
+# while their inputs are unchanged, so this is a second line, not the first).
+FULL_PASS_SECONDS = RELIST_SECONDS
 
 
 class PolicyLoop:
@@ -89,6 +93,11 @@ class PolicyLoop:
         self._failures = 0
         self._applying: asyncio.Future[ApplyResult] | None = None
         self.memo = PlanMemo()
+        self._full_pass_at = time.monotonic()
+        # The selection as of the pods and the policies' selectors it was made of, and the
+        # watched targets as of that selection and the endpoint settings.
+        self._selection: tuple[object, Selection] | None = None
+        self._synced: tuple[Selection, tuple[object, ...]] | None = None
 
     @property
     def ledger(self) -> TripLedger:
@@ -114,6 +123,7 @@ class PolicyLoop:
             operator.active_since = time.monotonic()
         operator.running_loops += 1
         deadline: float | None = None
+        relisting = asyncio.create_task(self._forget_gone(), name=f"circuitgate relist {self.key}")
         try:
             await operator.takeover_settled()
             await self._first_listing()
@@ -128,14 +138,16 @@ class PolicyLoop:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         woke = await self.wake.wait()
-                if not woke:  # a periodic pass: every pod planned afresh, level-triggered
-                    self.memo.clear()
+                if not woke and time.monotonic() - self._full_pass_at >= FULL_PASS_SECONDS:
+                    self.memo.clear()  # every pod planned afresh now and then
+                    self._full_pass_at = time.monotonic()
                 await asyncio.sleep(COALESCE_SECONDS)
                 self.wake.clear()
-                await self._list(time.time() - RELIST_SECONDS)
-                deadline = await self.reconcile()
+                with self.operator.metrics.reconcile_seconds.time():
+                    deadline = await self.reconcile()
                 self._reconciles.inc()
         finally:
+            relisting.cancel()
             operator.running_loops -= 1
             view.unlisten(self.namespace, self.wake)
             if self._applying is not None and not self._applying.done():
@@ -155,17 +167,31 @@ class PolicyLoop:
             failures += 1
             await asyncio.sleep(min(2.0**failures, _MAX_RETRY_SECONDS))
 
-    async def _list(self, since: float) -> bool:
-        """Have everything this policy depends on listed completely since ``since``; False
-        (logged) if the API server could not list it."""
+    async def _list(self, since: float, *, names_only: bool = False) -> bool:
+        """Have everything this policy depends on listed completely (or ``names_only``, to
+        forget what is gone) since ``since``; False (logged) if the API server could not."""
+        lister, scopes = self.operator.lister, policy_scopes(self.namespace)
         try:
-            changed = await self.operator.lister.ensure(policy_scopes(self.namespace), since=since)
+            if names_only:
+                changed = await lister.forget_gone(scopes, since=since)
+            else:
+                changed = await lister.ensure(scopes, since=since)
         except ApiError as error:
             logger.warning("policy %s: could not list what it depends on: %s", self.key, error)
             return False
         if changed:
             self.operator.view.notify(self.namespace)
         return True
+
+    async def _forget_gone(self) -> None:
+        """Every RELIST_SECONDS, list what the policy depends on by name and forget what is
+        gone; beside the passes, so a trip never waits for it."""
+        while True:
+            await asyncio.sleep(RELIST_SECONDS)
+            try:  # _list logs the API server's refusals; anything else must not end this
+                await self._list(time.time() - RELIST_SECONDS, names_only=True)
+            except Exception:
+                logger.exception("policy %s: listing by name failed", self.key)
 
     async def reconcile(self) -> float | None:
         """One pass: watchers to match the selection, then decide and apply. Returns when the
@@ -174,13 +200,23 @@ class PolicyLoop:
         policy = view.policies.get(self.namespace, self.name)
         if policy is None or policy.deleting:
             await self.pool.sync({})
+            self._synced = None
             return None
         now = time.time()
         pods = view.pods.in_namespace(self.namespace)
-        policies = view.policies.in_namespace(self.namespace).values()
-        selection = select_pods(pods.values(), policies)
-        selected = selection.watched.get(self.key, [])
-        await self._sync_watchers(policy, selected)
+        selection = self._select(pods)
+        # The selection's pods as they are now: it is kept while only their conditions change.
+        selected = [pods[pod.name] for pod in selection.watched.get(self.key, [])]
+        endpoints = (policy.spec.port, policy.spec.path, policy.spec.watch)
+        synced = self._synced
+        if (
+            synced is None
+            or synced[0] is not selection
+            or synced[1] != endpoints
+            or self.pool.ended
+        ):
+            await self._sync_watchers(policy, selected)
+            self._synced = (selection, endpoints)
         spec = policy.spec
         keep = max(spec.nodes.window, spec.nodes.cooldown)
         self.ledger.retain({pod.name for pod in selected})
@@ -247,6 +283,18 @@ class PolicyLoop:
         self._unmarked.update((e.pod, e) for e in result.unmarked)
         return self._next_deadline(policy, result, trips, now)
 
+    def _select(self, pods: Mapping[str, PodView]) -> Selection:
+        """The namespace's selection, made again only when a pod's placement or a policy's
+        selector changed (not on every condition or status written)."""
+        policies = self.operator.view.policies.in_namespace(self.namespace).values()
+        key = (
+            self.operator.view.pods.shape_generation(self.namespace),
+            tuple((p.key, p.deleting, p.spec.selector) for p in policies),
+        )
+        if self._selection is None or self._selection[0] != key:
+            self._selection = (key, select_pods(pods.values(), policies))
+        return self._selection[1]
+
     async def _retry_marks(self, pods: Mapping[str, PodView]) -> None:
         """Mark again the pods whose granted eviction did not take our mark; a pod gone, or
         of that name but another uid (created again), needs none."""
@@ -294,10 +342,12 @@ class PolicyLoop:
                     deadlines.append(due + 0.05)
         deadlines += [t + EVICTION_RETRY_SECONDS for t in self._evicted.values()]
         stored = self.operator.view.circuit_states.in_namespace(self.namespace)
-        for uid, pod in self.pods_by_uid.items():
+        pods = self.operator.view.pods.in_namespace(self.namespace)
+        for uid, watched in self.pods_by_uid.items():
             reading = self.readings.get(uid)
             if reading is not None and reading.reachable:
                 continue
+            pod = pods.get(watched.name, watched)  # its containers as they are now
             # An endpoint still unreachable when its startup grace ends is worth a Warning
             # then; an open state it can no longer confirm stops holding the pod unready.
             state = stored.get(pod.name)

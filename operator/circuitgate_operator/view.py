@@ -3,10 +3,11 @@ to our own writes, with wake-ups for whoever decides on a namespace.
 
 An object is replaced only by a newer resourceVersion, so a late watch event never undoes what
 the answer to our own write already showed (which would make us write the same thing twice).
-A complete listing of our own (`replace`) also makes the view forget what the cluster no longer
-holds: kopf's resumed watch re-lists without reporting the deletions it missed. A deletion the
-watch reported is remembered for a while, so a listing made before it and answered after it
-does not bring the object back.
+A complete listing of our own (`replace`, or page by page `observe_listed` then
+`forget_unlisted`; by name only, just the latter) also makes the view forget what the cluster
+no longer holds: kopf's resumed watch re-lists without reporting the deletions it missed. A
+deletion the watch reported is remembered for a while, so a listing made before it and
+answered after it does not bring the object back.
 """
 
 from __future__ import annotations
@@ -57,10 +58,19 @@ class ObjectStore(Generic[V]):
         parse: Callable[[Mapping[str, Any]], V],
         *,
         clock: Callable[[], float] = time.monotonic,
+        shape: Callable[[V], object] | None = None,
     ) -> None:
         self._parse = parse
         self._clock = clock
+        # What some decisions depend on, of all a view holds: ``reshaped`` counts only the
+        # changes of that (objects added or gone included).
+        self._shape = shape
+        self._reshaped: dict[str, int] = {}
         self._items: dict[str, dict[str, tuple[str, V]]] = {}
+        # Per namespace: a count of its changes, and its views as of one count (a pass over
+        # ten thousand pods should not copy them when nothing changed).
+        self._generations: dict[str, int] = {}
+        self._copies: dict[str, tuple[int, dict[str, V]]] = {}
         # (namespace, name) -> (resourceVersion at deletion, when the watch reported it)
         self._tombstones: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -75,21 +85,56 @@ class ObjectStore(Generic[V]):
         items = self._items.setdefault(namespace, {})
         if deleted:
             self._bury(namespace, name, version)
-            return items.pop(name, None) is not None
+            return self._drop(namespace, name)
         known = items.get(name)
         if known is None and ours:
             return False
         if known is not None and not is_newer(version, known[0]):
             return False
-        items[name] = (version, self._parse(body))
+        view = self._parse(body)
+        items[name] = (version, view)
+        self._changed(namespace, known is None or self._reshapes(known[1], view))
         self._tombstones.pop((namespace, name), None)  # created again since
         return True
+
+    def _reshapes(self, old: V, new: V) -> bool:
+        return self._shape is None or self._shape(old) != self._shape(new)
+
+    def _changed(self, namespace: str, reshaped: bool = True) -> None:
+        self._generations[namespace] = self._generations.get(namespace, 0) + 1
+        if reshaped:
+            self._reshaped[namespace] = self._reshaped.get(namespace, 0) + 1
+
+    def _drop(self, namespace: str, name: str) -> bool:
+        if self._items.get(namespace, {}).pop(name, None) is None:
+            return False
+        self._changed(namespace)
+        return True
+
+    def generation(self, namespace: str) -> int:
+        """A number that changes whenever anything of the namespace does."""
+        return self._generations.get(namespace, 0)
+
+    def shape_generation(self, namespace: str) -> int:
+        """A number that changes whenever the shape of anything of the namespace does (every
+        change, for a store given no ``shape``)."""
+        return self._reshaped.get(namespace, 0)
 
     def replace(self, namespace: str, bodies: Iterable[Mapping[str, Any]], version: str) -> bool:
         """Take in a complete listing of a namespace made at resourceVersion ``version``: what it
         holds is observed, and what it lacks is forgotten unless seen after the listing was made
         (an object created since). Return whether anything changed."""
         listed: set[str] = set()
+        changed = self.observe_listed(namespace, bodies, listed)
+        return self.forget_unlisted(namespace, listed, version) or changed
+
+    def observe_listed(
+        self, namespace: str, bodies: Iterable[Mapping[str, Any]], listed: set[str]
+    ) -> bool:
+        """Take in one page of a listing of a namespace, adding its names to ``listed``; the
+        listing ends with `forget_unlisted`. Page by page, only one page's raw bodies are ever
+        held (ten thousand pods are hundreds of megabytes as dicts). Return whether anything
+        changed."""
         changed = False
         self._forget_old_tombstones()
         for body in bodies:
@@ -102,11 +147,16 @@ class ObjectStore(Generic[V]):
                 continue  # deleted since the listing was made
             listed.add(name)
             changed |= self.observe(body)
+        return changed
+
+    def forget_unlisted(self, namespace: str, listed: set[str], version: str) -> bool:
+        """End a listing made at resourceVersion ``version``: forget what it did not list
+        unless seen after it was made (an object created since)."""
+        changed = False
         items = self._items.get(namespace, {})
         for name, (seen, _) in list(items.items()):
             if name not in listed and not _later(seen, version):
-                del items[name]
-                changed = True
+                changed |= self._drop(namespace, name)
         return changed
 
     def _bury(self, namespace: str, name: str, version: str) -> None:
@@ -126,14 +176,21 @@ class ObjectStore(Generic[V]):
             del self._tombstones[key]
 
     def forget(self, namespace: str, name: str) -> None:
-        self._items.get(namespace, {}).pop(name, None)
+        self._drop(namespace, name)
 
     def get(self, namespace: str, name: str) -> V | None:
         item = self._items.get(namespace, {}).get(name)
         return item[1] if item is not None else None
 
-    def in_namespace(self, namespace: str) -> dict[str, V]:
-        return {name: view for name, (_, view) in self._items.get(namespace, {}).items()}
+    def in_namespace(self, namespace: str) -> Mapping[str, V]:
+        """The namespace's views by name, as of now (the same object until something of the
+        namespace changes: read it, never change it)."""
+        generation = self.generation(namespace)
+        copy = self._copies.get(namespace)
+        if copy is None or copy[0] != generation:
+            views = {name: view for name, (_, view) in self._items.get(namespace, {}).items()}
+            copy = self._copies[namespace] = (generation, views)
+        return copy[1]
 
     def __iter__(self) -> Iterator[V]:
         for items in list(self._items.values()):
@@ -149,7 +206,7 @@ class ClusterView:
 
     def __init__(self) -> None:
         self.policies: ObjectStore[PolicyView] = ObjectStore(parse_policy)
-        self.pods: ObjectStore[PodView] = ObjectStore(parse_pod)
+        self.pods: ObjectStore[PodView] = ObjectStore(parse_pod, shape=PodView.placement)
         self.nodes: ObjectStore[NodeView] = ObjectStore(parse_node)
         self.circuit_states: ObjectStore[CircuitStateView] = ObjectStore(parse_circuit_state)
         self._listeners: dict[str, set[asyncio.Event]] = {}
@@ -171,5 +228,5 @@ class ClusterView:
             for event in group:
                 event.set()
 
-    def nodes_by_name(self) -> dict[str, NodeView]:
+    def nodes_by_name(self) -> Mapping[str, NodeView]:
         return self.nodes.in_namespace("")

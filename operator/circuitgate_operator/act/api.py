@@ -23,6 +23,7 @@ from urllib3.exceptions import HTTPError
 
 __all__ = (
     "MERGE_PATCH",
+    "METADATA_ONLY",
     "STRATEGIC_MERGE_PATCH",
     "ApiError",
     "KubeApi",
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+# A listing's items as metadata only (client-go's metadata informers): names and versions of
+# ten thousand pods, not their bodies.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -80,11 +84,13 @@ class KubeApi:
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         """Send one request; return the JSON answer, or raise ApiError."""
         loop = asyncio.get_running_loop()
+        headers = {"Content-Type": content_type, "Accept": accept}
         answer = await loop.run_in_executor(
-            self._executor, self._send, method, path, body, content_type, query, timeout
+            self._executor, self._send, method, path, body, headers, query, timeout
         )
         if method in _WRITES and self.on_write is not None:
             self.on_write(method, path)
@@ -95,7 +101,7 @@ class KubeApi:
         method: str,
         path: str,
         body: Any,
-        content_type: str,
+        headers: dict[str, str],
         query: Mapping[str, str] | None,
         timeout: float,
     ) -> dict[str, Any]:
@@ -104,7 +110,7 @@ class KubeApi:
                 path,
                 method,
                 query_params=list((query or {}).items()),
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params=headers,
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,

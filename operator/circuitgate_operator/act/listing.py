@@ -17,7 +17,7 @@ from typing import Any
 
 from ..names import GROUP, VERSION
 from ..view import ClusterView, ObjectStore
-from .api import ApiError, KubeApi
+from .api import METADATA_ONLY, ApiError, KubeApi
 from .requests import circuit_states_path
 
 __all__ = ("PAGE_SIZE", "READ_ATTEMPTS", "Lister", "Scope", "node_scopes", "policy_scopes")
@@ -66,45 +66,71 @@ class Lister:
     def __init__(self, api: KubeApi, view: ClusterView) -> None:
         self.api = api
         self.view = view
-        self._listed_at: dict[Scope, float] = {}
+        self._listed_at: dict[Scope, float] = {}  # completely, bodies and all
+        self._named_at: dict[Scope, float] = {}  # by name: enough to forget what is gone
         self._locks: dict[Scope, asyncio.Lock] = {}
 
     async def ensure(self, scopes: Iterable[Scope], *, since: float) -> bool:
         """Have each scope listed completely at or after ``since`` (raises ApiError if a
         listing fails); return whether the view changed."""
+        return await self._ensure(scopes, since, names_only=False)
+
+    async def forget_gone(self, scopes: Iterable[Scope], *, since: float) -> bool:
+        """Have each scope listed at least by name at or after ``since``, and forget what it no
+        longer holds (kopf's watches bring what is new; a resumed one misses deletions):
+        metadata only, so a few megabytes of ten thousand pods rather than hundreds."""
+        return await self._ensure(scopes, since, names_only=True)
+
+    async def _ensure(self, scopes: Iterable[Scope], since: float, *, names_only: bool) -> bool:
         changed = False
         for scope in scopes:
             async with self._locks.setdefault(scope, asyncio.Lock()):
-                if self._listed_at.get(scope, -1.0) >= since:
+                listed_at = self._listed_at.get(scope, -1.0)
+                if names_only:
+                    listed_at = max(listed_at, self._named_at.get(scope, -1.0))
+                if listed_at >= since:
                     continue
                 started = time.time()
-                changed |= await self._list(scope)
-                self._listed_at[scope] = started
+                changed |= await self._list(scope, names_only=names_only)
+                (self._named_at if names_only else self._listed_at)[scope] = started
         return changed
 
-    async def _list(self, scope: Scope) -> bool:
-        items: list[Any] = []
+    async def _list(self, scope: Scope, *, names_only: bool) -> bool:
+        """List a scope page by page into its store, one page's bodies held at a time."""
+        store: ObjectStore[Any] = getattr(self.view, scope.store)
+        accept = METADATA_ONLY if names_only else "application/json"
+        listed: set[str] = set()
+        changed = False
         query: dict[str, str] = {"limit": str(PAGE_SIZE)}
         while True:
-            answer = await self._get(scope.path, query)
-            items += answer.get("items") or ()
+            try:
+                answer = await self._get(scope.path, query, accept)
+            except ApiError:
+                if changed:  # the pages taken in are news all the same
+                    self.view.notify(None)
+                raise
+            items = answer.get("items") or ()
+            if names_only:
+                listed.update((item.get("metadata") or {}).get("name") or "" for item in items)
+            else:
+                changed |= store.observe_listed(scope.namespace, items, listed)
             meta = answer.get("metadata") or {}
             if not meta.get("continue"):
                 break
             query = {"limit": str(PAGE_SIZE), "continue": meta["continue"]}
-        store: ObjectStore[Any] = getattr(self.view, scope.store)
-        return store.replace(scope.namespace, items, str(meta.get("resourceVersion") or ""))
+        version = str(meta.get("resourceVersion") or "")
+        return store.forget_unlisted(scope.namespace, listed, version) or changed
 
-    async def _get(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+    async def _get(self, path: str, query: dict[str, str], accept: str) -> dict[str, Any]:
         """One page; a transient refusal is tried again after 0.25, 0.5 and 1 s (a 429's
         Retry-After of 1 s included), anything else raises at once."""
         delay = _FIRST_RETRY_SECONDS
         for _ in range(READ_ATTEMPTS - 1):
             try:
-                return await self.api.request("GET", path, query=query)
+                return await self.api.request("GET", path, query=query, accept=accept)
             except ApiError as error:
                 if error.status not in _TRANSIENT:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
-        return await self.api.request("GET", path, query=query)
+        return await self.api.request("GET", path, query=query, accept=accept)

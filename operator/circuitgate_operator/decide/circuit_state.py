@@ -4,7 +4,6 @@ change means; the policy's CircuitStates of pods it no longer watches go."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from ..clock import rfc3339
@@ -210,14 +209,15 @@ def plan_circuit_states(
             status = _plan_circuit_state(plan, obs, pod, stamp)
         else:
             inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod))
-            step = partial(_plan_circuit_state, plan, obs, pod, stamp)
-            status = memo.circuit_states.decide(plan, pod.uid, inputs, step, _timeless)
+            status = memo.circuit_states.decide(
+                plan, pod.uid, inputs, _timeless, _plan_circuit_state, plan, obs, pod, stamp
+            )
         if status is not None:
             states[pod.name] = status
     return states
 
 
-def _timeless(status: Mapping[str, Any] | None) -> bool:
+def _timeless(_: object, status: Mapping[str, Any] | None) -> bool:
     """Whether a pass that wrote nothing for this status would write nothing at any time: all
     but a pod never read, whose Warning waits for the clock."""
     return (
@@ -281,9 +281,10 @@ def plan_orphans(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView])
     A pod another policy watches now is that policy's: its state just goes."""
     stamp = rfc3339(obs.now)
     watched = {pod.name for pod in matched}
-    for name, state in sorted(obs.circuit_states.items()):
-        if state.policy != obs.policy.label or name in watched:
-            continue
+    label = obs.policy.label
+    orphans = [n for n, s in obs.circuit_states.items() if s.policy == label and n not in watched]
+    for name in sorted(orphans):  # sorted once filtered: there are few, of many
+        state = obs.circuit_states[name]
         pod = obs.pods.get(name)
         if pod is not None and pod.running and name not in obs.watched_elsewhere:
             write = restore(pod, stamp, "no longer watched by policy " + obs.policy.name)
@@ -293,9 +294,15 @@ def plan_orphans(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView])
         plan.circuit_state_deletes.append(CircuitStateDelete(state.namespace, name))
     # A pod no policy watches, with no CircuitState (its creation failed while the mark
     # landed: found by the model check) would keep our False for good: give it back too.
-    for name, pod in sorted(obs.pods.items()):
-        if name in watched or name in obs.watched_elsewhere or name in obs.circuit_states:
-            continue
+    unwatched = [
+        name
+        for name in obs.pods
+        if name not in watched
+        and name not in obs.watched_elsewhere
+        and name not in obs.circuit_states
+    ]
+    for name in sorted(unwatched):
+        pod = obs.pods[name]
         if pod.running:
             write = restore(pod, stamp, "watched by no policy")
             if write is not None:

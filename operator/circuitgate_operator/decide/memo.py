@@ -7,8 +7,8 @@ cannot change, so a plan made with the memo is the plan made without it (a prope
 this on random cluster states). Inputs are compared as a tuple, so by identity first (the view
 keeps an object until the API server sends a new one, and a watcher keeps a Reading until the
 next differs) and by value when not the same object. A policy whose spec, name or label changed
-plans every pod again, and the reconcile loop empties the memo on each periodic pass, so a full
-level-triggered plan still runs.
+plans every pod again, and the reconcile loop empties the memo on a periodic pass every
+``FULL_PASS_SECONDS``, so a plan made without it still runs now and then.
 """
 
 from __future__ import annotations
@@ -45,18 +45,20 @@ class _Step:
         plan: Plan,
         uid: str,
         inputs: tuple[object, ...],
-        step: Callable[[], Any],
-        keep: Callable[[Any], bool],
+        keep: Callable[[tuple[object, ...], Any], bool],
+        step: Callable[..., Any],
+        *args: object,
     ) -> Any:
-        """The step's result: kept from an earlier pass when every input is the same object,
-        else run (and kept if it added nothing to the plan and ``keep`` says so)."""
+        """The result of ``step(*args)``: kept from an earlier pass when every input is the
+        same object, else run (and kept if it added nothing to the plan and ``keep(inputs,
+        result)`` says so)."""
         entry = self.entries.get(uid)
         if entry is not None and entry[0] == inputs:  # each the same object, or else equal
             self._next[uid] = entry
             return entry[1]
         before = _size(plan)
-        result = step()
-        if _size(plan) == before and keep(result):
+        result = step(*args)
+        if _size(plan) == before and keep(inputs, result):
             self._next[uid] = (inputs, result)
         return result
 

@@ -8,8 +8,7 @@ the unready-pods cap and a dry run to them, once for the whole Plan.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from ..clock import parse_time, rfc3339
 from ..contract import BreakerState
@@ -174,11 +173,7 @@ def plan_readiness(
         else:
             inputs = (pod, status, obs.reading(pod), pod.uid in obs.first_read_pending)
             mark = memo.readiness.decide(
-                plan,
-                pod.uid,
-                inputs,
-                partial(_plan_pod_readiness, plan, obs, pod, status, stamp),
-                partial(_timeless, status),
+                plan, pod.uid, inputs, _timeless, _plan_pod_readiness, plan, obs, pod, status, stamp
             )
         if mark is not None:
             marks.append(mark)
@@ -189,9 +184,10 @@ def plan_readiness(
 _UNREAD: Mapping[str, Any] = {"state": BreakerState.UNKNOWN}
 
 
-def _timeless(status: Mapping[str, Any], mark: tuple[str, ConditionWrite] | None) -> bool:
+def _timeless(inputs: tuple[object, ...], mark: tuple[str, ConditionWrite] | None) -> bool:
     """Whether a pass that changed nothing for this pod would change nothing at any time: not
-    while an open state could stop being evidence."""
+    while an open state (the inputs' status) could stop being evidence."""
+    _, status, *_ = cast(tuple[PodView, Mapping[str, Any], object, bool], inputs)
     return mark is None and status.get("state") not in _HOLDING
 
 

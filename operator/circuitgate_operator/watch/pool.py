@@ -56,6 +56,8 @@ class WatcherPool:
         self.max_bytes = max_bytes
         self.name = name
         self._tasks: dict[str, tuple[Target, asyncio.Task[None]]] = {}
+        # Whether a watcher ended by itself since the last ``sync`` (which starts it again).
+        self.ended = False
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -66,6 +68,7 @@ class WatcherPool:
 
     async def sync(self, targets: Mapping[str, Target]) -> None:
         """Make the running watchers exactly ``targets``; stopped ones are awaited."""
+        self.ended = False
         stale = [
             key
             for key, (target, task) in self._tasks.items()
@@ -102,6 +105,9 @@ class WatcherPool:
     def _report(self, key: str, target: Target, task: asyncio.Task[None]) -> None:
         """A watcher that ended on an exception leaves the pod unknown, never at its last
         reading (which may say open and reachable); the next ``sync`` starts a new one."""
+        current = self._tasks.get(key)
+        if current is not None and current[1] is task:  # not stopped by us: to start again
+            self.ended = True
         if task.cancelled() or task.exception() is None:
             return
         error = task.exception()

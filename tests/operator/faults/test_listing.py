@@ -14,6 +14,7 @@ from kubernetes import client, config
 
 from circuitgate_devkit.cluster.accounts import ChartAccount
 from circuitgate_devkit.cluster.fault_proxy import FaultProxy, Faults
+from circuitgate_devkit.cluster.objects import Cluster
 from circuitgate_operator.act.api import ApiError, KubeApi
 from circuitgate_operator.act.listing import READ_ATTEMPTS, Lister, Scope, policy_scopes
 from circuitgate_operator.view import ClusterView
@@ -69,3 +70,25 @@ def test_a_request_the_api_server_forbids_is_not_tried_again(
         _list(api, (Scope("pods", "kube-system", "/api/v1/namespaces/kube-system/pods"),))
     assert forbidden.value.status == 403
     assert proxy.requests == 1
+
+
+def test_a_listing_by_name_forgets_what_is_gone_and_keeps_the_bodies(
+    api: KubeApi, cluster: Cluster, namespace: str
+) -> None:
+    """The periodic listing is metadata only (names and versions of ten thousand pods, not
+    their bodies): it must still forget a pod deleted behind the view's back, and leave the
+    bodies of the others as they were."""
+    node = cluster.node("n1")
+    cluster.worker_pod("kept", node=node)
+    cluster.worker_pod("gone", node=node)
+    view = ClusterView()
+    lister = Lister(api, view)
+    scopes = policy_scopes(namespace)[1:2]
+    asyncio.run(lister.ensure(scopes, since=time.time()))
+    before = view.pods.get(namespace, "kept")
+    assert before is not None and before.pod_ip
+    assert view.pods.get(namespace, "gone") is not None
+    cluster.core.delete_namespaced_pod("gone", namespace, grace_period_seconds=0)
+    assert asyncio.run(lister.forget_gone(scopes, since=time.time()))
+    assert view.pods.get(namespace, "gone") is None
+    assert view.pods.get(namespace, "kept") is before

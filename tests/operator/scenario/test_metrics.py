@@ -43,6 +43,7 @@ def test_liveness_and_metrics_follow_what_happens(
     )
     assert samples["circuitgate_operator_trip_to_condition_seconds_count"] == 1
     assert samples["circuitgate_operator_trip_to_condition_seconds_sum"] < 5
+    assert samples["circuitgate_operator_reconcile_seconds_count"] >= 2  # the first, the trip's
     assert samples['circuitgate_operator_api_writes_total{verb="PATCH"}'] >= 4
     cluster.workers.set(hosts[2], listening=False)
     eventually(

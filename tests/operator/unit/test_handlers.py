@@ -33,3 +33,13 @@ def test_with_the_webhook_off_it_leaves_every_pod_alone() -> None:
     off = kopf.Memo(operator=operator, webhook=None)
     asyncio.run(handlers.inject_readiness_gate(body=pod, patch=patch, memo=off))
     assert patch == {}
+
+
+def test_only_policies_get_a_diff_base() -> None:
+    """kopf would deep-copy every pod on every event for a diff no pod handler reads."""
+    storage = handlers.PolicyDiffBase(prefix="circuitgate.io", key="last-handled-configuration")
+    spec = {"selector": {"matchLabels": {"app": "worker"}}}
+    policy = {"kind": "CircuitPolicy", "metadata": {"name": "p"}, "spec": spec}
+    pod = {"kind": "Pod", "metadata": {"name": "w0"}, "spec": {"nodeName": "n1"}}
+    assert storage.build(body=kopf.Body(policy))["spec"] == spec
+    assert storage.build(body=kopf.Body(pod)) == {}

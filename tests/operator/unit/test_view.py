@@ -98,3 +98,24 @@ def test_a_deletion_seen_again_is_remembered_from_its_latest_report() -> None:
     assert store.replace("ns", [pod("a", "x1"), pod("b", "x1")], "x5")
     assert store.get("ns", "a") is None
     assert store.get("ns", "b") is not None
+
+
+def test_the_copy_and_the_shape_change_only_with_what_they_are_of() -> None:
+    """A pass over ten thousand pods reuses their copy until something changes, and their
+    selection until a placement does: a condition written is no reason to select again."""
+    view = ClusterView()
+    view.pods.observe(pod("a", "1", "10.0.0.1"))
+    copy, shape = view.pods.in_namespace("ns"), view.pods.shape_generation("ns")
+    assert view.pods.in_namespace("ns") is copy
+    conditioned = pod("a", "2", "10.0.0.1")
+    conditioned["status"] = {"podIP": "10.0.0.1", "conditions": [{"type": "Ready"}]}
+    assert view.pods.observe(conditioned)
+    assert view.pods.in_namespace("ns") is not copy
+    assert view.pods.in_namespace("ns")["a"].conditions
+    assert view.pods.shape_generation("ns") == shape
+    assert view.pods.observe(pod("a", "3", "10.0.0.2"))  # moved: another endpoint
+    assert view.pods.shape_generation("ns") == shape + 1
+    assert view.pods.observe(pod("b", "4"))  # a pod more
+    view.pods.observe(pod("a", "5"), deleted=True)
+    assert view.pods.shape_generation("ns") == shape + 3
+    assert list(view.pods.in_namespace("ns")) == ["b"]

@@ -440,26 +440,35 @@ def test_an_endpoint_holding_long_polls_for_less_than_asked_is_still_long_polled
 
 def test_a_watcher_that_dies_leaves_the_pod_unknown(fake_workers: FakeWorkers) -> None:
     """The pool's last word on a watcher that ended on an exception is unknown, never the
-    "open, reachable" it read just before."""
+    "open, reachable" it read just before; it says so (``ended``), so the policy loop, which
+    syncs the pool only on a change, starts it again. Watchers it stops itself do not."""
     host = fake_workers.add()
     fake_workers.trip(host, trips=1)
     heard: list[Reading] = []
+    failing = [True]
 
     def on_reading(_: str, reading: Reading) -> None:
         heard.append(reading)
-        if reading.state == "open":
+        if reading.state == "open" and failing[0]:
             raise RuntimeError("the consumer failed")
 
     async def scenario() -> None:
+        targets = {host: Target(fake_workers.url(host), WatchSpec())}
         async with new_session() as session:
             pool = WatcherPool(session, on_reading)
-            await pool.sync({host: Target(fake_workers.url(host), WatchSpec())})
+            await pool.sync(targets)
             await eventually_async(lambda: len(heard) == 2, what="a reading after the open one")
+            assert pool.ended
+            failing[0] = False
+            await pool.sync(targets)
+            assert not pool.ended
+            await eventually_async(lambda: len(heard) == 3, what="the new watcher's reading")
             await pool.close()
+            assert not pool.ended
 
     asyncio.run(scenario())
-    assert [r.state for r in heard] == ["open", "unknown"]
-    assert heard[-1].reason == "watcher failed: RuntimeError"
+    assert [r.state for r in heard] == ["open", "unknown", "open"]
+    assert heard[1].reason == "watcher failed: RuntimeError"
 
 
 def test_the_worker_endpoint_itself_is_followed_on_one_stream() -> None:
