@@ -97,7 +97,9 @@ def test_a_replica_resumed_after_a_deletion_forgets_the_deleted_policy(
     high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
     eventually(lambda: "Pausing operations" in low.tail(400), what="the low replica pauses")
     cluster.delete_policy("extra")
-    eventually(lambda: cluster.policy_object("extra") is None)
+    # The high replica has just taken over: its deletion handler waits out the takeover hold
+    # too, and once more (2 s) if the policy's loop is still stopping.
+    eventually(lambda: cluster.policy_object("extra") is None, timeout=TAKEOVER)
     eventually(
         lambda: (c := cluster.policy_condition("Overlapping")) and c["status"] == "False",
         timeout=TAKEOVER,
