@@ -68,6 +68,7 @@ class FaultProxy:
         self._upstream_tls = ssl.create_default_context(cafile=str(control_plane.ca_file))
         self.faults = Faults()
         self.counts: Counter[str] = Counter()
+        self.held: list[str] = []  # "METHOD /path" of every delayed request, in order
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.port = 0
@@ -174,6 +175,8 @@ class FaultProxy:
             roll -= faults.reset
             if roll < faults.latency:
                 self._count("delayed")
+                with self._lock:
+                    self.held.append(f"{request.method} {request.path}")
                 await asyncio.sleep(faults.delay)
         return await self._forward(request, cut_after=_cut(faults, watch, self._draw()))
 

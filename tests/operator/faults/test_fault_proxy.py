@@ -66,3 +66,4 @@ def test_each_fault_is_what_the_client_sees(
                 "watch_cut": 1, "requests": 6}  # fmt: skip
     assert dict(proxy.counts) == expected
     assert proxy.faulted == 5 and proxy.requests == 6
+    assert proxy.held == [f"GET /api/v1/namespaces/{namespace}/pods"]

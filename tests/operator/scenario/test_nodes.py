@@ -452,10 +452,10 @@ def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
         eventually(lambda: len(cluster.circuit_states()) == len(hosts), timeout=30)
 
         proxy.faults = Faults(latency=1.0, delay=7.0, writes_only=True)
-        delayed = proxy.counts["delayed"]
         cluster.workers.trip(hosts["w0"], trips=1)
         cluster.workers.trip(hosts["w1"], trips=1)
-        eventually(lambda: proxy.counts["delayed"] > delayed, timeout=10, what="n1's cordon sent")
+        cordon = f"PATCH /api/v1/nodes/{n1}"
+        eventually(lambda: cordon in proxy.held, timeout=20, what="n1's cordon sent")
         for pod in ("w2", "w3", "w4"):
             cluster.workers.trip(hosts[pod], trips=1)
         high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
