@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real components the tests start: the brokers (redis-server, rabbitmq-server) and
 # the node's runtime (containerd, runc, the CNI plugins, iproute2, iptables for kube-proxy, a C
-# compiler with a static libc for the pause image) and the image tools (debootstrap, buildah). Debian's containerd 1.6 because kubelet 1.36 supports it
+# compiler with a static libc for the pause image), the image tools (debootstrap, buildah) and
+# Prometheus (promtool tests the chart's alerts; a real server scrapes real endpoints, without
+# its recommended node exporter). Debian's containerd 1.6 because kubelet 1.36 supports it
 # and it installs in seconds; kubelet 1.37 will need containerd 2 (Go modules, like the rest).
 # Idempotent: does nothing when they are there. (Certificates come from Python's cryptography.)
 set -euo pipefail
@@ -17,9 +19,11 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v buildah >/dev/null || need+=(buildah)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
-if [ ${#need[@]} -gt 0 ]; then
+lean=()
+command -v promtool >/dev/null || lean+=(prometheus)
+if [ $((${#need[@]} + ${#lean[@]})) -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "missing system packages: ${need[*]} (run as root or install them)" >&2
+    echo "missing system packages: ${need[*]} ${lean[*]} (run as root or install them)" >&2
     exit 1
   fi
   apt-get update -qq
@@ -30,6 +34,8 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  [ ${#lean[@]} -eq 0 ] ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}"
   [ -z "$own_policy" ] || rm -f "$policy"
 fi

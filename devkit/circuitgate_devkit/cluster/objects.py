@@ -225,17 +225,18 @@ class Cluster:
         labels: dict[str, str] | None = None,
         gated: bool = True,
         ready: bool = True,
+        endpoint: tuple[str, int] | None = None,
     ) -> str:
         """A Pod on node whose podIP is a fresh loopback address serving the breaker
-        document; returns that address."""
-        host = self.workers.add()
+        document (or ``endpoint``'s host, a real worker's, on its port); returns that address."""
+        host, port = endpoint or (self.workers.add(), self.workers.port)
         spec: dict[str, Any] = {
             "nodeName": node,
             "containers": [
                 {
                     "name": "worker",
                     "image": "example.com/celery-worker:1",
-                    "ports": [{"name": "breaker", "containerPort": self.workers.port}],
+                    "ports": [{"name": "breaker", "containerPort": port}],
                 }
             ],
         }

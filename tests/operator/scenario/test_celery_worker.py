@@ -21,33 +21,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.integration]
 CONF = {"circuitgate_fail_max": 3, "circuitgate_reset_timeout": 30, "circuitgate_jitter": 0.0}
 
 
-def worker_pod(cluster: Cluster, worker: LabWorker, node: str) -> None:
-    """A Pod standing for the worker process: its IP and named port are the worker's."""
-    cluster.core.create_namespaced_pod(
-        cluster.namespace,
-        {
-            "metadata": {"name": worker.name, "labels": {"app": "worker"}},
-            "spec": {
-                "nodeName": node,
-                "readinessGates": [{"conditionType": "circuitgate.io/circuit-closed"}],
-                "containers": [
-                    {
-                        "name": "worker",
-                        "image": "example.com/worker:1",
-                        "ports": [{"name": "breaker", "containerPort": worker.endpoint_port}],
-                    }
-                ],
-            },
-        },
-    )
-    ip = worker.endpoint_host
-    cluster.core.patch_namespaced_pod_status(
-        worker.name,
-        cluster.namespace,
-        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}},
-    )
-
-
 def test_a_real_worker_trips_and_its_pod_turns_unready(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], tmp_path: Path
 ) -> None:
@@ -61,8 +34,9 @@ def test_a_real_worker_trips_and_its_pod_turns_unready(
             bad.start()
             good.start()
             node = cluster.node("gpu")
-            worker_pod(cluster, bad, node)
-            worker_pod(cluster, good, node)
+            for worker in (bad, good):  # pods standing for the workers: their IPs and ports
+                address = (worker.endpoint_host, worker.endpoint_port)
+                cluster.worker_pod(worker.name, node=node, ready=False, endpoint=address)
             cluster.policy(safety={"maxUnreadyPods": 1, "stormThreshold": "100%"})
             start_operator()
             eventually(lambda: cluster.condition_status("bad") == "True", timeout=20)
