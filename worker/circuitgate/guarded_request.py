@@ -35,7 +35,8 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
     A child killed by SIGKILL (the OOM killer) or a segfault (a CUDA library) runs no
     ``except``: only the main process learns of it, as Celery's ``WorkerLostError``. A
     child ended on purpose (revoke with terminate, a hard time limit) is neutral: the
-    trial it held is released, nothing is counted and nothing is published again.
+    trial it held is released, nothing is counted and nothing is published again. So is a
+    message Celery discards before it runs (revoked, expired).
     """
     base: type[Any] = symbol_by_name(task.Request)
 
@@ -60,6 +61,15 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
             if lost or ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded)):
                 breaker.release(self.id)
             return super().on_failure(exc_info, send_failed_event, return_ok)
+
+        def revoked(self) -> bool:
+            # Discarded without running (revoked by id or by a stamped header after the gate
+            # let it in, or expired): a trial claim it held goes with it, not after
+            # trial_timeout.
+            if not super().revoked():
+                return False
+            breakers.for_queue(queue_of(self.delivery_info)).release(self.id)
+            return True
 
         def reject(self, requeue: bool = False) -> None:
             # Every requeue of a guarded task (refused in the pool, a copy the broker

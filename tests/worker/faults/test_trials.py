@@ -100,3 +100,29 @@ def test_healthy_tasks_longer_than_trial_timeout_close_the_circuit(faults: Fault
     ]
     trials = [e for e in runs if half_open.at - 0.05 <= e.start < closed[0].at]
     assert len(trials) == 1, "a second trial started while the first one ran"
+
+
+# Not on SQS: it has no broadcast, so Celery's remote control (revoke) never reaches a worker.
+@pytest.mark.parametrize("faults", ["rabbitmq", "redis"], indirect=True)
+def test_a_trial_revoked_before_it_runs_gives_the_trial_back(faults: FaultLab) -> None:
+    """Revoked by a stamped header (or by id after it was fetched), a message is claimed as
+    the trial and then discarded by Celery without running: the claim must go with it."""
+    ids = trip_and_drain(faults, "", "revoked", kwargs={"work_s": 0.1})
+    faults.bad.repair_device()
+    assert faults.state() in ("open", "half_open")
+    producer = faults.lab.producer
+    producer.control.revoke_by_stamped_headers(
+        {"batch": "cancelled"}, destination=[faults.bad.hostname], reply=True, timeout=10
+    )
+    signature = producer.signature("lab.infer", args=(0,), kwargs={"work_s": 0.05})
+    signature.stamp(batch="cancelled")
+    cancelled = signature.apply_async().id
+    eventually(lambda: faults.bad.events.of("received", task_id=cancelled), timeout=30)
+    now = faults.lab.send(1, work_s=0.05)
+
+    successes = faults.lab.log.wait_for_successes(set(now), timeout=30)
+    assert successes[now[0]] == 1, f"the trial's claim outlived its message: {faults.state()}"
+    eventually(lambda: faults.state() == "closed", timeout=10)
+    row = faults.tally("trial revoked by stamp", [*ids, *now, cancelled], ended={cancelled})
+    assert faults.lab.log.successes_per_task()[cancelled] == 0, row
+    assert (row.succeeded_once, row.lost, row.duplicated) == (5, 0, 0), row
