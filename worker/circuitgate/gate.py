@@ -54,7 +54,11 @@ class ConsumptionGate(bootsteps.StartStopStep):
         on_refuse = self.pauser.tick if self.pauser is not None else None
         for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
             c.strategies[name] = _gate_strategy(
-                c.strategies[name], breakers, c.connection_errors, on_refuse
+                c.strategies[name],
+                breakers,
+                c.connection_errors,
+                on_refuse,
+                rate_limited=lambda name=name: c.task_buckets.get(name) is not None,
             )
 
     def stop(self, c: Any) -> None:
@@ -129,7 +133,10 @@ def _gate_strategy(
     breakers: BreakerSet,
     errors: tuple[type[BaseException], ...],
     on_refuse: Callable[[], None] | None,
+    rate_limited: Callable[[], bool],
 ) -> Callable[..., Any]:
+    """``strategy`` behind the breakers; ``rate_limited`` says whether the task's messages
+    wait for a token now (a rate limit can be set while the worker runs)."""
     only = breakers.only
 
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,7 +145,8 @@ def _gate_strategy(
             return strategy(message, body, ack, reject, *args, **kwargs)
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
-        if breaker.admit(token, claim=_runs_now(headers, body, token)) is Admission.REFUSE:
+        claim = _runs_now(headers, body, token) and not rate_limited()
+        if breaker.admit(token, claim=claim) is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
@@ -154,9 +162,10 @@ def _gate_strategy(
 def _runs_now(headers: dict[str, Any], body: Any, token: str) -> bool:
     """Whether the message goes to the pool now, so it may be claimed as the trial here.
 
-    A message with an ETA or countdown waits in the worker's timer, and a message with an
-    expiry or a revoked id may never run: none may hold the trial (and the worker paused)
-    meanwhile. They are admitted without a claim; the child claims when one really runs.
+    A message with an ETA or countdown waits in the worker's timer (as one of a rate-limited
+    task waits for its token), and a message with an expiry or a revoked id may never run:
+    none may hold the trial (and the worker paused) meanwhile. They are admitted without a
+    claim; the child claims when one really runs.
     """
     fields = headers if "task" in headers else (body if isinstance(body, dict) else {})
     return not (fields.get("eta") or fields.get("expires") or token in worker_state.revoked)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from circuitgate_devkit.waiting import eventually
@@ -126,3 +128,45 @@ def test_a_trial_revoked_before_it_runs_gives_the_trial_back(faults: FaultLab) -
     row = faults.tally("trial revoked by stamp", [*ids, *now, cancelled], ended={cancelled})
     assert faults.lab.log.successes_per_task()[cancelled] == 0, row
     assert (row.succeeded_once, row.lost, row.duplicated) == (5, 0, 0), row
+
+
+# Celery's remote control sets the rate limit: not on SQS, which has no broadcast. The fix is
+# in the gate's strategy, the same on every broker.
+@pytest.mark.parametrize("faults", ["redis"], indirect=True)
+def test_a_rate_limited_message_waiting_for_its_token_does_not_hold_the_trial(
+    faults: FaultLab,
+) -> None:
+    # A worker and a queue of its own: room to prefetch past a message waiting for its token
+    # (with one slot Celery itself fetches nothing more until that one runs), and no
+    # hand-back, so its trip leaves no copies to drain.
+    queue = "rate-limited"
+    conf = {"worker_prefetch_multiplier": 4, "circuitgate_handback": False}
+    worker = faults.healthy("limiter", queues=queue, conf=conf)
+    control = faults.lab.producer.control
+    where = {"destination": [worker.hostname], "reply": True, "timeout": 10}
+    control.rate_limit("lab.preprocess", "2/m", **where)  # a token every 30 s
+    send = functools.partial(faults.lab.producer.send_task, queue=queue)
+    try:
+        first = send("lab.preprocess", args=(0,), kwargs={"work_s": 0.05}).id
+        faults.lab.log.wait_for_successes({first}, timeout=30)  # the bucket is empty now
+        worker.break_device()
+        failed = [send("lab.infer", args=(n,), kwargs={"work_s": 0.05}).id for n in range(4)]
+        eventually(lambda: worker.events.of("transition", new="open"), timeout=30)
+        worker.repair_device()
+        limited = send("lab.preprocess", args=(1,), kwargs={"work_s": 0.05}).id
+        eventually(lambda: worker.events.of("received", task_id=limited), timeout=30)
+        now = send("lab.infer", args=(4,), kwargs={"work_s": 0.05}).id
+
+        successes = faults.lab.log.wait_for_successes({now}, timeout=20)
+        assert successes[now] == 1, "the trial waited for the rate limit's token"
+        closed_at = worker.events.of("transition", new="closed")[-1].at
+        successes = faults.lab.log.wait_for_successes({limited}, timeout=60)
+    finally:
+        control.rate_limit("lab.preprocess", None, **where)
+        worker.stop()
+    limited_run = next(e for e in faults.lab.log.read() if e.id == limited)
+    ids = [first, *failed, now, limited]
+    row = faults.tally("rate-limited message as trial", ids, ended=frozenset(failed))
+
+    assert closed_at < limited_run.start, row
+    assert (row.succeeded_once, row.failed_normally, row.lost, row.duplicated) == (3, 4, 0, 0), row
