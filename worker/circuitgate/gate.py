@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import bootsteps
@@ -58,7 +58,8 @@ class ConsumptionGate(bootsteps.StartStopStep):
                 breakers,
                 c.connection_errors,
                 on_refuse,
-                rate_limited=lambda name=name: c.task_buckets.get(name) is not None,
+                buckets=c.task_buckets,
+                task=name,
             )
 
     def stop(self, c: Any) -> None:
@@ -133,10 +134,13 @@ def _gate_strategy(
     breakers: BreakerSet,
     errors: tuple[type[BaseException], ...],
     on_refuse: Callable[[], None] | None,
-    rate_limited: Callable[[], bool],
+    *,
+    buckets: Mapping[str, Any],
+    task: str,
 ) -> Callable[..., Any]:
-    """``strategy`` behind the breakers; ``rate_limited`` says whether the task's messages
-    wait for a token now (a rate limit can be set while the worker runs)."""
+    """``strategy`` of ``task`` behind the breakers. While ``buckets`` (Celery's, by task
+    name) hold one for ``task``, its messages wait for a token: a rate limit can be set
+    while the worker runs, so that is asked per message."""
     only = breakers.only
 
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
@@ -145,7 +149,7 @@ def _gate_strategy(
             return strategy(message, body, ack, reject, *args, **kwargs)
         headers = message.headers or {}
         token = headers.get("id") or (body or {}).get("id") or ""
-        claim = _runs_now(headers, body, token) and not rate_limited()
+        claim = _runs_now(headers, body, token) and buckets.get(task) is None
         if breaker.admit(token, claim=claim) is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()

@@ -62,6 +62,8 @@ class Consumer:
     )
     """The strategies as Celery built them, before the gate wrapped any."""
     strategies: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    task_buckets: dict[str, Any] = field(default_factory=dict)
+    """Celery's token buckets by task name: none, no rate limit set."""
     delivered: list[str] = field(default_factory=list)
     """Ids of the task messages the transport delivered to the task consumer."""
 
