@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from circuitgate_devkit.cluster.helm import find, helm, render
+from circuitgate_devkit.cluster.helm import find, helm, render, render_error
 from circuitgate_devkit.paths import CHART, REPO
 from circuitgate_devkit.prometheus import ALERTS, DASHBOARD, dashboard_queries, promtool
 
@@ -131,6 +131,25 @@ def test_the_worker_monitor_looks_where_the_workers_are(
     )
     monitor = find(manifest, "PodMonitor", "circuitgate-operator-workers")
     assert monitor["spec"]["namespaceSelector"] == expected
+
+
+def test_the_rules_come_only_with_the_operator_monitor_their_down_alert_needs() -> None:
+    error = render_error({"monitoring": {"prometheusRule": {"enabled": True}}})
+    assert "monitoring.prometheusRule.enabled=true needs monitoring.podMonitor.enabled" in error
+
+
+def test_the_worker_monitor_scrapes_the_port_the_policies_name() -> None:
+    values = {"monitoring": {"workers": {"enabled": True, "port": "breaker"}}}
+    monitor = find(render(values), "PodMonitor", "circuitgate-operator-workers")
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["breaker"]
+
+
+def test_extra_labels_never_repeat_the_charts() -> None:
+    values = {**MONITORING["monitoring"], "labels": {"app.kubernetes.io/part-of": "mine"}}
+    manifest = render({"monitoring": values})
+    ours = [d for d in manifest if d["kind"] in ("PodMonitor", "PrometheusRule")]
+    assert len(ours) == 3
+    assert {d["metadata"]["labels"]["app.kubernetes.io/part-of"] for d in ours} == {"circuitgate"}
 
 
 def test_lint_is_clean_with_monitoring(tmp_path: Path) -> None:
