@@ -56,7 +56,17 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
                 self._already_revoked or self._already_cancelled or worker_state.should_terminate
             )
             lost = isinstance(exc, (WorkerLostError, *STOPPED)) and not ended_on_purpose
-            if lost and not _success_was_stored(self) and _settled_lost_child(self, breaker, exc):
+            # A child lost in a warm shutdown went with its worker (SIGTERM to the whole
+            # process group): its message is handed back, but nothing is counted.
+            # (should_stop is the exit code: 0 for a clean one, so not a truth test.)
+            stopping = (
+                worker_state.should_stop is not None and worker_state.should_stop is not False
+            )
+            if (
+                lost
+                and not _success_was_stored(self)
+                and _settled_lost_child(self, breaker, exc, count=not stopping)
+            ):
                 return None
             if lost or ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded)):
                 breaker.release(self.id)
@@ -121,8 +131,11 @@ def _unix_time(value: Any, zone: tzinfo) -> float | None:
     return min(value.replace(tzinfo=z).timestamp() for z in (UTC, zone))
 
 
-def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
-    """Count the lost child and hand its message back; False leaves it to Celery's path.
+def _settled_lost_child(
+    request: Any, breaker: SharedCircuitBreaker, exc: BaseException, *, count: bool
+) -> bool:
+    """Count the lost child (with ``count``) and hand its message back; False leaves it to
+    Celery's path.
 
     A poison message (failed on enough workers already) fails as usual without counting.
     With hand-back on, the copy is published with the delivery record and the delivery
@@ -146,7 +159,10 @@ def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseEx
         breaker.release(request.id)
         log_poison(request.id, record)
         return False
-    breaker.record_failure(request.id, exc)
+    if count:
+        breaker.record_failure(request.id, exc)
+    else:
+        breaker.release(request.id)
     if not breaker.settings.handback:
         return False
     published = hand_back(request.task, breaker, context, record, exc)

@@ -92,10 +92,14 @@ def record_worker(path: str, *, tasks: bool = True) -> None:
     def received(request: Any, **_: Any) -> None:
         append_record(path, kind="received", task_id=request.id)
 
+    def started(task_id: str, **_: Any) -> None:
+        append_record(path, kind="started", task_id=task_id)
+
     def finished(task_id: str, state: str, **_: Any) -> None:
         append_record(path, kind="finished", task_id=task_id, state=state)
 
     signals.worker_ready.connect(ready, weak=False)
     if tasks:
         signals.task_received.connect(received, weak=False)
+        signals.task_prerun.connect(started, weak=False)
         signals.task_postrun.connect(finished, weak=False)

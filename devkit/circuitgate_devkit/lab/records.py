@@ -42,8 +42,8 @@ class Event:
     """One thing a worker did, as `circuitgate_devkit.lab.recorder` saw it happen."""
 
     kind: str
-    """``ready``, ``received``, ``finished`` (a task's ``task_postrun``), ``transition`` or
-    ``counted_failure`` (a breaker's listener)."""
+    """``ready``, ``received``, ``started`` and ``finished`` (a task's ``task_prerun`` and
+    ``task_postrun``), ``transition`` or ``counted_failure`` (a breaker's listener)."""
     at: float
     """Wall clock, in the process that wrote it."""
     pid: int

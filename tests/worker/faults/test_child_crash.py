@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from circuitgate_devkit.lab.app import AFTER_HAND_BACK, AFTER_SUCCESS, SIGKILL_ONCE
@@ -119,3 +122,29 @@ def test_a_new_message_with_the_id_of_one_handed_back_is_not_taken_for_it(
     )
     faults.settle_behind(task_id, deliveries=4)
     assert faults.lab.log.successes_per_task()[task_id] == 2
+
+
+def test_children_stopped_with_their_worker_count_nothing_and_the_task_runs_once_elsewhere(
+    faults: FaultLab,
+) -> None:
+    """SIGTERM to the container's whole process group (``tini -g``, ``dumb-init``, a shell)
+    ends the pool children with the main process: a shutdown, not a device failure. Counted,
+    every rollout would trip each worker and add a trip to its node toward a cordon."""
+    queue = "stopping"
+    stopping = faults.healthy("stopping", queues=queue)
+    stopping.break_device("hang")  # its task runs until the worker is stopped
+    send = faults.lab.producer.send_task
+    task_id = send("lab.infer", args=(0,), kwargs={"work_s": 0.05}, queue=queue).id
+    eventually(lambda: stopping.events.of("started", task_id=task_id), timeout=30)
+    assert stopping.process is not None
+    os.killpg(stopping.process.pid, signal.SIGTERM)  # the main process and its children
+    stopping.process.wait(60)
+    good = faults.healthy("after-stopping", queues=queue)
+
+    successes = faults.lab.log.wait_for_successes({task_id}, timeout=60)
+    good.stop()
+    row = faults.tally("children stopped with the worker", [task_id])
+
+    assert successes[task_id] == 1, row
+    assert stopping.events.of("counted_failure") == [], "a shutdown counted as a failure"
+    assert stopping.events.of("transition") == []
