@@ -147,9 +147,9 @@ def _gate_strategy(
         breaker = only or breakers.for_queue(queue_of(message.delivery_info))
         if breaker.flowing():  # nearly every message: nothing to decide
             return strategy(message, body, ack, reject, *args, **kwargs)
-        headers = message.headers or {}
-        token = headers.get("id") or (body or {}).get("id") or ""
-        claim = _runs_now(headers, body, token) and buckets.get(task) is None
+        fields = _task_fields(message, body)
+        token = fields.get("id") or ""
+        claim = _runs_now(fields, token) and buckets.get(task) is None
         if breaker.admit(token, claim=claim) is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()
@@ -163,7 +163,19 @@ def _gate_strategy(
     return gated
 
 
-def _runs_now(headers: dict[str, Any], body: Any, token: str) -> bool:
+def _task_fields(message: Any, body: Any) -> dict[str, Any]:
+    """The task's fields where Celery's strategy reads them: the headers of a protocol 2
+    message (``body`` None), else the body, a hybrid message's too (protocol 2 headers
+    naming the task, and a protocol 1 body with the rest, its ETA included)."""
+    if body is None:
+        payload = message.payload
+        if isinstance(payload, dict) and "args" in payload:
+            return payload
+        return message.headers or {}
+    return body if isinstance(body, dict) else {}
+
+
+def _runs_now(fields: dict[str, Any], token: str) -> bool:
     """Whether the message goes to the pool now, so it may be claimed as the trial here.
 
     A message with an ETA or countdown waits in the worker's timer (as one of a rate-limited
@@ -171,5 +183,4 @@ def _runs_now(headers: dict[str, Any], body: Any, token: str) -> bool:
     none may hold the trial (and the worker paused) meanwhile. They are admitted without a
     claim; the child claims when one really runs.
     """
-    fields = headers if "task" in headers else (body if isinstance(body, dict) else {})
     return not (fields.get("eta") or fields.get("expires") or token in worker_state.revoked)

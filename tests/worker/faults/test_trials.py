@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -53,14 +56,28 @@ def test_unicode_task_ids_longer_than_the_trial_slot_do_not_stop_the_worker(
     assert faults.bad.process is not None and faults.bad.process.poll() is None
 
 
-def test_an_eta_message_arriving_as_the_trial_does_not_hold_the_worker_paused(
-    faults: FaultLab,
-) -> None:
+def send_hybrid(faults: FaultLab, countdown: float) -> str:
+    """A hybrid protocol 1/2 message, as some non-Celery clients send: the task's name and id
+    in the headers, everything else (its ETA too) in a protocol 1 body."""
+    task_id = str(uuid.uuid4())
+    eta = datetime.now(UTC) + timedelta(seconds=countdown)
+    body = {"task": "lab.infer", "id": task_id, "args": [0], "kwargs": {"work_s": 0.05},
+            "eta": eta.isoformat(), "retries": 0, "utc": True}  # fmt: skip
+    with faults.lab.producer.producer_or_acquire() as producer:
+        producer.publish(
+            body, routing_key="celery", serializer="json",
+            headers={"task": "lab.infer", "id": task_id},
+        )  # fmt: skip
+    return task_id
+
+
+def eta_trial(faults: FaultLab, fault: str, send_later: Callable[[], str]) -> None:
+    """Trip, repair, send a message due in 10 s, then one due now: the one due now must be
+    the trial and close the circuit before the ETA comes."""
     ids = trip_and_drain(faults, "", "eta", kwargs={"work_s": 0.1})
     faults.bad.repair_device()
     eventually(lambda: faults.state() == "half_open" or faults.state() == "open", timeout=10)
-    send_task = faults.lab.producer.send_task
-    later = send_task("lab.infer", args=(0,), kwargs={"work_s": 0.05}, countdown=10).id
+    later = send_later()
     eventually(lambda: faults.bad.events.of("received", task_id=later), timeout=30)
     now = faults.lab.send(1, work_s=0.05)
 
@@ -70,11 +87,29 @@ def test_an_eta_message_arriving_as_the_trial_does_not_hold_the_worker_paused(
     )[0].at
     successes = faults.lab.log.wait_for_successes({later}, timeout=60)
     eta_run = next(e for e in faults.lab.log.read() if e.id == later)
-    row = faults.tally("ETA message as the trial", [*ids, later])
+    row = faults.tally(fault, [*ids, later])
 
     assert successes[later] == 1, row
     assert closed_at < eta_run.start, "the circuit waited for the ETA message"
     assert (row.lost, row.duplicated) == (0, 0), row
+
+
+def test_an_eta_message_arriving_as_the_trial_does_not_hold_the_worker_paused(
+    faults: FaultLab,
+) -> None:
+    def send_later() -> str:
+        options = {"kwargs": {"work_s": 0.05}, "countdown": 10}
+        return str(faults.lab.producer.send_task("lab.infer", args=(0,), **options).id)
+
+    eta_trial(faults, "ETA message as the trial", send_later)
+
+
+# The gate reads the fields as Celery's strategy does, whatever the broker: one is enough.
+@pytest.mark.parametrize("faults", ["redis"], indirect=True)
+def test_a_hybrid_message_with_its_eta_in_the_body_is_not_claimed_as_the_trial(
+    faults: FaultLab,
+) -> None:
+    eta_trial(faults, "hybrid ETA message as trial", lambda: send_hybrid(faults, countdown=10))
 
 
 def test_healthy_tasks_longer_than_trial_timeout_close_the_circuit(faults: FaultLab) -> None:
