@@ -52,13 +52,15 @@ class ConsumptionGate(bootsteps.StartStopStep):
         # A refusal means a circuit opened since the pauser last looked: pause at once, before
         # handing the message back, or RabbitMQ would deliver it straight back to us.
         on_refuse = self.pauser.tick if self.pauser is not None else None
+        # With rate limits disabled Celery builds the buckets still, but no message waits.
+        buckets = {} if c.disable_rate_limits else c.task_buckets
         for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
             c.strategies[name] = _gate_strategy(
                 c.strategies[name],
                 breakers,
                 c.connection_errors,
                 on_refuse,
-                buckets=c.task_buckets,
+                buckets=buckets,
                 task=name,
             )
 

@@ -56,18 +56,14 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
                 self._already_revoked or self._already_cancelled or worker_state.should_terminate
             )
             lost = isinstance(exc, (WorkerLostError, *STOPPED)) and not ended_on_purpose
-            # A child lost in a warm shutdown went with its worker (SIGTERM to the whole
-            # process group): its message is handed back, but nothing is counted.
-            # (should_stop is the exit code: 0 for a clean one, so not a truth test.)
-            stopping = (
-                worker_state.should_stop is not None and worker_state.should_stop is not False
-            )
-            if (
-                lost
-                and not _success_was_stored(self)
-                and _settled_lost_child(self, breaker, exc, count=not stopping)
-            ):
-                return None
+            if lost and not _success_was_stored(self):
+                if _acknowledged_if_handed_back(self, breaker, exc):
+                    return None
+                if _stopped_with_its_worker():
+                    _requeue_unjudged(self, breaker)
+                    return None
+                if _settled_lost_child(self, breaker, exc):
+                    return None
             if lost or ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded)):
                 breaker.release(self.id)
             return super().on_failure(exc_info, send_failed_event, return_ok)
@@ -131,38 +127,57 @@ def _unix_time(value: Any, zone: tzinfo) -> float | None:
     return min(value.replace(tzinfo=z).timestamp() for z in (UTC, zone))
 
 
-def _settled_lost_child(
-    request: Any, breaker: SharedCircuitBreaker, exc: BaseException, *, count: bool
+def _acknowledged_if_handed_back(
+    request: Any, breaker: SharedCircuitBreaker, exc: BaseException
 ) -> bool:
-    """Count the lost child (with ``count``) and hand its message back; False leaves it to
-    Celery's path.
+    """A child that had counted its failure and handed the message back before it died has
+    done both already: the delivery is only acknowledged (True)."""
+    context = request._context
+    if not breaker.was_handed_back(delivery_name(context, DeliveryRecord.from_request(context))):
+        return False
+    logger.warning(
+        "task %s was handed back before its pool process was lost (%r); acknowledged",
+        request.id,
+        exc,
+    )
+    worker_state.task_ready(request)
+    request.acknowledge()
+    return True
+
+
+def _stopped_with_its_worker() -> bool:
+    """Whether the worker is shutting down warm: a child lost now went with it (SIGTERM to
+    the whole process group, as ``tini -g`` and ``dumb-init`` send it), a stop, not a fault.
+    How the child ended does not tell (billiard reports it SIGTERMed or SIGKILLed alike), so
+    a real fault in the drain goes uncounted too: the worker is on its way out anyway.
+    (``should_stop`` is the exit code, 0 for a clean one: not a truth test.)"""
+    return worker_state.should_stop is not None and worker_state.should_stop is not False
+
+
+def _requeue_unjudged(request: Any, breaker: SharedCircuitBreaker) -> None:
+    """Give the original message back, counted nowhere: no failure, no delivery on record
+    (a task cut short by rollouts must never run out of deliveries and turn poison)."""
+    breaker.release(request.id)
+    logger.warning("task %s was stopped with its worker; requeued", request.id)
+    worker_state.task_ready(request)
+    request.reject(requeue=True)
+
+
+def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseException) -> bool:
+    """Count the lost child and hand its message back; False leaves it to Celery's path.
 
     A poison message (failed on enough workers already) fails as usual without counting.
     With hand-back on, the copy is published with the delivery record and the delivery
     acknowledged; a copy the broker refuses leaves the original to go back to the queue,
     unless the broker has delivered it too often already (then it fails as usual).
-    A child that had counted its failure and handed the message back before it died has
-    done both already: the delivery is only acknowledged.
     """
     context = request._context
     record = DeliveryRecord.from_request(context)
-    if breaker.was_handed_back(delivery_name(context, record)):
-        logger.warning(
-            "task %s was handed back before its pool process was lost (%r); acknowledged",
-            request.id,
-            exc,
-        )
-        worker_state.task_ready(request)
-        request.acknowledge()
-        return True
     if record.is_poison(breaker.settings.max_deliveries):
         breaker.release(request.id)
         log_poison(request.id, record)
         return False
-    if count:
-        breaker.record_failure(request.id, exc)
-    else:
-        breaker.release(request.id)
+    breaker.record_failure(request.id, exc)
     if not breaker.settings.handback:
         return False
     published = hand_back(request.task, breaker, context, record, exc)

@@ -8,9 +8,10 @@ import signal
 import pytest
 
 from circuitgate_devkit.lab.app import AFTER_HAND_BACK, AFTER_SUCCESS, SIGKILL_ONCE
+from circuitgate_devkit.lab.workers import LabWorker
 from circuitgate_devkit.waiting import eventually
 
-from .conftest import FaultLab
+from .conftest import FaultLab, Tally
 
 pytestmark = pytest.mark.integration
 
@@ -124,14 +125,11 @@ def test_a_new_message_with_the_id_of_one_handed_back_is_not_taken_for_it(
     assert faults.lab.log.successes_per_task()[task_id] == 2
 
 
-def test_children_stopped_with_their_worker_count_nothing_and_the_task_runs_once_elsewhere(
-    faults: FaultLab,
-) -> None:
-    """SIGTERM to the container's whole process group (``tini -g``, ``dumb-init``, a shell)
-    ends the pool children with the main process: a shutdown, not a device failure. Counted,
-    every rollout would trip each worker and add a trip to its node toward a cordon."""
-    queue = "stopping"
-    stopping = faults.healthy("stopping", queues=queue)
+def stop_mid_task(faults: FaultLab, name: str, conf: dict[str, object]) -> tuple[Tally, LabWorker]:
+    """Start a worker of its own, let its task hang, send SIGTERM to the worker's whole
+    process group, and let a healthy worker take the message back: what became of it."""
+    queue = f"stopping-{name}"
+    stopping = faults.healthy(name, queues=queue, conf=conf)
     stopping.break_device("hang")  # its task runs until the worker is stopped
     send = faults.lab.producer.send_task
     task_id = send("lab.infer", args=(0,), kwargs={"work_s": 0.05}, queue=queue).id
@@ -139,12 +137,28 @@ def test_children_stopped_with_their_worker_count_nothing_and_the_task_runs_once
     assert stopping.process is not None
     os.killpg(stopping.process.pid, signal.SIGTERM)  # the main process and its children
     stopping.process.wait(60)
-    good = faults.healthy("after-stopping", queues=queue)
-
-    successes = faults.lab.log.wait_for_successes({task_id}, timeout=60)
+    good = faults.healthy(f"after-{name}", queues=queue)
+    faults.lab.log.wait_for_successes({task_id}, timeout=60)
     good.stop()
-    row = faults.tally("children stopped with the worker", [task_id])
+    return faults.tally(f"{name}: stopped mid-task", [task_id]), stopping
 
-    assert successes[task_id] == 1, row
-    assert stopping.events.of("counted_failure") == [], "a shutdown counted as a failure"
-    assert stopping.events.of("transition") == []
+
+def test_children_stopped_with_their_worker_count_nothing_and_the_task_runs_once_elsewhere(
+    faults: FaultLab,
+) -> None:
+    """SIGTERM to the container's whole process group (``tini -g``, ``dumb-init``, a shell)
+    ends the pool children with the main process: a shutdown, not a device failure. Counted,
+    every rollout would trip each worker and add a trip to its node toward a cordon; put on
+    the message's record, rollouts alone would make a long task poison."""
+    row, stopped = stop_mid_task(faults, "stopping", {})
+
+    assert (row.succeeded_once, row.lost, row.duplicated) == (1, 0, 0), row
+    assert stopped.events.of("counted_failure") == [], "a shutdown counted as a failure"
+    assert stopped.events.of("transition") == []
+    assert "was stopped with its worker; requeued" in stopped.logfile.read_text()
+
+
+@pytest.mark.parametrize("faults", ["redis"], indirect=True)
+def test_a_child_stopped_with_its_worker_is_requeued_with_hand_back_off(faults: FaultLab) -> None:
+    row, _ = stop_mid_task(faults, "no-hand-back", {"circuitgate_handback": False})
+    assert (row.succeeded_once, row.lost, row.duplicated) == (1, 0, 0), row

@@ -64,6 +64,7 @@ class Consumer:
     strategies: dict[str, Callable[..., Any]] = field(default_factory=dict)
     task_buckets: dict[str, Any] = field(default_factory=dict)
     """Celery's token buckets by task name: none, no rate limit set."""
+    disable_rate_limits: bool = False
     delivered: list[str] = field(default_factory=list)
     """Ids of the task messages the transport delivered to the task consumer."""
 
@@ -115,7 +116,13 @@ def per_queue(gpu: str) -> BreakerSet:
 
 
 def started(
-    channel: Any, queues: list[str], breakers: BreakerSet, *, prefetch: int | None = 10
+    channel: Any,
+    queues: list[str],
+    breakers: BreakerSet,
+    *,
+    prefetch: int | None = 10,
+    rate_limited: bool = False,
+    disable_rate_limits: bool = False,
 ) -> tuple[Consumer, ConsumptionGate]:
     """A consumer of ``queues`` with the gate step started on it, consuming."""
     if prefetch is not None:
@@ -127,6 +134,9 @@ def started(
             circuit_guarded_tasks=frozenset({GUARDED, "app.not-registered"}),
         ),
         task_consumer=TaskConsumer(channel, [Queue(q, routing_key=q) for q in queues]),
+        # A rate limit: Celery has a token bucket for the task, its messages may wait.
+        task_buckets={GUARDED: object()} if rate_limited else {},
+        disable_rate_limits=disable_rate_limits,
     )
     gate = ConsumptionGate(consumer)
     gate.start(consumer)
@@ -326,6 +336,20 @@ def test_a_message_that_will_not_run_now_is_never_claimed_as_the_trial(
         assert consumer.handle(later) == "handled"  # to Celery: its timer, or its revoke check
     assert breakers.default.snapshot().trial_id is None
     assert breakers.default.admit("runs-now") is Admission.TRIAL
+
+
+@pytest.mark.parametrize("disabled", [False, True], ids=["limited", "limits-disabled"])
+def test_a_rate_limited_message_is_claimed_only_where_rate_limits_are_disabled(
+    channel: Any, cpu: str, disabled: bool
+) -> None:
+    breakers = whole_worker()
+    consumer, _ = started(channel, [cpu], breakers, rate_limited=True, disable_rate_limits=disabled)
+    message = take(channel, cpu, "limited")
+    breakers.default.open()
+    breakers.default.half_open()
+    assert consumer.handle(message) == "handled"
+    # Waiting for its token it holds no claim; run at once (limits disabled) it is the trial.
+    assert breakers.default.snapshot().trial_id == ("limited" if disabled else None)
 
 
 def test_a_closed_circuit_hands_every_message_to_celery_as_it_came(channel: Any, cpu: str) -> None:
