@@ -14,7 +14,7 @@ from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 from .requeue import requeue_now
 
-__all__ = ("ConsumptionGate", "QueuePauser")
+__all__ = ("CLAIMED_HERE", "ConsumptionGate", "QueuePauser")
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,10 @@ def _gate_strategy(
         fields = _task_fields(message, body)
         token = fields.get("id") or ""
         claim = _runs_now(fields, token) and buckets.get(task) is None
-        if breaker.admit(token, claim=claim) is Admission.REFUSE:
+        admission = breaker.admit(token, claim=claim)
+        if admission is Admission.TRIAL and claim:
+            message.delivery_info[CLAIMED_HERE] = True
+        if admission is Admission.REFUSE:
             if on_refuse is not None:
                 on_refuse()
             # Back to the queue at once: on SQS visibility returns to 0, on Redis the
@@ -163,6 +166,12 @@ def _gate_strategy(
         return strategy(message, body, ack, reject, *args, **kwargs)
 
     return gated
+
+
+CLAIMED_HERE = "circuitgate_claimed_trial"
+"""Set in a message's ``delivery_info`` when the gate claimed the trial for that delivery:
+only its own claim may be given back when Celery discards it (another delivery of the same
+task id may hold the claim, running)."""
 
 
 def _task_fields(message: Any, body: Any) -> dict[str, Any]:

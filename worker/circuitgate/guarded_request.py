@@ -14,6 +14,7 @@ from celery.worker import state as worker_state
 from . import broker_deliveries
 from .breaker import SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
+from .gate import CLAIMED_HERE
 from .requeue import requeue_now
 from .task_guard import (
     STOPPED,
@@ -74,7 +75,8 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
             # trial_timeout.
             if not super().revoked():
                 return False
-            breakers.for_queue(queue_of(self.delivery_info)).release(self.id)
+            if (self.message.delivery_info or {}).get(CLAIMED_HERE):
+                breakers.for_queue(queue_of(self.delivery_info)).release(self.id)
             return True
 
         def reject(self, requeue: bool = False) -> None:

@@ -28,7 +28,7 @@ from kombu.transport import memory
 
 from circuitgate.breaker import Admission, SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.gate import ConsumptionGate
+from circuitgate.gate import CLAIMED_HERE, ConsumptionGate
 from circuitgate.settings import load_settings
 from circuitgate.shared_state import State
 from circuitgate_devkit.waiting import eventually
@@ -335,6 +335,7 @@ def test_a_message_that_will_not_run_now_is_never_claimed_as_the_trial(
             stack.callback(worker_state.revoked.discard, "later")
         assert consumer.handle(later) == "handled"  # to Celery: its timer, or its revoke check
     assert breakers.default.snapshot().trial_id is None
+    assert CLAIMED_HERE not in later.delivery_info  # so a discard gives back no one's claim
     assert breakers.default.admit("runs-now") is Admission.TRIAL
 
 
@@ -374,6 +375,7 @@ def test_after_the_open_period_one_message_runs_as_the_trial_and_the_next_goes_b
     assert consumer.handle(trial) == "handled"
     assert consumer.handle(second) is None
     assert consumer.handlers[GUARDED].ran == [trial]
+    assert trial.delivery_info[CLAIMED_HERE] is True  # this delivery holds the claim
     assert waiting(channel, cpu) == ["t2"]
     # The pool child that runs the trial asks with the task id and is let through.
     assert breakers.default.admit("t1") is Admission.TRIAL
