@@ -6,6 +6,7 @@ real endpoints serve. (The alerts' ``for:`` durations are left out here: promtoo
 
 from __future__ import annotations
 
+import contextlib
 import re
 import typing
 from collections.abc import Callable
@@ -81,10 +82,11 @@ def served(prometheus: PrometheusServer, name: str) -> set[frozenset[tuple[str, 
 def test_the_alerts_fire_and_resolve_on_a_real_worker_and_operator(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], tmp_path: Path
 ) -> None:
-    with redis_broker() as broker:
+    with redis_broker() as broker, contextlib.ExitStack() as stack:
         worker = LabWorker(
             "w0", broker, tmp_path, conf=CONF, record_tasks=False, endpoint_host=next_loopback()
         ).start()
+        stack.callback(worker.stop)  # also when the test fails
         address = (worker.endpoint_host, worker.endpoint_port)
         node = cluster.node("gpu-1")
         cluster.worker_pod("w0", node=node, endpoint=address)
@@ -153,4 +155,3 @@ def test_the_alerts_fire_and_resolve_on_a_real_worker_and_operator(
             assert not prometheus.alerts("CircuitGateOperatorDown")
             operator.stop()
             eventually(lambda: prometheus.alerts("CircuitGateOperatorDown"), timeout=30)
-        worker.stop()
