@@ -12,6 +12,7 @@ import pytest
 from circuitgate_devkit.cluster.accounts import ChartAccount, OperatorIdentity
 from circuitgate_devkit.cluster.control_plane import ControlPlane
 from circuitgate_devkit.cluster.objects import OperatorProcess, stop_operators
+from tests.worker.scenario.conftest import make_lab  # noqa: F401  (real brokers and workers)
 
 
 @pytest.fixture(scope="session")
