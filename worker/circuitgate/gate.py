@@ -151,7 +151,7 @@ def _gate_strategy(
             return strategy(message, body, ack, reject, *args, **kwargs)
         fields = _task_fields(message, body)
         token = fields.get("id") or ""
-        claim = _runs_now(fields, token) and buckets.get(task) is None
+        claim = _runs_now(fields, token, rate_limited=buckets.get(task) is not None)
         admission = breaker.admit(token, claim=claim)
         if admission is Admission.TRIAL and claim:
             message.delivery_info[CLAIMED_HERE] = True
@@ -186,7 +186,7 @@ def _task_fields(message: Any, body: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _runs_now(fields: dict[str, Any], token: str) -> bool:
+def _runs_now(fields: dict[str, Any], token: str, *, rate_limited: bool) -> bool:
     """Whether the message goes to the pool now, so it may be claimed as the trial here.
 
     A message with an ETA or countdown waits in the worker's timer (as one of a rate-limited
@@ -194,4 +194,5 @@ def _runs_now(fields: dict[str, Any], token: str) -> bool:
     none may hold the trial (and the worker paused) meanwhile. They are admitted without a
     claim; the child claims when one really runs.
     """
-    return not (fields.get("eta") or fields.get("expires") or token in worker_state.revoked)
+    waits = rate_limited or fields.get("eta") or fields.get("expires")
+    return not (waits or token in worker_state.revoked)
