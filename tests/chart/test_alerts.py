@@ -115,20 +115,15 @@ def test_the_pod_monitors_scrape_the_named_ports_under_the_jobs_the_alerts_expec
 
 
 @pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ({"watchNamespaces": ["team-a"]}, {"matchNames": ["team-a"]}),
-        ({"watchNamespaces": ["team-a"], "namespaces": ["gpu"]}, {"matchNames": ["gpu"]}),
-    ],
+    ("namespaces", "expected"),
+    [([], {"matchNames": ["team-a"]}), (["gpu"], {"matchNames": ["gpu"]})],
     ids=["watched", "given"],
 )
 def test_the_worker_monitor_looks_where_the_workers_are(
-    values: dict[str, Any], expected: dict[str, Any]
+    namespaces: list[str], expected: dict[str, Any]
 ) -> None:
-    workers = {"enabled": True, **{k: v for k, v in values.items() if k == "namespaces"}}
-    manifest = render(
-        {"watchNamespaces": values["watchNamespaces"], "monitoring": {"workers": workers}}
-    )
+    workers = {"enabled": True, "namespaces": namespaces}
+    manifest = render({"watchNamespaces": ["team-a"], "monitoring": {"workers": workers}})
     monitor = find(manifest, "PodMonitor", "circuitgate-operator-workers")
     assert monitor["spec"]["namespaceSelector"] == expected
 
