@@ -195,6 +195,10 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         """Everything the breaker knows, read consistently."""
         return self.shared.snapshot()
 
+    def clock(self) -> float:
+        """Now on the breaker's monotonic clock, which a call's ``started`` is read from."""
+        return self._clock()
+
     @property
     def state(self) -> pybreaker.CBStateType:
         """The current state, without pybreaker's side effects on a cached state object."""
@@ -324,14 +328,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
         return self.shared.update(push)
 
-    def record_success(self, token: str) -> None:
+    def record_success(self, token: str, *, started: float | None = None) -> None:
         """A task ran to the end. Any trial claimed since the last trip closes the circuit.
 
         Closed with nothing to forget (no failures in a row, a full window without any), as
-        on nearly every task of a healthy worker, it only counts: no lock, no copy.
+        on nearly every task of a healthy worker, it only counts: no lock, no copy. Either
+        way the call, and how long it ran since ``started`` (this breaker's clock), is noted
+        as task-time evidence.
         """
+        ended = self._clock()
+        seconds = None if started is None else ended - started
         if self.shared.hints() & _QUIET_SUCCESS:
-            self.shared.add_success()
+            self.shared.add_success(ended, seconds)
         else:
             changes: Transitions = []
 
@@ -345,12 +353,17 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                     self._push_outcome(f, failed=False)
 
             self.shared.update(succeed)
+            self.shared.note_call(ended, seconds, failed=False)
             self._announce(changes)
         for listener in self.listeners:
             listener.success(self)
 
-    def record_failure(self, token: str, exc: BaseException) -> bool:
-        """A task failed in a way that counts against the worker; True if that tripped it."""
+    def record_failure(
+        self, token: str, exc: BaseException, *, started: float | None = None
+    ) -> bool:
+        """A task failed in a way that counts against the worker; True if that tripped it.
+        Noted as task-time evidence like a success (`record_success`)."""
+        ended = self._clock()
         changes: Transitions = []
 
         def fail(f: BreakerFields) -> None:
@@ -368,6 +381,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             # Failures of tasks that started before the trip change nothing more.
 
         self.shared.update(fail)
+        self.shared.note_call(ended, None if started is None else ended - started, failed=True)
         for listener in self.listeners:  # as pybreaker: the failure, then the state change
             listener.failure(self, exc)
         self._announce(changes)
@@ -541,28 +555,30 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         guarded until it is exhausted. Outcomes that do not count are neutral (`release`).
         """
         token = self._enter(func, *args, **kwargs)
+        started = self._clock()
         try:
             with self.trial_running(token):
                 result = func(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(token, exc)
+            self._settle_error(token, exc, started)
             raise
         if isinstance(result, types.GeneratorType):
-            return cast(T, self._guard_generator(token, result))
-        self.record_success(token)
+            return cast(T, self._guard_generator(token, result, started))
+        self.record_success(token, started=started)
         return result
 
     @contextlib.contextmanager
     def calling(self) -> Iterator[None]:
         """The body of a ``with`` block under the breaker, by the same rules as `call`."""
         token = self._enter(self.calling)
+        started = self._clock()
         try:
             with self.trial_running(token):
                 yield
         except BaseException as exc:
-            self._settle_error(token, exc)
+            self._settle_error(token, exc, started)
             raise
-        self.record_success(token)
+        self.record_success(token, started=started)
 
     def call_async(self, func: Any, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused: pybreaker's Tornado path would bypass the shared trial and backoff rules."""
@@ -580,25 +596,25 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             listener.before_call(self, func, *args, **kwargs)
         return token
 
-    def _settle_error(self, token: str, exc: BaseException) -> None:
+    def _settle_error(self, token: str, exc: BaseException, started: float) -> None:
         """Record ``exc``; raise `pybreaker.CircuitBreakerError` if it tripped the circuit."""
         if not self.counts(exc) or isinstance(exc, GeneratorExit):
             self.release(token)
-        elif self.record_failure(token, exc) and self._throw_new_error_on_trip:
+        elif self.record_failure(token, exc, started=started) and self._throw_new_error_on_trip:
             raise pybreaker.CircuitBreakerError(
                 f"circuit {self.name} opened: failures threshold reached or trial failed"
             ) from exc
 
     def _guard_generator(
-        self, token: str, generator: Generator[Any, Any, T]
+        self, token: str, generator: Generator[Any, Any, T], started: float
     ) -> Generator[Any, Any, T]:
         try:
             with self.trial_running(token):  # the trial runs while it is consumed
                 result = yield from generator
         except BaseException as exc:
-            self._settle_error(token, exc)
+            self._settle_error(token, exc, started)
             raise
-        self.record_success(token)
+        self.record_success(token, started=started)
         return result
 
     def open(self) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .breaker import SharedCircuitBreaker
+from .evidence import EvidenceClock
 from .settings import Settings
 
 __all__ = ("DEFAULT", "BreakerSet", "queue_of")
@@ -36,6 +37,14 @@ class BreakerSet:
             for spec in settings.breakers
         }
         self._bound = {queue: spec.name for spec in settings.breakers for queue in spec.queues}
+        self.evidence = EvidenceClock(self._calls_noted, settings.evidence_seconds)
+
+    def _calls_noted(self) -> int:
+        return sum(breaker.shared.calls_noted() for breaker in self)
+
+    def sequence(self) -> int:
+        """The document's change counter: every breaker's version, and the evidence's moves."""
+        return sum(breaker.shared.version() for breaker in self) + self.evidence.moves()
 
     def __iter__(self) -> Iterator[SharedCircuitBreaker]:
         yield self.default

@@ -16,6 +16,7 @@ from typing import Any, Literal
 __all__ = (
     "SCHEMA_ID",
     "BreakerDocument",
+    "RecentCalls",
     "StateName",
     "WorkerDocument",
     "load_schema",
@@ -33,6 +34,18 @@ def _timestamp(value: float | None) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecentCalls:
+    """Task-time evidence: the breaker's last calls in the whole worker (every pool process),
+    so a watcher can compare a worker with its peers. Durations are of the successful calls
+    among them (a failing worker often fails fast); None when there were none."""
+
+    calls: int = 0
+    failures: int = 0
+    p50_seconds: float | None = None
+    p90_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class BreakerDocument:
     """One breaker, as a watcher sees it. Times are Unix seconds here, RFC 3339 in JSON."""
 
@@ -47,6 +60,7 @@ class BreakerDocument:
     consumption_paused: bool
     queues: tuple[str, ...] = ()
     paused_queues: tuple[str, ...] = ()
+    recent_calls: RecentCalls = RecentCalls()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -65,6 +79,7 @@ class BreakerDocument:
                 "may_close_at": _parse_time(data["may_close_at"]),
                 "queues": tuple(data["queues"]),
                 "paused_queues": tuple(data["paused_queues"]),
+                "recent_calls": RecentCalls(**data.get("recent_calls", {})),
             }
         )
 

@@ -26,7 +26,7 @@ def serve_breakers(
     members = list(breakers)
     return BreakerEndpoint(
         document=lambda: describe_worker(hostname, breakers, queues),
-        sequence=lambda: sum(breaker.shared.version() for breaker in members),
+        sequence=breakers.sequence,
         metrics=render_metrics(lambda: members),
         **options,
     )

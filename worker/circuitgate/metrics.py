@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .breaker import SharedCircuitBreaker
+from .evidence import summarize
 from .shared_state import State
 
 __all__ = ("BreakerCollector", "render_metrics")
@@ -52,6 +53,16 @@ class BreakerCollector(Collector):
             "Times the consumer asked whether it may fetch.",
             labels=["breaker"],
         )
+        recent = GaugeMetricFamily(
+            "circuitgate_recent_calls",
+            "The breaker's last calls (circuitgate_evidence_calls at most), by outcome.",
+            labels=["breaker", "outcome"],
+        )
+        recent_seconds = GaugeMetricFamily(
+            "circuitgate_recent_call_seconds",
+            "Durations of the successful ones among them, by quantile (absent: none).",
+            labels=["breaker", "quantile"],
+        )
         for breaker in self._breakers():
             name = breaker.name or "default"
             snapshot = breaker.snapshot()
@@ -67,7 +78,14 @@ class BreakerCollector(Collector):
             trials.add_metric([name, "success"], snapshot.trial_successes)
             trials.add_metric([name, "failure"], snapshot.trial_failures)
             polls.add_metric([name], breaker.polls)
+            calls = summarize(breaker.shared.recent_calls(breaker.settings.evidence_calls))
+            recent.add_metric([name, "success"], calls.calls - calls.failures)
+            recent.add_metric([name, "failure"], calls.failures)
+            for quantile, seconds in (("0.5", calls.p50_seconds), ("0.9", calls.p90_seconds)):
+                if seconds is not None:
+                    recent_seconds.add_metric([name, quantile], seconds)
         yield from (state, failures, outcomes, trips, paused, handed_back, trials, polls)
+        yield from (recent, recent_seconds)
 
 
 def render_metrics(breakers: Callable[[], Sequence[SharedCircuitBreaker]]) -> Callable[[], bytes]:

@@ -6,14 +6,21 @@ import time
 from collections.abc import Sequence
 
 from .breaker_set import BreakerSet
-from .contract import BreakerDocument, StateName, WorkerDocument
+from .contract import BreakerDocument, RecentCalls, StateName, WorkerDocument
+from .evidence import summarize
 from .shared_state import BreakerSnapshot, State
 
 __all__ = ("describe_breaker", "describe_worker")
 
+_NO_CALLS = RecentCalls()
+
 
 def describe_breaker(
-    name: str, snapshot: BreakerSnapshot, queues: Sequence[str], worker_queues: Sequence[str]
+    name: str,
+    snapshot: BreakerSnapshot,
+    queues: Sequence[str],
+    worker_queues: Sequence[str],
+    recent_calls: RecentCalls = _NO_CALLS,
 ) -> BreakerDocument:
     """One breaker's entry. ``queues`` empty means it gates all of ``worker_queues``."""
     paused = not snapshot.state.flowing
@@ -34,17 +41,20 @@ def describe_breaker(
         consumption_paused=paused,
         queues=tuple(queues),
         paused_queues=tuple(queues or worker_queues) if paused else (),
+        recent_calls=recent_calls,
     )
 
 
 def describe_worker(
     hostname: str, breakers: BreakerSet, worker_queues: Sequence[str]
 ) -> WorkerDocument:
-    """The whole ``GET /circuit`` document; its sequence grows with any breaker's version."""
+    """The whole ``GET /circuit`` document; its sequence grows with any breaker's version and
+    with the evidence's moves (`BreakerSet.sequence`)."""
+    moves = breakers.evidence.moves()
     snapshots = [(breaker, breaker.snapshot()) for breaker in breakers]
     return WorkerDocument(
         worker=hostname,
-        sequence=sum(snapshot.version for _, snapshot in snapshots),
+        sequence=sum(snapshot.version for _, snapshot in snapshots) + moves,
         generated_at=time.time(),
         breakers=tuple(
             describe_breaker(
@@ -52,6 +62,7 @@ def describe_worker(
                 snapshot,
                 breakers.queues_of(breaker, worker_queues),
                 worker_queues,
+                summarize(breaker.shared.recent_calls(breaker.settings.evidence_calls)),
             )
             for breaker, snapshot in snapshots
         ),

@@ -13,7 +13,7 @@ from typing import Any
 from celery.exceptions import ImproperlyConfigured
 from kombu.utils.imports import symbol_by_name
 
-from .shared_state import MAX_WINDOW
+from .shared_state import CALLS_KEPT, MAX_WINDOW
 
 __all__ = ("BREAKER_KEYS", "PREFIX", "BreakerSpec", "InvalidSetting", "Settings", "load_settings")
 
@@ -76,6 +76,12 @@ class Settings:
     """Connections served at once; more are answered 503 at once."""
     endpoint_max_wait: float = 60.0
     """Longest long-poll, in seconds."""
+    evidence_calls: int = 100
+    """Last calls (of the whole worker, per breaker) that the document's ``recent_calls``
+    sums up: count, failures, p50 and p90 durations, for comparing a worker with its peers."""
+    evidence_seconds: float = 30.0
+    """Longest the served ``recent_calls`` lag the calls: new calls move the document's
+    sequence (waking long-polls and streams) at most this often; 0: only with a state change."""
     breakers: tuple[BreakerSpec, ...] = ()
     """Breakers bound to queues, as ``{name: {"queues": [...], "fail_max": 3, ...}}``: when one
     opens only its queues pause. Queues bound to none share the ``default`` breaker."""
@@ -212,6 +218,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "endpoint_port": _int_at_least(0, 65535),
     "endpoint_max_connections": _int_at_least(1, 10_000),
     "endpoint_max_wait": _number(low=0, high=3600, low_open=True),
+    "evidence_calls": _int_at_least(1, CALLS_KEPT),
+    "evidence_seconds": _number(low=0, high=3600),
 }
 
 

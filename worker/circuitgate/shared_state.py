@@ -7,8 +7,10 @@ import dataclasses
 import enum
 import fcntl
 import hashlib
+import math
 import mmap
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -17,12 +19,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = (
+    "CALLS_KEPT",
     "CLAIMS_KEPT",
     "HANDED_BACK_KEPT",
     "MAX_WINDOW",
     "SUCCESS_SLOTS",
     "BreakerFields",
     "BreakerSnapshot",
+    "Call",
     "Hint",
     "SharedBreakerState",
     "State",
@@ -41,6 +45,9 @@ when the child dies before its verdict arrives; a delivery pushed out only risks
 
 SUCCESS_SLOTS = 64
 """Processes that count their quiet successes in a slot of their own (more share the lock)."""
+
+CALLS_KEPT = 256
+"""Calls each process remembers for the task-time evidence (`SharedBreakerState.recent_calls`)."""
 
 _STRIDE = 8  # uint64s in a 64-byte cache line
 _SLOT_RETRY_SECONDS = 1.0
@@ -207,13 +214,34 @@ def _trial_fields(f: BreakerFields) -> tuple[State, int]:
     return _STATES[f.state], f.trial_key
 
 
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One finished call, as a process noted it: when it ended (``time.monotonic()``), how
+    long it ran (None: unknown, as for a pool child that was lost), and whether it failed."""
+
+    ended: float
+    seconds: float | None
+    failed: bool
+
+
+class _NotedCall(ctypes.Structure):
+    _fields_ = (("ended", ctypes.c_double), ("seconds", ctypes.c_float), ("failed", ctypes.c_uint8))
+
+
+_NOTED = struct.Struct("dfB3x")  # _NotedCall's layout, to read a slot's log in one copy
+assert _NOTED.size == ctypes.sizeof(_NotedCall)
+
+
 class _Page(ctypes.Structure):
     """Two copies of the fields; ``seq`` counts publishes and its parity names the live one.
 
     A writer fills the other copy and then flips ``seq`` (one aligned 64-bit store), so a
     writer SIGKILLed half way through leaves only the copy nobody reads torn. ``hints``
     (`Hint`) let the per-task paths decide from one word; each process adds its quiet
-    successes to a slot of its own, without the lock (one writer per slot).
+    successes to a slot of its own, without the lock (one writer per slot), and notes its
+    finished calls in a log of its own the same way: ``slot_noted`` counts them, the call
+    numbered ``n`` is at ``n % CALLS_KEPT`` in the slot's part of ``slot_calls``, written
+    before the count moves past it.
     """
 
     _fields_ = (
@@ -223,6 +251,8 @@ class _Page(ctypes.Structure):
         ("slot_owners", ctypes.c_int64 * SUCCESS_SLOTS),  # pid; 0: free
         # A cache line per slot (index slot * _STRIDE), so children do not fight over one.
         ("slot_successes", ctypes.c_uint64 * (SUCCESS_SLOTS * _STRIDE)),
+        ("slot_noted", ctypes.c_uint64 * (SUCCESS_SLOTS * _STRIDE)),
+        ("slot_calls", _NotedCall * (SUCCESS_SLOTS * CALLS_KEPT)),
     )
 
     seq: int
@@ -230,6 +260,8 @@ class _Page(ctypes.Structure):
     copies: ctypes.Array[BreakerFields]
     slot_owners: ctypes.Array[ctypes.c_int64]
     slot_successes: ctypes.Array[ctypes.c_uint64]
+    slot_noted: ctypes.Array[ctypes.c_uint64]
+    slot_calls: ctypes.Array[_NotedCall]
 
 
 _SIZE = ctypes.sizeof(_Page)
@@ -387,8 +419,9 @@ class SharedBreakerState:
         """What the live copy lets a hot path skip (`Hint` bits): one aligned 64-bit read."""
         return self._page.hints
 
-    def add_success(self) -> None:
-        """Count a success that changes nothing else (`Hint.QUIET_SUCCESS`), without the lock.
+    def add_success(self, ended: float, seconds: float | None) -> None:
+        """Count a success that changes nothing else (`Hint.QUIET_SUCCESS`), without the lock,
+        and note the call (`note_call`).
 
         Each process adds to a slot of its own, taken once under the lock (a dead process's
         slot is taken over with its count); threads of one process share it under a thread
@@ -396,12 +429,67 @@ class SharedBreakerState:
         looks for a slot again a second later).
         """
         with self._slot_lock:
-            if self._slot is None and time.monotonic() >= self._slot_retry_at:
-                self.update(self._take_slot)
-            if self._slot is not None:
-                self._page.slot_successes[self._slot * _STRIDE] += 1
+            slot = self._own_slot()
+            if slot is not None:
+                self._page.slot_successes[slot * _STRIDE] += 1
+                self._note(slot, ended, seconds, failed=False)
                 return
         self.update(_count_success)
+
+    def note_call(self, ended: float, seconds: float | None, *, failed: bool) -> None:
+        """Add a finished call to this process's log, the task-time evidence `recent_calls`
+        reads: in the process's slot, without the lock. A process that finds no free slot
+        (more than `SUCCESS_SLOTS` at once) notes nothing: evidence, not the breaker's count.
+        """
+        with self._slot_lock:
+            slot = self._own_slot()
+            if slot is not None:
+                self._note(slot, ended, seconds, failed=failed)
+
+    def _own_slot(self) -> int | None:
+        """This process's slot, taken now if it has none (under the slot lock)."""
+        if self._slot is None and time.monotonic() >= self._slot_retry_at:
+            self.update(self._take_slot)
+        return self._slot
+
+    def _note(self, slot: int, ended: float, seconds: float | None, *, failed: bool) -> None:
+        page = self._page
+        noted = page.slot_noted[slot * _STRIDE]
+        call = page.slot_calls[slot * CALLS_KEPT + noted % CALLS_KEPT]
+        call.ended = ended
+        call.seconds = math.nan if seconds is None else seconds
+        call.failed = failed
+        page.slot_noted[slot * _STRIDE] = noted + 1  # the call is whole before it counts
+
+    def calls_noted(self) -> int:
+        """Calls noted by every process so far: a cheap sign that the evidence moved."""
+        noted = self._page.slot_noted
+        return sum(noted[slot * _STRIDE] for slot in range(SUCCESS_SLOTS))
+
+    def recent_calls(self, limit: int) -> list[Call]:
+        """The last ``limit`` calls any process noted, oldest first; without the lock.
+
+        A slot's log is copied in one go between two reads of its count, and the calls the
+        writer may have been overwriting meanwhile (the oldest: one, and one more for each
+        call it noted during the copy) are left out, so every call returned was whole. A slot
+        thus gives at most ``CALLS_KEPT - 1``; its calls are in the order they ended (a slot
+        passes to a new process only after its owner died).
+        """
+        page = self._page
+        log_size = CALLS_KEPT * _NOTED.size
+        base = ctypes.addressof(page.slot_calls)
+        calls = []
+        for slot in range(SUCCESS_SLOTS):
+            before = page.slot_noted[slot * _STRIDE]
+            if not before:
+                continue
+            log = ctypes.string_at(base + slot * log_size, log_size)
+            after = page.slot_noted[slot * _STRIDE]
+            for number in range(max(after - CALLS_KEPT + 1, before - limit, 0), before):
+                ended, seconds, failed = _NOTED.unpack_from(log, number % CALLS_KEPT * _NOTED.size)
+                calls.append(Call(ended, None if math.isnan(seconds) else seconds, bool(failed)))
+        calls.sort(key=lambda call: call.ended)
+        return calls[-limit:]
 
     def _take_slot(self, _: BreakerFields) -> None:
         """Inside a transaction: a free slot or a dead process's, remembered at once (a

@@ -131,6 +131,7 @@ def _execute(
     token = request.id or ""
     if breaker.admit(token) is Admission.REFUSE:
         raise Reject(f"circuit {breaker.name} is open; handing {token} back", requeue=True)
+    started = breaker.clock()
     try:
         with breaker.trial_running(token):
             result = run(*args, **kwargs)
@@ -144,7 +145,7 @@ def _execute(
             breaker.release(token)
             log_poison(token, record)
             raise
-        breaker.record_failure(token, exc)
+        breaker.record_failure(token, exc, started=started)
         if breaker.settings.handback:
             if hand_back(task, breaker, request, record, exc):
                 raise Ignore() from exc
@@ -152,7 +153,7 @@ def _execute(
                 raise
             raise Reject(exc, requeue=True) from exc
         raise
-    breaker.record_success(token)
+    breaker.record_success(token, started=started)
     return result
 
 

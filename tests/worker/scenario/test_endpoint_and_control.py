@@ -104,3 +104,37 @@ def test_control_commands_force_the_circuit_and_the_gate_obeys(
         what="the failures",
     )
     assert document(worker)["breakers"][0]["state"] == "forced_closed"
+
+
+def test_the_document_carries_the_workers_task_times_and_wakes_watchers_for_them(
+    make_lab: Callable[..., Lab],
+) -> None:
+    lab = make_lab("redis")  # the evidence is the same on every broker
+    conf = {
+        "circuitgate_fail_max": 100,  # failures that never trip, so every task runs here
+        "circuitgate_handback": False,
+        "circuitgate_evidence_seconds": 0.5,
+    }
+    worker = lab.worker("w", concurrency=2, conf=conf)
+    lab.log.wait_for_successes(set(lab.send(3, work_s=0.3)), timeout=60)
+    before = document(worker)
+    assert before["breakers"][0]["recent_calls"]["calls"] == 3
+    lab.log.wait_for_successes(set(lab.send(3, work_s=0.3)), timeout=60)
+    # Successes change no state: only the evidence moves the sequence, and wakes a long-poll.
+    status, body = get(worker, f"/circuit?since={before['sequence']}&wait=30")
+    assert status == 200
+    woken = json.loads(body)
+    assert woken["sequence"] > before["sequence"]
+    assert woken["breakers"][0]["state"] == "closed"
+    assert woken["breakers"][0]["recent_calls"]["calls"] == 6
+    worker.break_device()
+    lab.send(4, work_s=0.3)
+    eventually(
+        lambda: document(worker)["breakers"][0]["recent_calls"]["calls"] == 10,
+        timeout=60,
+        what="the failures noted",
+    )
+    calls = document(worker)["breakers"][0]["recent_calls"]
+    assert calls["failures"] == 4
+    # The successes' times (each slept 0.3 s), not the failures' (0.02 s).
+    assert 0.3 <= calls["p50_seconds"] <= calls["p90_seconds"] < 1.5

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.contract import BreakerDocument, WorkerDocument, load_schema
+from circuitgate.contract import BreakerDocument, RecentCalls, WorkerDocument, load_schema
 from circuitgate.report import describe_worker
 from circuitgate.settings import Settings
 from circuitgate.shared_state import State
@@ -18,6 +18,14 @@ validator = jsonschema.Draft202012Validator(
 )
 
 times = st.one_of(st.none(), st.integers(min_value=0, max_value=4_000_000_000).map(float))
+seconds = st.one_of(st.none(), st.floats(0, 1e9))
+recent_calls = st.builds(
+    RecentCalls,
+    calls=st.integers(0, 256),
+    failures=st.integers(0, 256),
+    p50_seconds=seconds,
+    p90_seconds=seconds,
+)
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
 breakers = st.builds(
     BreakerDocument,
@@ -32,6 +40,7 @@ breakers = st.builds(
     consumption_paused=st.booleans(),
     queues=st.lists(names, max_size=4).map(tuple),
     paused_queues=st.lists(names, max_size=4).map(tuple),
+    recent_calls=recent_calls,
 )
 documents = st.builds(
     WorkerDocument,

@@ -123,3 +123,23 @@ def test_the_breakers_are_asked_for_at_each_scrape() -> None:
     assert value(scrape(render), "circuitgate_trips_total", breaker="default") == 0
     shown.append(subject.get("gpu"))
     assert value(scrape(render), "circuitgate_trips_total", breaker="gpu") == 0
+
+
+def test_the_recent_calls_and_their_durations_are_gauges_of_the_last_evidence_calls() -> None:
+    subject = breakers()
+    render = render_metrics(lambda: list(subject))
+    gpu = subject.get("gpu")
+    assert value(scrape(render), "circuitgate_recent_calls", breaker="gpu", outcome="success") == 0
+    assert (
+        "circuitgate_recent_call_seconds",
+        frozenset({("breaker", "gpu"), ("quantile", "0.5")}),
+    ) not in scrape(render)
+    for seconds in (1, 2, 3, 4):
+        gpu.record_success("ok", started=gpu.clock() - seconds)
+    gpu.record_failure("bad", RuntimeError(), started=gpu.clock())
+    samples = scrape(render)
+    assert value(samples, "circuitgate_recent_calls", breaker="gpu", outcome="success") == 4
+    assert value(samples, "circuitgate_recent_calls", breaker="gpu", outcome="failure") == 1
+    p50 = value(samples, "circuitgate_recent_call_seconds", breaker="gpu", quantile="0.5")
+    assert 2 <= p50 < 2.1
+    assert value(samples, "circuitgate_recent_calls", breaker="default", outcome="failure") == 0

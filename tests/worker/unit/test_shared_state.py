@@ -11,13 +11,16 @@ import sys
 import threading
 import time
 import types
+from typing import Any
 
 import pytest
 
 from circuitgate import shared_state
 from circuitgate.shared_state import (
+    CALLS_KEPT,
     SUCCESS_SLOTS,
     BreakerFields,
+    Call,
     Hint,
     SharedBreakerState,
     State,
@@ -331,7 +334,7 @@ def test_a_writer_killed_while_publishing_leaves_the_page_it_had_found() -> None
 
 def _add_successes(shared: SharedBreakerState, times: int) -> None:
     for _ in range(times):
-        shared.add_success()
+        shared.add_success(time.monotonic(), None)
 
 
 def test_quiet_successes_of_many_processes_and_threads_are_all_counted() -> None:
@@ -378,7 +381,8 @@ def test_with_every_slot_held_by_a_live_process_successes_count_under_the_lock(
 
 def test_a_child_never_writes_to_the_slot_of_the_process_it_was_forked_from() -> None:
     shared = SharedBreakerState()
-    shared.add_success()  # the parent takes a slot before the fork, as a main process may
+    # The parent takes a slot before the fork, as a main process may.
+    shared.add_success(time.monotonic(), None)
     child = fork.Process(target=_add_successes, args=(shared, 1))
     child.start()
     child.join(30)
@@ -403,3 +407,67 @@ def test_hints_follow_the_live_copy_and_a_killed_writer_leaves_none_set_wrongly(
     assert shared.hints() in (Hint.QUIET_SUCCESS, 0)  # never more than the live copy has
     _write(shared, state=State.CLOSED)
     assert shared.hints() == Hint.FLOWING | Hint.QUIET_SUCCESS  # the next publish restores
+
+
+def _note_numbered(shared: SharedBreakerState, first: int, count: int) -> None:
+    """Calls whose every field says its number, so a torn one would show."""
+    for number in range(first, first + count):
+        shared.note_call(float(number), float(number % 1000), failed=bool(number % 2))
+
+
+def _whole(call: Call) -> bool:
+    return call.seconds == call.ended % 1000 and call.failed == bool(int(call.ended) % 2)
+
+
+def test_recent_calls_merge_every_process_in_the_order_they_ended() -> None:
+    shared = SharedBreakerState()
+    _note_numbered(shared, 5, 1)  # the main process has a slot; its children share another
+    children = [fork.Process(target=_note_numbered, args=(shared, start, 3)) for start in (10, 20)]
+    for child in children:
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+    _note_numbered(shared, 15, 2)
+    shared.note_call(30.0, None, failed=True)  # a lost child: how long it ran is unknown
+    assert [c.ended for c in shared.recent_calls(100)] == [5, 10, 11, 12, 15, 16, 20, 21, 22, 30]
+    assert [c.ended for c in shared.recent_calls(3)] == [21, 22, 30]
+    assert shared.recent_calls(1) == [Call(30.0, None, True)]
+    assert shared.calls_noted() == 10
+
+
+def test_each_process_keeps_all_but_one_of_its_last_calls_kept() -> None:
+    shared = SharedBreakerState()
+    _note_numbered(shared, 0, CALLS_KEPT + 40)
+    calls = shared.recent_calls(CALLS_KEPT * 2)
+    # The oldest is the one a writer would be overwriting now: never read.
+    assert [c.ended for c in calls] == list(range(41, CALLS_KEPT + 40))
+    assert all(_whole(call) for call in calls)
+
+
+def _note_forever(shared: SharedBreakerState, stop: Any) -> None:
+    number = 0
+    while not stop.is_set():
+        _note_numbered(shared, number, 100)
+        number += 100
+
+
+def test_a_reader_never_sees_a_call_half_written_by_a_busy_writer() -> None:
+    shared = SharedBreakerState()
+    stop = fork.Event()
+    writer = fork.Process(target=_note_forever, args=(shared, stop))
+    writer.start()
+    try:
+        reads = 0
+        deadline = time.monotonic() + 30
+        while reads < 300 and time.monotonic() < deadline:
+            calls = shared.recent_calls(CALLS_KEPT)
+            if calls:
+                reads += 1
+                assert all(_whole(call) for call in calls)
+                endings = [c.ended for c in calls]
+                assert endings == list(range(int(endings[0]), int(endings[0]) + len(calls)))
+        assert reads == 300
+    finally:
+        stop.set()
+        writer.join(30)
+    assert writer.exitcode == 0
