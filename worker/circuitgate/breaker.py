@@ -334,11 +334,14 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         Closed with nothing to forget (no failures in a row, a full window without any), as
         on nearly every task of a healthy worker, it only counts: no lock, no copy. Either
         way the call, and how long it ran since ``started`` (this breaker's clock), is noted
-        as task-time evidence.
+        as task-time evidence. A call slower than ``slow_call_seconds`` is a slow call
+        (Resilience4j's rule): it counts toward ``slow_call_rate_threshold``, and a trial
+        that slow does not close the circuit but opens it again.
         """
         ended = self._clock()
         seconds = None if started is None else ended - started
-        if self.shared.hints() & _QUIET_SUCCESS:
+        slow = self._slow(seconds)
+        if not slow and self.shared.hints() & _QUIET_SUCCESS:
             self.shared.add_success(ended, seconds)
         else:
             changes: Transitions = []
@@ -346,11 +349,17 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             def succeed(f: BreakerFields) -> None:
                 f.successes_total += 1
                 if self._claimed_trial(f, token):
-                    f.trial_successes += 1
-                    self._close(f, changes)
+                    if slow:
+                        f.trial_failures += 1
+                        self._trip(f, changes)
+                    else:
+                        f.trial_successes += 1
+                        self._close(f, changes)
                 elif f.state == State.CLOSED:
                     f.fail_counter = 0
-                    self._push_outcome(f, failed=False)
+                    self._push_outcome(f, failed=False, slow=slow)
+                    if slow and self._slow_rate_exceeded(f):
+                        self._trip(f, changes)
 
             self.shared.update(succeed)
             self.shared.note_call(ended, seconds, failed=False)
@@ -364,6 +373,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         """A task failed in a way that counts against the worker; True if that tripped it.
         Noted as task-time evidence like a success (`record_success`)."""
         ended = self._clock()
+        seconds = None if started is None else ended - started
+        slow = self._slow(seconds)
         changes: Transitions = []
 
         def fail(f: BreakerFields) -> None:
@@ -374,14 +385,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 self._trip(f, changes)
             elif State(f.state).flowing:
                 f.fail_counter += 1
-                self._push_outcome(f, failed=True)
-                tripped = f.fail_counter >= self.fail_max or self._rate_exceeded(f)
+                self._push_outcome(f, failed=True, slow=slow)
+                tripped = (
+                    f.fail_counter >= self.fail_max
+                    or self._rate_exceeded(f)
+                    or self._slow_rate_exceeded(f)
+                )
                 if tripped and f.state == State.CLOSED:  # forced closed never trips
                     self._trip(f, changes)
             # Failures of tasks that started before the trip change nothing more.
 
         self.shared.update(fail)
-        self.shared.note_call(ended, None if started is None else ended - started, failed=True)
+        self.shared.note_call(ended, seconds, failed=True)
         for listener in self.listeners:  # as pybreaker: the failure, then the state change
             listener.failure(self, exc)
         self._announce(changes)
@@ -463,6 +478,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             f.state == State.CLOSED
             and f.fail_counter == 0
             and f.window_failures == 0
+            and f.window_slow == 0
             and f.window_len == self.settings.window_size
         )
 
@@ -503,14 +519,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         for slot in range(CLAIMS_KEPT):
             f.claimed[slot] = 0
 
-    def _push_outcome(self, f: BreakerFields, *, failed: bool) -> None:
+    def _push_outcome(self, f: BreakerFields, *, failed: bool, slow: bool) -> None:
+        """Into the window: bit 0 of an entry is a failure, bit 1 a slow call."""
         size = self.settings.window_size
         if f.window_len == size:
-            f.window_failures -= f.window[f.window_pos]
+            evicted = f.window[f.window_pos]
+            f.window_failures -= evicted & 1
+            f.window_slow -= evicted >> 1
         else:
             f.window_len += 1
-        f.window[f.window_pos] = int(failed)
+        f.window[f.window_pos] = int(failed) | int(slow) << 1
         f.window_failures += int(failed)
+        f.window_slow += int(slow)
         f.window_pos = (f.window_pos + 1) % size
 
     def _rate_exceeded(self, f: BreakerFields) -> bool:
@@ -519,9 +539,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             return False
         return f.window_failures / f.window_len >= threshold
 
+    def _slow(self, seconds: float | None) -> bool:
+        limit = self.settings.slow_call_seconds
+        return limit is not None and seconds is not None and seconds > limit
+
+    def _slow_rate_exceeded(self, f: BreakerFields) -> bool:
+        if self.settings.slow_call_seconds is None or f.window_len < self.settings.min_calls:
+            return False
+        return f.window_slow / f.window_len >= self.settings.slow_call_rate_threshold
+
     @staticmethod
     def _clear_window(f: BreakerFields) -> None:
-        f.window_len = f.window_pos = f.window_failures = 0
+        f.window_len = f.window_pos = f.window_failures = f.window_slow = 0
 
     def _announce(self, changes: Transitions) -> None:
         for old, new in changes:

@@ -41,6 +41,12 @@ class Settings:
     """Calls in the sliding window used by `failure_rate_threshold`."""
     min_calls: int = 10
     """Calls the window needs before the failure rate is judged."""
+    slow_call_seconds: float | None = None
+    """Calls that run longer than this many seconds are slow (None: off), as in Resilience4j:
+    a degraded GPU that still answers, only slowly, trips by `slow_call_rate_threshold`."""
+    slow_call_rate_threshold: float = 1.0
+    """Open when this share of the last `window_size` calls (with at least `min_calls`) were
+    slow; a half-open trial that is slow opens the circuit again instead of closing it."""
     reset_timeout: float = 60.0
     """Seconds the circuit stays open after the first trip."""
     backoff_multiplier: float = 2.0
@@ -103,7 +109,8 @@ class BreakerSpec:
 
 
 BREAKER_KEYS = (
-    "fail_max", "failure_rate_threshold", "window_size", "min_calls", "reset_timeout",
+    "fail_max", "failure_rate_threshold", "window_size", "min_calls", "slow_call_seconds",
+    "slow_call_rate_threshold", "reset_timeout",
     "backoff_multiplier", "max_reset_timeout", "jitter", "trial_timeout", "max_trial_seconds",
     "count_exceptions", "ignore_exceptions", "handback", "max_deliveries",
 )  # fmt: skip
@@ -202,6 +209,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "failure_rate_threshold": _optional(_number(low=0, high=1, low_open=True)),
     "window_size": _int_at_least(1, MAX_WINDOW),
     "min_calls": _int_at_least(1, MAX_WINDOW),
+    "slow_call_seconds": _optional(_SECONDS),
+    "slow_call_rate_threshold": _number(low=0, high=1, low_open=True),
     "reset_timeout": _SECONDS,
     "backoff_multiplier": _number(low=1),
     "max_reset_timeout": _SECONDS,

@@ -127,6 +127,7 @@ class BreakerFields(ctypes.Structure):
         ("window_len", ctypes.c_uint32),
         ("window_pos", ctypes.c_uint32),
         ("window_failures", ctypes.c_uint32),
+        ("window_slow", ctypes.c_uint32),  # slow calls in the window (``slow_call_seconds``)
         ("window", ctypes.c_uint8 * MAX_WINDOW),
         ("paused_since", ctypes.c_double),  # time.monotonic() when fetching last stopped
         ("paused_seconds", ctypes.c_double),  # completed pauses, summed
@@ -156,6 +157,7 @@ class BreakerFields(ctypes.Structure):
     window_len: int
     window_pos: int
     window_failures: int
+    window_slow: int
     window: ctypes.Array[ctypes.c_uint8]
     paused_since: float
     paused_seconds: float
@@ -186,6 +188,7 @@ class BreakerSnapshot:
     """Trials claimed since the last trip: more than one only when one was given up on."""
     window_calls: int
     window_failures: int
+    window_slow_calls: int
     paused_seconds: float
     """Seconds spent not fetching, including the pause going on now."""
     trial_successes: int
@@ -283,6 +286,7 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         trial_claims=f.claims,
         window_calls=f.window_len,
         window_failures=f.window_failures,
+        window_slow_calls=f.window_slow,
         paused_seconds=f.paused_seconds
         + (0.0 if state.flowing else time.monotonic() - f.paused_since),
         trial_successes=f.trial_successes,

@@ -42,6 +42,7 @@ __all__ = (
     "DIES_ONCE_AFTER",
     "FAULTS",
     "SIGKILL_ONCE",
+    "SLOW",
     "DeviceFault",
     "app",
     "infer",
@@ -110,6 +111,9 @@ def _sigkill_once() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+SLOW = "slow"
+"""A degraded device: every task works, three times as slowly (`_work`)."""
+
 SIGKILL_ONCE = "sigkill once"
 FAULTS[SIGKILL_ONCE] = _sigkill_once
 AFTER_SUCCESS = "sigkill after success"
@@ -141,7 +145,9 @@ def _work(work_s: float, fail_s: float, poison: bool) -> str:
     if fault and os.path.exists(fault):
         with open(fault) as how:
             how_it_fails = how.read().strip()
-        if how_it_fails in FAULTS:
+        if how_it_fails == SLOW:
+            time.sleep(2 * work_s)
+        elif how_it_fails in FAULTS:
             time.sleep(fail_s)
             FAULTS[how_it_fails]()
     time.sleep(work_s)

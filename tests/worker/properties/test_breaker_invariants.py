@@ -49,7 +49,10 @@ SETTINGS = Settings(
     trial_timeout=30,
     window_size=3,  # a full window of successes, where a success only counts, comes often
     min_calls=3,
+    slow_call_seconds=5,
+    slow_call_rate_threshold=0.6,  # two slow calls of the last three
 )
+SLOW = 2 * SETTINGS.slow_call_seconds  # fake seconds a slow call takes
 BEAT = SETTINGS.trial_timeout / 4
 """Fake seconds between heartbeats of a running trial (its thread's interval)."""
 WORKERS = 3
@@ -72,6 +75,8 @@ def _serve(breaker: SharedCircuitBreaker, conn: multiprocessing.connection.Conne
             conn.send(breaker.admit(token, claim=flag).value)
         elif command == "success":
             conn.send(breaker.record_success(token))
+        elif command == "slow_success":
+            conn.send(breaker.record_success(token, started=breaker.clock() - SLOW))
         elif command == "failure":
             conn.send(breaker.record_failure(token, DeviceFault()))
         elif command == "release":
@@ -222,6 +227,15 @@ class BreakerMachine(RuleBasedStateMachine):
             assert self.breaker.snapshot().state is State.CLOSED, "a claimed trial's success"
 
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
+    def slow_success(self, index: int, token: str) -> None:
+        before = self.breaker.snapshot()
+        self._worker(index).ask("slow_success", token)
+        after = self.breaker.snapshot()
+        assert after.successes_total == before.successes_total + 1
+        if token in self.claims[-CLAIMS_KEPT:] and before.state in (State.OPEN, State.HALF_OPEN):
+            assert after.state is State.OPEN and after.trips == before.trips + 1, "a slow trial"
+
+    @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
     def failure(self, index: int, token: str) -> None:
         self._worker(index).ask("failure", token)
 
@@ -258,7 +272,7 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(
         index=st.integers(0, WORKERS - 1),
         data=st.data(),
-        outcome=st.sampled_from(["success", "failure", "neutral"]),
+        outcome=st.sampled_from(["success", "slow_success", "failure", "neutral"]),
     )
     def a_claimed_trial_reports(self, index: int, data: st.DataObject, outcome: str) -> None:
         """The current trial, or one replaced earlier in the period, ends at last."""
@@ -356,6 +370,7 @@ class BreakerMachine(RuleBasedStateMachine):
                      "failures_total", "trial_successes", "trial_failures"):  # fmt: skip
             assert getattr(snapshot, name) >= 0, name
         assert snapshot.window_failures <= snapshot.window_calls <= SETTINGS.window_size
+        assert 0 <= snapshot.window_slow_calls <= snapshot.window_calls
         assert 0 <= snapshot.open_period <= SETTINGS.max_reset_timeout
         assert math.isfinite(snapshot.open_until)
         assert snapshot.paused_seconds >= 0
@@ -375,6 +390,7 @@ class BreakerMachine(RuleBasedStateMachine):
             snapshot.state is State.CLOSED
             and snapshot.fail_counter == 0
             and snapshot.window_failures == 0
+            and snapshot.window_slow_calls == 0
             and snapshot.window_calls == SETTINGS.window_size
         )
         assert not hints & Hint.FLOWING or snapshot.state.flowing

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from circuitgate_devkit.lab.app import SLOW
 from circuitgate_devkit.waiting import eventually
 
 from .conftest import Lab
@@ -114,3 +115,30 @@ def test_the_pool_trips_after_fail_max_failures_in_total_not_per_child(
     lab.worker("good", concurrency=4, conf=conf)
     successes = lab.log.wait_for_successes(set(ids), timeout=60)
     assert {task_id: successes[task_id] for task_id in ids} == dict.fromkeys(ids, 1)
+
+
+def test_a_slow_worker_trips_by_its_slow_call_rate_and_every_task_still_succeeds_once(
+    make_lab: Callable[..., Lab],
+) -> None:
+    lab = make_lab("redis")  # the rule is the breaker's, the same on every broker
+    conf = {
+        **CONF,
+        "circuitgate_slow_call_seconds": 0.6,
+        "circuitgate_slow_call_rate_threshold": 0.5,
+        "circuitgate_window_size": 4,
+        "circuitgate_min_calls": 4,
+        "circuitgate_reset_timeout": 60,
+    }
+    slow = lab.worker("slow", concurrency=2, conf=conf)
+    slow.break_device(SLOW)  # 0.9 s a task instead of 0.3
+    lab.worker("good", concurrency=2, conf=conf)
+    ids = lab.send(30, work_s=0.3)
+
+    successes = lab.log.wait_for_successes(set(ids), timeout=90)
+
+    assert {task_id: successes[task_id] for task_id in ids} == dict.fromkeys(ids, 1)
+    assert slow.events.of("transition", old="closed", new="open")
+    by_worker = lab.log.by_worker()
+    assert all(e.outcome == "success" for e in by_worker[slow.hostname])  # slow, not failing
+    # Its window of four, then only what it held at the trip (two running, two prefetched).
+    assert len(by_worker[slow.hostname]) <= 4 + 4

@@ -86,6 +86,77 @@ def test_a_full_window_of_successes_rolls_on_and_still_judges_the_rate() -> None
     assert breaker.current_state == "open"  # 2 of the last 4
 
 
+def succeed_taking(
+    breaker: SharedCircuitBreaker, clock: FakeClock, token: str, seconds: float
+) -> None:
+    assert breaker.admit(token) is not Admission.REFUSE
+    started = breaker.clock()
+    clock.now += seconds
+    breaker.record_success(token, started=started)
+
+
+def test_slow_calls_trip_at_the_slow_call_rate_even_on_a_quiet_clean_window() -> None:
+    clock = FakeClock()
+    breaker = make(
+        clock, slow_call_seconds=5, slow_call_rate_threshold=0.5, window_size=4, min_calls=4
+    )
+    for i in range(6):  # a full clean window: successes take the quiet path now
+        succeed_taking(breaker, clock, f"fast{i}", 1)
+    succeed_taking(breaker, clock, "slow0", 6)
+    assert breaker.current_state == "closed"  # 1 slow of the last 4
+    succeed_taking(breaker, clock, "exactly", 5)  # not slower than the limit: not slow
+    assert breaker.current_state == "closed"
+    succeed_taking(breaker, clock, "slow1", 7)
+    assert breaker.current_state == "open"  # 2 slow of the last 4
+    snapshot = breaker.snapshot()
+    assert (snapshot.trips, snapshot.failures_total, snapshot.successes_total) == (1, 0, 9)
+
+
+def test_slow_failures_count_toward_both_rates_and_fast_calls_push_slow_ones_out() -> None:
+    clock = FakeClock()
+    breaker = make(
+        clock, fail_max=100, slow_call_seconds=5, slow_call_rate_threshold=0.75, window_size=4,
+        min_calls=4,
+    )  # fmt: skip
+    for token, seconds in (("s0", 9), ("s1", 9), ("f0", 0), ("f1", 0), ("f2", 0)):
+        succeed_taking(breaker, clock, token, seconds)
+    assert breaker.current_state == "closed"  # the slow ones went out of the window
+    for i in range(2):
+        succeed_taking(breaker, clock, f"slow{i}", 9)
+    assert breaker.admit("slow-failure") is Admission.RUN
+    started = breaker.clock()
+    clock.now += 9
+    breaker.record_failure("slow-failure", DeviceFault(), started=started)
+    assert breaker.current_state == "open"  # 3 slow of the last 4, one of them a failure
+
+
+def test_a_slow_trial_opens_the_circuit_again_and_a_fast_one_closes_it() -> None:
+    clock = FakeClock()
+    breaker = make(clock, slow_call_seconds=5, max_reset_timeout=100)
+    for i in range(3):
+        fail(breaker, f"t{i}")
+    clock.now += 10
+    assert breaker.admit("slow-trial") is Admission.TRIAL
+    started = breaker.clock()
+    clock.now += 6
+    breaker.record_success("slow-trial", started=started)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is State.OPEN and snapshot.open_period == 20  # backed off
+    assert (snapshot.trial_successes, snapshot.trial_failures) == (0, 1)
+    clock.now += 20
+    assert breaker.admit("fast-trial") is Admission.TRIAL
+    succeed_taking(breaker, clock, "fast-trial", 1)
+    assert breaker.current_state == "closed"
+
+
+def test_without_a_slow_call_limit_no_call_is_slow() -> None:
+    clock = FakeClock()
+    breaker = make(clock, window_size=2, min_calls=1)
+    for i in range(5):
+        succeed_taking(breaker, clock, f"long{i}", 10_000)
+    assert breaker.current_state == "closed"
+
+
 def test_a_success_of_a_healthy_worker_takes_no_lock() -> None:
     breaker = make(FakeClock(), window_size=2, min_calls=2)
     for i in range(3):  # the window is full and clean after two; the third takes a slot

@@ -83,6 +83,17 @@ def test_values_are_read_and_exceptions_imported_by_name() -> None:
         ),
         ({"circuitgate_trial_timeout": 1e12}, "circuitgate_trial_timeout", "<= 10000000"),
         ({"circuitgate_max_trial_seconds": 0}, "circuitgate_max_trial_seconds", "number > 0"),
+        ({"circuitgate_slow_call_seconds": 0}, "circuitgate_slow_call_seconds", "None or"),
+        (
+            {"circuitgate_slow_call_rate_threshold": 1.5},
+            "circuitgate_slow_call_rate_threshold",
+            "<= 1",
+        ),
+        (
+            {"circuitgate_breakers": {"gpu": {"queues": ["g"], "slow_call_seconds": -1}}},
+            "circuitgate_breakers['gpu']['slow_call_seconds']=-1",
+            "None or a finite number > 0",
+        ),
         ({"circuitgate_breakers": ["gpu"]}, "circuitgate_breakers", "a mapping"),
         ({"circuitgate_breakers": {"GPU!": {"queues": ["g"]}}}, "['GPU!']", "breaker name"),
         ({"circuitgate_breakers": {"default": {"queues": ["g"]}}}, "['default']", "not 'default'"),
@@ -132,6 +143,10 @@ FLOAT_SETTINGS = [
     "jitter",
     "trial_timeout",
     "endpoint_max_wait",
+    "max_trial_seconds",
+    "slow_call_seconds",
+    "slow_call_rate_threshold",
+    "evidence_seconds",
 ]
 
 
