@@ -79,6 +79,9 @@ class Reading:
     may_close_at: str | None = None
     consumption_paused: bool = False
     sequence: int | None = None
+    last_failures: tuple[tuple[str, str | None], ...] = ()
+    """The worst breaker's last counted failures, oldest first: exception type and message
+    (None unless the worker exposes messages)."""
 
 
 @cache
@@ -142,6 +145,7 @@ def _read(url: str, payload: bytes) -> Reading:
     breakers = document["breakers"]
     times = [document["generated_at"]]
     times += [b[key] for b in breakers for key in ("opened_at", "may_close_at")]
+    times += [note["at"] for b in breakers for note in b.get("last_failures", ())]
     if not all(_valid_time(value) for value in times):
         return unknown(
             url, "malformed", "malformed document: a timestamp is not RFC 3339 with a zone"
@@ -159,6 +163,9 @@ def _read(url: str, payload: bytes) -> Reading:
         may_close_at=_normalise_time(worst["may_close_at"]),
         consumption_paused=any(b["consumption_paused"] for b in breakers),
         sequence=int(document["sequence"]),
+        last_failures=tuple(
+            (note["type"], note["message"]) for note in worst.get("last_failures", ())
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from .heartbeat import Heartbeat
 from .settings import Settings
 from .shared_state import (
     CLAIMS_KEPT,
+    FAILURE_MESSAGE_SIZE,
     HANDED_BACK_KEPT,
     BreakerFields,
     BreakerSnapshot,
@@ -68,6 +69,17 @@ class Admission(enum.Enum):
     """Run as the one half-open trial whose outcome closes or re-opens the circuit."""
     REFUSE = "refuse"
     """Do not run here: hand the message back to the queue."""
+
+
+def failure_message(exc: BaseException) -> str:
+    """What an exception says, on one line of printable characters, for people: whatever its
+    ``__str__`` does (raise, return a multi-line dump), never more than a label's worth."""
+    try:
+        text = str(exc)
+    except Exception:  # a hostile __str__ must not fail the failure path
+        text = "<unprintable exception>"
+    text = text[: 4 * FAILURE_MESSAGE_SIZE]
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def open_period(consecutive_trips: int, settings: Settings, rand: float) -> float:
@@ -375,10 +387,14 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         ended = self._clock()
         seconds = None if started is None else ended - started
         slow = self._slow(seconds)
+        kind = type(exc).__name__
+        message = failure_message(exc) if self.settings.expose_failure_messages else None
+        at = self._wall_clock()
         changes: Transitions = []
 
         def fail(f: BreakerFields) -> None:
             f.failures_total += 1
+            f.note_failure(kind, message, at)
             if self._claimed_trial(f, token):
                 f.trial_failures += 1
                 f.fail_counter += 1  # as pybreaker: a failed trial is one more failure

@@ -16,6 +16,7 @@ from typing import Any, Literal
 __all__ = (
     "SCHEMA_ID",
     "BreakerDocument",
+    "FailureNote",
     "RecentCalls",
     "StateName",
     "WorkerDocument",
@@ -46,6 +47,16 @@ class RecentCalls:
 
 
 @dataclasses.dataclass(frozen=True)
+class FailureNote:
+    """One of the last counted failures: what an SRE wants first. ``message`` is None unless
+    the worker exposes failure messages (``circuitgate_expose_failure_messages``)."""
+
+    type: str
+    message: str | None
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
 class BreakerDocument:
     """One breaker, as a watcher sees it. Times are Unix seconds here, RFC 3339 in JSON."""
 
@@ -61,11 +72,15 @@ class BreakerDocument:
     queues: tuple[str, ...] = ()
     paused_queues: tuple[str, ...] = ()
     recent_calls: RecentCalls = RecentCalls()
+    last_failures: tuple[FailureNote, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["opened_at"] = _timestamp(self.opened_at)
         data["may_close_at"] = _timestamp(self.may_close_at)
+        data["last_failures"] = [
+            {**dataclasses.asdict(note), "at": _timestamp(note.at)} for note in self.last_failures
+        ]
         data["queues"] = list(self.queues)
         data["paused_queues"] = list(self.paused_queues)
         return data
@@ -80,6 +95,10 @@ class BreakerDocument:
                 "queues": tuple(data["queues"]),
                 "paused_queues": tuple(data["paused_queues"]),
                 "recent_calls": RecentCalls(**data.get("recent_calls", {})),
+                "last_failures": tuple(
+                    FailureNote(note["type"], note["message"], _parse_time(note["at"]) or 0.0)
+                    for note in data.get("last_failures", ())
+                ),
             }
         )
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 
 from .breaker_set import BreakerSet
-from .contract import BreakerDocument, RecentCalls, StateName, WorkerDocument
+from .contract import BreakerDocument, FailureNote, RecentCalls, StateName, WorkerDocument
 from .evidence import summarize
 from .shared_state import BreakerSnapshot, State
 
@@ -42,6 +42,7 @@ def describe_breaker(
         queues=tuple(queues),
         paused_queues=tuple(queues or worker_queues) if paused else (),
         recent_calls=recent_calls,
+        last_failures=tuple(FailureNote(*note) for note in snapshot.last_failures),
     )
 
 

@@ -65,6 +65,10 @@ class Settings:
     """Only these exceptions count against the breaker (empty: every exception counts)."""
     ignore_exceptions: tuple[type[BaseException], ...] = ()
     """These exceptions never count against the breaker."""
+    expose_failure_messages: bool = False
+    """Put the message of the last counted failures (one line, at most 200 bytes) in the
+    document, next to their exception type, which is always there. Off by default: a message
+    can carry data (an input, a path, a token) that the endpoint's readers should not see."""
     handback: bool = True
     """Hand a task whose failure counted back to the queue for another worker."""
     max_deliveries: int = 3
@@ -219,6 +223,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_trial_seconds": _SECONDS,
     "count_exceptions": _exceptions,
     "ignore_exceptions": _exceptions,
+    "expose_failure_messages": _bool,
     "handback": _bool,
     "max_deliveries": _int_at_least(1),
     "guard_all_tasks": _bool,

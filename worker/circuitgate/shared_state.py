@@ -21,6 +21,8 @@ from typing import TypeVar
 __all__ = (
     "CALLS_KEPT",
     "CLAIMS_KEPT",
+    "FAILURES_KEPT",
+    "FAILURE_MESSAGE_SIZE",
     "HANDED_BACK_KEPT",
     "MAX_WINDOW",
     "SUCCESS_SLOTS",
@@ -30,6 +32,7 @@ __all__ = (
     "Hint",
     "SharedBreakerState",
     "State",
+    "cut_label",
     "token_key",
     "token_label",
 )
@@ -49,6 +52,12 @@ SUCCESS_SLOTS = 64
 CALLS_KEPT = 256
 """Calls each process remembers for the task-time evidence (`SharedBreakerState.recent_calls`)."""
 
+FAILURES_KEPT = 4
+"""Counted failures whose exception is remembered (type, and message when exposed)."""
+FAILURE_MESSAGE_SIZE = 200
+"""Bytes of an exception's message kept, at most."""
+_FAILURE_TYPE_SIZE = 64
+
 _STRIDE = 8  # uint64s in a 64-byte cache line
 _SLOT_RETRY_SECONDS = 1.0
 _TRIAL_ID_SIZE = 64
@@ -66,10 +75,16 @@ def token_key(token: str) -> int:
     return int.from_bytes(digest, "little") or 1
 
 
+def cut_label(text: str, size: int) -> bytes:
+    """``text`` in UTF-8, at most ``size`` bytes, cut between characters: a label that always
+    decodes."""
+    encoded = text.encode("utf-8", "surrogatepass")[:size]
+    return encoded.decode("utf-8", "ignore").encode()
+
+
 def token_label(token: str) -> bytes:
     """The token as people see it in a snapshot: at most 64 bytes, cut between characters."""
-    encoded = token.encode("utf-8", "surrogatepass")[:_TRIAL_ID_SIZE]
-    return encoded.decode("utf-8", "ignore").encode()
+    return cut_label(token, _TRIAL_ID_SIZE)
 
 
 class State(enum.IntEnum):
@@ -139,6 +154,10 @@ class BreakerFields(ctypes.Structure):
         ("handed_back_total", ctypes.c_uint64),
         # The `token_key` of the deliveries handed back, at handed_back_total % KEPT.
         ("handed_back", ctypes.c_uint64 * HANDED_BACK_KEPT),
+        # The last counted failures, at (failures_total - 1) % FAILURES_KEPT: `cut_label`s.
+        ("failure_types", (ctypes.c_char * _FAILURE_TYPE_SIZE) * FAILURES_KEPT),
+        ("failure_messages", (ctypes.c_char * FAILURE_MESSAGE_SIZE) * FAILURES_KEPT),
+        ("failure_at", ctypes.c_double * FAILURES_KEPT),  # wall clock
     )
 
     version: int
@@ -168,6 +187,28 @@ class BreakerFields(ctypes.Structure):
     refused_total: int
     handed_back_total: int
     handed_back: ctypes.Array[ctypes.c_uint64]
+    failure_types: ctypes.Array[ctypes.Array[ctypes.c_char]]
+    failure_messages: ctypes.Array[ctypes.Array[ctypes.c_char]]
+    failure_at: ctypes.Array[ctypes.c_double]
+
+    def note_failure(self, kind: str, message: str | None, at: float) -> None:
+        """Remember a counted failure (inside a transaction, after counting it in
+        ``failures_total``); a message of None is not kept (not exposed)."""
+        slot = (self.failures_total - 1) % FAILURES_KEPT
+        self.failure_types[slot].value = cut_label(kind, _FAILURE_TYPE_SIZE)
+        self.failure_messages[slot].value = cut_label(message or "", FAILURE_MESSAGE_SIZE)
+        self.failure_at[slot] = at
+
+    def last_failures(self) -> tuple[tuple[str, str | None, float], ...]:
+        """The remembered failures, oldest first: (type, message or None, wall time)."""
+        count = min(self.failures_total, FAILURES_KEPT)
+        notes = []
+        for number in range(self.failures_total - count, self.failures_total):
+            slot = number % FAILURES_KEPT
+            message = self.failure_messages[slot].value.decode("utf-8", "replace")
+            kind = self.failure_types[slot].value.decode("utf-8", "replace")
+            notes.append((kind, message or None, self.failure_at[slot]))
+        return tuple(notes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +238,9 @@ class BreakerSnapshot:
     failures_total: int
     refused_total: int
     handed_back_total: int
+    last_failures: tuple[tuple[str, str | None, float], ...] = ()
+    """The last counted failures, oldest first: exception type, message (None unless
+    exposed), when (wall clock)."""
 
 
 def _visible(f: BreakerFields) -> tuple[int, ...]:
@@ -295,6 +339,7 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         failures_total=f.failures_total,
         refused_total=f.refused_total,
         handed_back_total=f.handed_back_total,
+        last_failures=f.last_failures(),
     )
 
 

@@ -19,6 +19,7 @@ __all__ = (
     "STARTUP_GRACE_SECONDS",
     "circuit_events",
     "desired_circuit_state",
+    "failure_summary",
     "plan_circuit_states",
     "plan_orphans",
     "startup_grace_ends",
@@ -31,7 +32,10 @@ STARTUP_GRACE_SECONDS = 60.0
 
 # Carried over from the last good reading while the endpoint cannot be read: an unreachable
 # worker has not forgotten its trips.
-_REMEMBERED = ("breaker", "failures", "trips", "openedAt", "mayCloseAt", "consumptionPaused")
+_REMEMBERED = (
+    "breaker", "failures", "lastFailures", "trips", "openedAt", "mayCloseAt", "consumptionPaused"
+)  # fmt: skip
+_FAILURES_SHOWN = 4
 
 
 def desired_circuit_state(
@@ -43,11 +47,11 @@ def desired_circuit_state(
     now: str,
 ) -> dict[str, Any]:
     """The status to record: only what a user reads (state, trips, the last change and why),
-    so a healthy worker costs no writes. ``failures`` are those that opened the breaker,
-    absent while it is closed (a healthy worker's counter moves with every task);
-    ``sequence`` is the document's at the last change recorded, never a change by itself.
-    Keys with no value are left out rather than set to null, so the stored object and this
-    dict compare equal when nothing changed."""
+    so a healthy worker costs no writes. ``failures`` are those that opened the breaker and
+    ``lastFailures`` their exceptions, both absent while it is closed (a healthy worker's
+    counter moves with every task); ``sequence`` is the document's at the last change
+    recorded, never a change by itself. Keys with no value are left out rather than set to
+    null, so the stored object and this dict compare equal when nothing changed."""
     previous = previous or {}
     status: dict[str, Any] = {"pod": pod.name, "policy": policy, "state": reading.state}
     if pod.node_name:
@@ -55,13 +59,13 @@ def desired_circuit_state(
     if reading.reachable:
         fresh = {
             "breaker": reading.breaker,
-            "failures": _opening_failures(reading, previous),
             "trips": reading.trips,
             "openedAt": reading.opened_at,
             "mayCloseAt": reading.may_close_at,
             "consumptionPaused": reading.consumption_paused,
         }
         status.update({key: value for key, value in fresh.items() if value is not None})
+        status.update(_opening(reading, previous))
     else:
         status.update({key: previous[key] for key in _REMEMBERED if key in previous})
     same_state = previous.get("state") == reading.state and previous.get("lastTransitionTime")
@@ -76,15 +80,38 @@ def desired_circuit_state(
     return status
 
 
-def _opening_failures(reading: Reading, previous: Mapping[str, Any]) -> int | None:
-    """The failures that opened the breaker: read with its opening, kept while it stays open."""
+def _opening(reading: Reading, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """What opened the breaker: the failures in a row and their exceptions (newest last), read
+    with its opening and kept while it stays open; nothing while it is not tripped."""
     if reading.state not in TRIPPED_STATES:
-        return None
+        return {}
     same_opening = previous.get("state") in TRIPPED_STATES and (
         previous.get("openedAt") == reading.opened_at
     )
-    kept = previous.get("failures") if same_opening else None
-    return kept if isinstance(kept, int) else reading.failures
+    if same_opening and isinstance(previous.get("failures"), int):
+        return {key: previous[key] for key in ("failures", "lastFailures") if key in previous}
+    causes = [
+        {"type": kind[:128], **({"message": message[:1024]} if message else {})}
+        for kind, message in reading.last_failures[-_FAILURES_SHOWN:]
+    ]
+    return {"failures": reading.failures, **({"lastFailures": causes} if causes else {})}
+
+
+def failure_summary(causes: Sequence[Mapping[str, Any]]) -> str:
+    """The newest cause and how many in a row before it were the same, as people say it:
+    ``3 x CudaError: an illegal memory access was encountered``."""
+    if not causes:
+        return ""
+    newest = causes[-1]
+    repeats = 0
+    for cause in reversed(causes):
+        if (cause.get("type"), cause.get("message")) != (newest.get("type"), newest.get("message")):
+            break
+        repeats += 1
+    said = f"{newest.get('type', '?')}" + (
+        f": {newest['message']}" if newest.get("message") else ""
+    )
+    return f"{repeats} x {said}"
 
 
 def status_patch(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> dict[str, Any]:
@@ -175,9 +202,11 @@ def circuit_events(
     breaker = status.get("breaker") or "?"
     if state == BreakerState.OPEN:
         until = status.get("mayCloseAt")
+        causes = failure_summary(status.get("lastFailures") or ())
         message = (
-            f"breaker {breaker} opened (trips {status.get('trips', 0)}, "
-            f"{status.get('failures', 0)} consecutive failures)"
+            f"breaker {breaker} opened"
+            + (f" after {causes}" if causes else "")
+            + f" (trips {status.get('trips', 0)}, {status.get('failures', 0)} consecutive failures)"
         )
         message += f"; may close at {until}" if until else ""
         return [EventIntent(ref, "CircuitOpened", message, "Warning")]

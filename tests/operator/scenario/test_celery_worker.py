@@ -4,6 +4,7 @@ the pod's IP, turns the pod's condition False and records the Events."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def test_a_real_worker_trips_and_its_pod_turns_unready(
     cluster: Cluster, start_operator: Callable[..., OperatorProcess], tmp_path: Path
 ) -> None:
     with sqs_broker(visibility_timeout=300) as broker:
-        bad = LabWorker("bad", broker, tmp_path, conf=CONF, endpoint_host=next_loopback())
+        exposed = {**CONF, "circuitgate_expose_failure_messages": True}
+        bad = LabWorker("bad", broker, tmp_path, conf=exposed, endpoint_host=next_loopback())
         good = LabWorker("good", broker, tmp_path, conf=CONF, endpoint_host=next_loopback())
         producer = Celery("producer", set_as_current=False)
         producer.conf.update(broker.celery_config())
@@ -55,7 +57,15 @@ def test_a_real_worker_trips_and_its_pod_turns_unready(
             status = cluster.state_of("bad")
             assert status["state"] == "open" and status["trips"] >= 1
             assert status["consumptionPaused"] is True
-            assert eventually(lambda: cluster.events("CircuitOpened", name="bad"))
+            # The cause, without reading the worker's logs: in the state and in the Event.
+            cause = {"type": "DeviceFault", "message": "CUDA error: device unavailable"}
+            # (Three tripped it; a fourth, started before the trip, may be among them.)
+            assert status["lastFailures"][-3:] == [cause] * 3
+            (opened,) = eventually(lambda: cluster.events("CircuitOpened", name="bad"))
+            assert re.match(
+                r"breaker default opened after [34] x DeviceFault: CUDA error: device unavailable",
+                opened["message"],
+            )
             assert eventually(lambda: cluster.events("PodMarkedUnready", name="bad"))
             assert cluster.condition_status("good") == "True"
             assert cluster.state_of("good")["state"] == "closed"

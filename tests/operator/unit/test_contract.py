@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from circuitgate.contract import BreakerDocument, WorkerDocument
+from circuitgate.contract import BreakerDocument, FailureNote, WorkerDocument
 from circuitgate_devkit.paths import REPO
 from circuitgate_operator.contract import SCHEMA_PATH, load_schema, parse_document
 
@@ -151,3 +152,23 @@ def test_the_pods_trips_are_summed_within_int64() -> None:
     many = [breaker(f"b{n}", "open", trips=INT64_MAX) for n in range(3)]
     reading = parse_document(URL, document(*many))
     assert reading.state == "open" and reading.trips == INT64_MAX
+
+
+def test_the_worst_breakers_last_failures_are_read_and_a_bad_time_among_them_is_malformed() -> None:
+    failing = dataclasses.replace(
+        breaker("gpu", "open"),
+        last_failures=(FailureNote("CudaError", "device lost", 1_800_000_000.0),),
+    )
+    reading = parse_document(URL, document(breaker("cpu"), failing))
+    assert reading.last_failures == (("CudaError", "device lost"),)
+    data = json.loads(document(failing))
+    data["breakers"][0]["last_failures"][0]["at"] = "2027-01-15T08:00:00"
+    assert parse_document(URL, json.dumps(data).encode()).error == "malformed"
+
+
+def test_a_document_from_a_worker_without_the_newer_fields_still_reads() -> None:
+    data = json.loads(document(breaker("gpu", "open")))
+    for field in ("recent_calls", "last_failures"):
+        del data["breakers"][0][field]
+    reading = parse_document(URL, json.dumps(data).encode())
+    assert reading.reachable and reading.state == "open" and reading.last_failures == ()

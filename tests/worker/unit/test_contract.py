@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuitgate.breaker_set import BreakerSet
-from circuitgate.contract import BreakerDocument, RecentCalls, WorkerDocument, load_schema
+from circuitgate.contract import (
+    BreakerDocument,
+    FailureNote,
+    RecentCalls,
+    WorkerDocument,
+    load_schema,
+)
 from circuitgate.report import describe_worker
 from circuitgate.settings import Settings
 from circuitgate.shared_state import State
@@ -41,6 +47,15 @@ breakers = st.builds(
     queues=st.lists(names, max_size=4).map(tuple),
     paused_queues=st.lists(names, max_size=4).map(tuple),
     recent_calls=recent_calls,
+    last_failures=st.lists(
+        st.builds(
+            FailureNote,
+            type=names,
+            message=st.one_of(st.none(), names),
+            at=st.integers(0, 4_000_000_000).map(float),
+        ),
+        max_size=4,
+    ).map(tuple),
 )
 documents = st.builds(
     WorkerDocument,

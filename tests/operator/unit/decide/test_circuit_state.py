@@ -255,3 +255,51 @@ def test_an_open_breaker_records_the_failures_that_opened_it() -> None:
         pod=p, policy="pol", reading=reading(p, "closed"), previous=opened, now="t2"
     )
     assert "failures" not in closed and closed["sequence"] == 7
+
+
+CUDA = (("DeviceFault", None), *[("CudaError", "an illegal memory access was encountered")] * 3)
+
+
+def test_the_exceptions_that_opened_the_breaker_are_kept_with_the_opening() -> None:
+    p = pod("p")
+    opened = desired_circuit_state(
+        pod=p, policy="pol",
+        reading=dataclasses.replace(reading(p, "open"), last_failures=CUDA),
+        previous=None, now="t1",
+    )  # fmt: skip
+    assert opened["lastFailures"] == [
+        {"type": "DeviceFault"},
+        *[{"type": "CudaError", "message": "an illegal memory access was encountered"}] * 3,
+    ]
+    # Later failures (tasks that started before the trip) change nothing while it stays open:
+    # no write per failure.
+    later = dataclasses.replace(reading(p, "open"), last_failures=(("OSError", "gone"),))
+    again = desired_circuit_state(pod=p, policy="pol", reading=later, previous=opened, now="t2")
+    assert again == opened
+    reopened = desired_circuit_state(
+        pod=p, policy="pol",
+        reading=dataclasses.replace(later, opened_at="2027-01-15T09:00:00Z"),
+        previous=opened, now="t3",
+    )  # fmt: skip
+    assert reopened["lastFailures"] == [{"type": "OSError", "message": "gone"}]
+    closed = desired_circuit_state(
+        pod=p, policy="pol", reading=reading(p, "closed"), previous=reopened, now="t4"
+    )
+    assert "lastFailures" not in closed and status_patch(closed, reopened)["lastFailures"] is None
+
+
+def test_the_opened_event_names_the_cause_as_people_say_it() -> None:
+    p = pod("p")
+    status = desired_circuit_state(
+        pod=p, policy="pol",
+        reading=dataclasses.replace(reading(p, "open", trips=2), last_failures=CUDA),
+        previous=None, now="t1",
+    )  # fmt: skip
+    (event,) = circuit_events(p, "closed", status)
+    assert event.message.startswith(
+        "breaker default opened after 3 x CudaError: an illegal memory access was encountered"
+        " (trips 2, 5 consecutive failures)"
+    )
+    hidden = dataclasses.replace(reading(p, "open"), last_failures=(("CudaError", None),))
+    status = desired_circuit_state(pod=p, policy="pol", reading=hidden, previous=None, now="t1")
+    assert "opened after 1 x CudaError (trips" in circuit_events(p, "closed", status)[0].message
