@@ -21,6 +21,7 @@ __all__ = (
     "SCHEMA_PATH",
     "TRIPPED_STATES",
     "BreakerState",
+    "CallEvidence",
     "ErrorKind",
     "Reading",
     "load_schema",
@@ -63,6 +64,22 @@ ErrorKind = Literal[
 
 
 @dataclass(frozen=True)
+class CallEvidence:
+    """One breaker's recent calls as its worker summarised them: what a worker is compared
+    with its peers by. ``p50_seconds`` is None when none of them succeeded."""
+
+    breaker: str
+    calls: int
+    failures: int
+    p50_seconds: float | None
+
+    @property
+    def failure_rate(self) -> float:
+        """Counted failures per call (a hostile count above the calls reads as all of them)."""
+        return min(self.failures, self.calls) / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
 class Reading:
     """What one request to a pod's endpoint told us. ``state`` is ``unknown`` when the endpoint
     was unreachable or its answer unusable; ``error`` and ``reason`` then say why."""
@@ -82,6 +99,8 @@ class Reading:
     last_failures: tuple[tuple[str, str | None], ...] = ()
     """The worst breaker's last counted failures, oldest first: exception type and message
     (None unless the worker exposes messages)."""
+    evidence: tuple[CallEvidence, ...] = ()
+    """Each breaker's recent calls, from workers that summarise them."""
 
 
 @cache
@@ -165,6 +184,13 @@ def _read(url: str, payload: bytes) -> Reading:
         sequence=int(document["sequence"]),
         last_failures=tuple(
             (note["type"], note["message"]) for note in worst.get("last_failures", ())
+        ),
+        evidence=tuple(
+            CallEvidence(
+                b["name"], int(calls["calls"]), int(calls["failures"]), calls["p50_seconds"]
+            )
+            for b in breakers
+            if (calls := b.get("recent_calls")) is not None
         ),
     )
 

@@ -23,6 +23,7 @@ __all__ = (
     "LabelSelector",
     "NodeRemediation",
     "NodeView",
+    "OutlierDetection",
     "PodView",
     "PolicySpec",
     "PolicyView",
@@ -140,6 +141,30 @@ class Safety:
     storm_threshold: IntOrPercent = "50%"
 
 
+# How many times its peers' median makes a worker's failure rate or duration an outlier's.
+DEFAULT_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Judging each worker against its peers (`decide.outliers`). A measure whose factor is
+    None is not judged; ``stdevs``, when set, also asks for that many of the peers' standard
+    deviations above their mean."""
+
+    enabled: bool = False
+    dry_run: bool = False
+    enforcing_percent: int = 100
+    min_peers: int = 3
+    min_calls: int = 20
+    sustain: float = 60.0
+    failure_rate_factor: float | None = DEFAULT_FACTOR
+    failure_rate_minimum: float = 0.1
+    duration_factor: float | None = DEFAULT_FACTOR
+    duration_minimum: float = 1.0
+    stdevs: float | None = None
+    count_node_trips: bool = False
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     selector: LabelSelector
@@ -150,6 +175,7 @@ class PolicySpec:
     nodes: NodeRemediation = NodeRemediation()
     safety: Safety = Safety()
     dry_run: bool = False
+    outliers: OutlierDetection = OutlierDetection()
 
 
 @dataclass(frozen=True)
@@ -326,6 +352,33 @@ def parse_policy_spec(spec: Mapping[str, Any]) -> PolicySpec:
             ),
         ),
         dry_run=bool(spec.get("dryRun", False)),
+        outliers=parse_outlier_detection(spec.get("outlierDetection") or {}),
+    )
+
+
+def _factor(raw: Mapping[str, Any]) -> float | None:
+    """A measure's factor, None when the measure is off."""
+    return _seconds(raw, "factor", DEFAULT_FACTOR) if raw.get("enabled", True) else None
+
+
+def parse_outlier_detection(raw: Mapping[str, Any]) -> OutlierDetection:
+    defaults = OutlierDetection()
+    failure_rate = raw.get("failureRate") or {}
+    duration = raw.get("duration") or {}
+    stdevs = raw.get("stdevs")
+    return OutlierDetection(
+        enabled=bool(raw.get("enabled", False)),
+        dry_run=bool(raw.get("dryRun", False)),
+        enforcing_percent=int(raw.get("enforcingPercent", defaults.enforcing_percent)),
+        min_peers=int(raw.get("minPeers", defaults.min_peers)),
+        min_calls=int(raw.get("minCalls", defaults.min_calls)),
+        sustain=_seconds(raw, "sustainSeconds", defaults.sustain),
+        failure_rate_factor=_factor(failure_rate),
+        failure_rate_minimum=_seconds(failure_rate, "minimum", defaults.failure_rate_minimum),
+        duration_factor=_factor(duration),
+        duration_minimum=_seconds(duration, "minimumSeconds", defaults.duration_minimum),
+        stdevs=float(stdevs) if isinstance(stdevs, int | float) and stdevs > 0 else None,
+        count_node_trips=bool(raw.get("countTowardNodeTrips", False)),
     )
 
 

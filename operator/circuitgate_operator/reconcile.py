@@ -21,6 +21,7 @@ from .act.apply import ApplyResult
 from .act.events import event_name
 from .act.listing import node_scopes, policy_scopes
 from .act.requests import circuit_states_path
+from .clock import parse_time
 from .contract import BreakerState, Reading
 from .decide.circuit_state import startup_grace_ends
 from .decide.cleanup import plan_cleanup
@@ -29,6 +30,7 @@ from .decide.ledger import TripLedger
 from .decide.memo import PlanMemo
 from .decide.nodes import CORDONED_BY, Trip, cooldown_deadline
 from .decide.observation import PolicyObservation
+from .decide.outliers import is_outlier, sustained_at
 from .decide.plan import plan_policy
 from .decide.readiness import open_evidence_ends
 from .decide.selection import Selection, endpoint_url, resolve_port, select_pods
@@ -220,6 +222,8 @@ class PolicyLoop:
         spec = policy.spec
         keep = max(spec.nodes.window, spec.nodes.cooldown)
         self.ledger.retain({pod.name for pod in selected})
+        if spec.outliers.enabled and spec.outliers.count_node_trips:
+            self._count_outlier_trips(policy, selected)
         trips = self.ledger.by_node(keep, now)
         self._evicted = {p: t for p, t in self._evicted.items() if now - t < EVICTION_RETRY_SECONDS}
         # Taken before the marks are retried: ``pods`` was read before they land.
@@ -282,6 +286,19 @@ class PolicyLoop:
             self._evicted[pod] = now
         self._unmarked.update((e.pod, e) for e in result.unmarked)
         return self._next_deadline(policy, result, trips, now)
+
+    def _count_outlier_trips(self, policy: PolicyView, selected: list[PodView]) -> None:
+        """Each outlier its CircuitState records counts as a trip on its node."""
+        stored = self.operator.view.circuit_states.in_namespace(self.namespace)
+        for pod in selected:
+            state = stored.get(pod.name)
+            if state is None or not pod.node_name or not is_outlier(state.status):
+                continue
+            since = state.status["outlier"].get("since")
+            began = parse_time(since)
+            if isinstance(since, str) and began is not None:
+                at = began + policy.spec.outliers.sustain
+                self.ledger.note_outlier(pod.node_name, pod.name, since, at)
 
     def _select(self, pods: Mapping[str, PodView]) -> Selection:
         """The namespace's selection, made again only when a pod's placement or a policy's
@@ -359,6 +376,12 @@ class PolicyLoop:
                 watched_since=state.created_at if state is not None else None,
             )
             deadlines += [t for t in (grace, ends) if t and t > now]
+        if policy.spec.outliers.enabled:  # a deviating pod is an outlier once it lasts
+            for watched in self.pods_by_uid.values():
+                state = stored.get(watched.name)
+                due = sustained_at(state.status, policy.spec.outliers) if state else None
+                if due is not None and due > now:
+                    deadlines.append(due)
         deadlines += [
             started + policy.spec.watch.timeout
             for uid, started in self._watch_started.items()

@@ -21,6 +21,7 @@ import ctypes
 import functools
 import json
 import os
+import random
 import signal
 import socket
 import time
@@ -41,6 +42,7 @@ __all__ = (
     "AFTER_SUCCESS",
     "DIES_ONCE_AFTER",
     "FAULTS",
+    "FLAKY",
     "SIGKILL_ONCE",
     "SLOW",
     "DeviceFault",
@@ -114,6 +116,9 @@ def _sigkill_once() -> None:
 SLOW = "slow"
 """A degraded device: every task works, three times as slowly (`_work`)."""
 
+FLAKY = "flaky"
+"""A failing device that never fails many in a row: 30 % of tasks at random (`_work`)."""
+
 SIGKILL_ONCE = "sigkill once"
 FAULTS[SIGKILL_ONCE] = _sigkill_once
 AFTER_SUCCESS = "sigkill after success"
@@ -147,6 +152,10 @@ def _work(work_s: float, fail_s: float, poison: bool) -> str:
             how_it_fails = how.read().strip()
         if how_it_fails == SLOW:
             time.sleep(2 * work_s)
+        elif how_it_fails == FLAKY:
+            if random.random() < 0.3:
+                time.sleep(fail_s)
+                _raise()
         elif how_it_fails in FAULTS:
             time.sleep(fail_s)
             FAULTS[how_it_fails]()

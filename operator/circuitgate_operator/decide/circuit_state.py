@@ -12,6 +12,7 @@ from ..model import ContainerView, PodView
 from .intents import CircuitStateDelete, CircuitStateWrite, EventIntent, Plan, pod_ref
 from .memo import PlanMemo
 from .observation import PolicyObservation
+from .outliers import Deviation, Verdict, outlier_event_message, outlier_status, verdict_of
 from .readiness import restore
 from .selection import resolve_port
 
@@ -45,13 +46,15 @@ def desired_circuit_state(
     reading: Reading,
     previous: Mapping[str, Any] | None,
     now: str,
+    outlier: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status to record: only what a user reads (state, trips, the last change and why),
     so a healthy worker costs no writes. ``failures`` are those that opened the breaker and
     ``lastFailures`` their exceptions, both absent while it is closed (a healthy worker's
     counter moves with every task); ``sequence`` is the document's at the last change
     recorded, never a change by itself. Keys with no value are left out rather than set to
-    null, so the stored object and this dict compare equal when nothing changed."""
+    null, so the stored object and this dict compare equal when nothing changed. ``outlier``
+    is the pod's deviation from its peers (`outliers.outlier_status`), when it deviates."""
     previous = previous or {}
     status: dict[str, Any] = {"pod": pod.name, "policy": policy, "state": reading.state}
     if pod.node_name:
@@ -66,6 +69,8 @@ def desired_circuit_state(
         }
         status.update({key: value for key, value in fresh.items() if value is not None})
         status.update(_opening(reading, previous))
+        if outlier is not None:
+            status["outlier"] = dict(outlier)
     else:
         status.update({key: previous[key] for key in _REMEMBERED if key in previous})
     same_state = previous.get("state") == reading.state and previous.get("lastTransitionTime")
@@ -227,19 +232,34 @@ def circuit_events(
 
 
 def plan_circuit_states(
-    plan: Plan, obs: PolicyObservation, matched: Sequence[PodView], memo: PlanMemo | None = None
+    plan: Plan,
+    obs: PolicyObservation,
+    matched: Sequence[PodView],
+    memo: PlanMemo | None = None,
+    deviations: Mapping[str, Deviation] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Plan the watched pods' CircuitStates; return each one's status as it will be (none for a
-    pod that has no state yet)."""
+    pod that has no state yet). ``deviations``: the pods (by uid) deviating from their peers."""
     stamp = rfc3339(obs.now)
     states: dict[str, dict[str, Any]] = {}
+    deviations = deviations or {}
     for pod in matched:
+        deviation = deviations.get(pod.uid)
         if memo is None:
-            status = _plan_circuit_state(plan, obs, pod, stamp)
+            status = _plan_circuit_state(plan, obs, pod, stamp, deviation)
         else:
-            inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod))
+            inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod), deviation)
             status = memo.circuit_states.decide(
-                plan, pod.uid, inputs, _timeless, _plan_circuit_state, plan, obs, pod, stamp
+                plan,
+                pod.uid,
+                inputs,
+                _timeless,
+                _plan_circuit_state,
+                plan,
+                obs,
+                pod,
+                stamp,
+                deviation,
             )
         if status is not None:
             states[pod.name] = status
@@ -248,7 +268,10 @@ def plan_circuit_states(
 
 def _timeless(_: object, status: Mapping[str, Any] | None) -> bool:
     """Whether a pass that wrote nothing for this status would write nothing at any time: all
-    but a pod never read, whose Warning waits for the clock."""
+    but a pod never read, whose Warning waits for the clock, and a deviating one, which the
+    clock makes an outlier."""
+    if status is not None and verdict_of(status) == Verdict.DEVIATING:
+        return False
     return (
         status is None
         or status.get("state", BreakerState.UNKNOWN) != BreakerState.UNKNOWN
@@ -257,7 +280,7 @@ def _timeless(_: object, status: Mapping[str, Any] | None) -> bool:
 
 
 def _plan_circuit_state(
-    plan: Plan, obs: PolicyObservation, pod: PodView, stamp: str
+    plan: Plan, obs: PolicyObservation, pod: PodView, stamp: str, deviation: Deviation | None
 ) -> dict[str, Any] | None:
     observed = obs.circuit_states.get(pod.name)
     if observed is not None and (
@@ -272,8 +295,19 @@ def _plan_circuit_state(
     if reading is None:
         return dict(observed.status) if observed is not None and observed.status else None
     previous = observed.status if observed is not None else None
+    detection = obs.policy.spec.outliers
+    outlier = (
+        outlier_status(pod.uid, deviation, (previous or {}).get("outlier"), detection, obs.now)
+        if detection.enabled
+        else None
+    )
     status = desired_circuit_state(
-        pod=pod, policy=obs.policy.name, reading=reading, previous=previous, now=stamp
+        pod=pod,
+        policy=obs.policy.name,
+        reading=reading,
+        previous=previous,
+        now=stamp,
+        outlier=outlier,
     )
     if status["state"] == BreakerState.UNKNOWN and not _ever_read(status):
         plan.events.extend(
@@ -288,6 +322,7 @@ def _plan_circuit_state(
     if observed is None or dict(observed.status) != status:
         before = previous.get("state") if previous is not None and _ever_read(previous) else None
         events = circuit_events(pod, before, status)
+        events += _outlier_events(pod, previous or {}, status, obs)
         plan.circuit_states.append(
             CircuitStateWrite(
                 namespace=pod.namespace,
@@ -301,6 +336,20 @@ def _plan_circuit_state(
             )
         )
     return status
+
+
+def _outlier_events(
+    pod: PodView, previous: Mapping[str, Any], status: Mapping[str, Any], obs: PolicyObservation
+) -> list[EventIntent]:
+    """``OutlierDetected`` when the pod's deviation has lasted long enough, ``OutlierCleared``
+    when an outlier's deviation is over."""
+    was, now = verdict_of(previous) == Verdict.OUTLIER, verdict_of(status) == Verdict.OUTLIER
+    if now and not was:
+        message = outlier_event_message(status["outlier"], obs.policy.spec.outliers)
+        return [EventIntent(pod_ref(pod), "OutlierDetected", message, "Warning")]
+    if was and not now:
+        return [EventIntent(pod_ref(pod), "OutlierCleared", "no longer an outlier among its peers")]
+    return []
 
 
 def plan_orphans(plan: Plan, obs: PolicyObservation, matched: Sequence[PodView]) -> None:

@@ -61,6 +61,12 @@ class TripLedger:
             del trips[key]
         return added > 0
 
+    def note_outlier(self, node: str, pod: str, since: str, at: float) -> None:
+        """An outlier among its peers, counted as one trip of its pod as of ``at`` (when it
+        became one), keyed by when its deviation began: seeing it again (after a restart
+        too, from its CircuitState) never counts it twice."""
+        self._trips.setdefault(node, {}).setdefault((pod, f"outlier {since}"), at)
+
     def retain(self, pods: set[str]) -> None:
         """Forget the counters of pods no longer watched (their trips stay until they age)."""
         for pod in self._counted.keys() - pods:

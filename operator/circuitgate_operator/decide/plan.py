@@ -20,6 +20,7 @@ from .circuit_state import plan_circuit_states, plan_orphans
 from .intents import Plan
 from .memo import PlanMemo
 from .observation import PolicyObservation
+from .outliers import Deviation, Verdict, find_deviations, is_outlier, verdict_of
 from .policy_status import plan_policy_status
 from .readiness import plan_overlaps, plan_readiness, unready_cap
 from .remediation import cordon_cap, plan_remediation
@@ -30,16 +31,31 @@ __all__ = ("plan_policy",)
 
 def _tripped(
     obs: PolicyObservation, matched: Sequence[PodView], states: Mapping[str, Mapping[str, Any]]
-) -> int:
+) -> tuple[int, int]:
     """Watched pods whose circuit is tripped, by their reading first: a pod whose CircuitState
     is being replaced (left by an earlier pod of its name) has none this pass, and must still
-    count towards a storm (found by the model check)."""
-    count = 0
+    count towards a storm (found by the model check); and those tripped or outliers to mark,
+    which is what a storm counts (many workers at once is a shared cause either way)."""
+    tripped = marked = 0
     for pod in matched:
         reading = obs.reading(pod)
-        state = reading.state if reading is not None else states.get(pod.name, {}).get("state")
-        count += state in TRIPPED_STATES
-    return count
+        status = states.get(pod.name, {})
+        state = reading.state if reading is not None else status.get("state")
+        tripped += state in TRIPPED_STATES
+        marked += state in TRIPPED_STATES or is_outlier(status)
+    return tripped, marked
+
+
+def _deviations(obs: PolicyObservation, matched: Sequence[PodView]) -> dict[str, Deviation]:
+    """The watched pods (by uid) deviating from their peers now, if the policy asks."""
+    if not obs.policy.spec.outliers.enabled:
+        return {}
+    evidence = {}
+    for pod in matched:
+        reading = obs.reading(pod)
+        if reading is not None and reading.reachable:
+            evidence[pod.uid] = reading.evidence
+    return find_deviations(evidence, obs.policy.spec.outliers)
 
 
 def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:
@@ -49,7 +65,7 @@ def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:
     plan = Plan()
     if memo is not None:
         memo.under((policy.name, policy.label, spec))
-    states = plan_circuit_states(plan, obs, matched, memo)
+    states = plan_circuit_states(plan, obs, matched, memo, _deviations(obs, matched))
     plan_orphans(plan, obs, matched)
     plan_readiness(plan, obs, matched, states, memo)
     if memo is not None:
@@ -57,8 +73,8 @@ def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:
     plan_remediation(plan, obs, matched)
     plan_overlaps(plan, obs)
 
-    tripped = _tripped(obs, matched, states)
-    storm = storm_reached(spec.safety.storm_threshold, len(matched), tripped)
+    tripped, acting_on = _tripped(obs, matched, states)
+    storm = storm_reached(spec.safety.storm_threshold, len(matched), acting_on)
     unready, cordoned = unready_cap(obs, matched), cordon_cap(obs, matched)
     restraints = Restraints(policy.paused, spec.dry_run, storm, unready, cordoned)
     capped = restrain(plan, restraints)
@@ -81,6 +97,7 @@ def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:
         obs,
         matched=len(matched),
         tripped=tripped,
+        outliers=sum(verdict_of(status) == Verdict.OUTLIER for status in states.values()),
         unready=len(unready_after),
         cordoned=cordoned_after,
         storm=storm,

@@ -42,6 +42,7 @@ def plan_policy_status(
     *,
     matched: int,
     tripped: int,
+    outliers: int,
     unready: int,
     cordoned: int,
     storm: bool,
@@ -55,11 +56,14 @@ def plan_policy_status(
     old_conditions = list(observed.get("conditions") or [])
     old = {c.get("type"): c.get("status") for c in old_conditions}
     overlapping = sorted(n for n, ps in obs.overlapping.items() if policy.name in ps)
+    counted = f"{tripped} of {matched} watched workers tripped" + (
+        f", {outliers} outliers" if outliers else ""
+    )
     storm_message = (
-        f"{tripped} of {matched} watched workers tripped (threshold "
+        f"{counted} (threshold "
         f"{spec.safety.storm_threshold}): probably a shared cause; no new action is taken"
         if storm
-        else f"{tripped} of {matched} watched workers tripped"
+        else counted
     )
     cap_message = (
         f"caps: unready pods {spec.safety.max_unready_pods}, cordoned nodes "
@@ -94,6 +98,7 @@ def plan_policy_status(
         "observedGeneration": policy.generation,
         "matchedPods": matched,
         "openCircuits": tripped,
+        "outliers": outliers,
         "unreadyPods": max(unready, 0),
         "cordonedNodes": max(cordoned, 0),
         "conditions": conditions,

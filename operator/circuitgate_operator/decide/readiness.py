@@ -18,6 +18,7 @@ from .caps import Cap
 from .intents import ConditionWrite, EventIntent, Plan, pod_ref
 from .memo import PlanMemo
 from .observation import PolicyObservation
+from .outliers import is_outlier, outlier_condition_message
 
 __all__ = (
     "OUR_UNREADY_REASONS",
@@ -34,7 +35,7 @@ __all__ = (
 
 # Reasons of the False conditions circuitgate writes; a False condition with another reason
 # was not written by us and is not ours to restore.
-OUR_UNREADY_REASONS = frozenset({"CircuitOpen", "CircuitForcedOpen"})
+OUR_UNREADY_REASONS = frozenset({"CircuitOpen", "CircuitForcedOpen", "Outlier"})
 # Recorded states that hold a pod unready (unknown keeps the False an open state set).
 _HOLDING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN, BreakerState.UNKNOWN})
 # How long an open state that named no end (forced open) stays evidence once its endpoint can
@@ -58,14 +59,17 @@ def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condi
     """The condition to hold, or None to leave the pod's condition as it is.
 
     Open and forced-open make it False; closed, half-open and forced-closed True (half-open
-    needs traffic for its trial). An unknown state changes nothing, since an unreadable
-    endpoint is not evidence of a trip, except that a gated pod with no condition yet gets
-    True at once: without the condition it could never become Ready.
+    needs traffic for its trial), but an outlier among its peers False unless forced
+    closed. An unknown state changes nothing, since an unreadable endpoint is not evidence
+    of a trip, except that a gated pod with no condition yet gets True at once (without the
+    condition it could never become Ready) and an outlier's False goes: its evidence is gone.
     """
     state = status.get("state", BreakerState.UNKNOWN)
     breaker = status.get("breaker") or "?"
     current = pod.gate_condition
-    if state == BreakerState.OPEN:
+    if state in (BreakerState.CLOSED, BreakerState.HALF_OPEN) and is_outlier(status):
+        wanted = ("False", "Outlier", outlier_condition_message(status["outlier"]))
+    elif state == BreakerState.OPEN:
         until = status.get("mayCloseAt")
         message = f"breaker {breaker} is open" + (f" until {until}" if until else "")
         wanted = ("False", "CircuitOpen", message)
@@ -79,6 +83,8 @@ def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condi
         wanted = ("True", "CircuitClosed", f"breaker {breaker} is closed")
     elif current is None:
         wanted = ("True", "CircuitNotRead", "the breaker endpoint has not been read yet")
+    elif current.status == "False" and current.reason == "Outlier":
+        wanted = ("True", "CircuitNotRead", "the breaker endpoint cannot be read: no evidence")
     else:
         return None
     status_value, reason, message = wanted
@@ -229,7 +235,7 @@ def _plan_pod_readiness(
     if wanted is None or same_condition(current, wanted):
         return None
     if wanted.status == "False" and (current is None or current.status != "False"):
-        opened_at = str(status.get("openedAt") or "")
+        opened_at = str(status.get("openedAt") or (status.get("outlier") or {}).get("since") or "")
         event = EventIntent(pod_ref(pod), "PodMarkedUnready", wanted.message, "Warning")
         write = condition_write(
             pod, wanted, marks_unready=True, opened_at=opened_at or None, events=(event,)

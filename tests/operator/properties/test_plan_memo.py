@@ -1,7 +1,8 @@
 """The plan memo changes no plan: on random cluster states, evolving as the loop sees them (its
 writes landing, breakers and endpoints changing, conditions set by others, time passing, first
-reads pending, the policy edited), ``plan_policy(obs, memo)`` with one memo kept across every
-pass equals ``plan_policy(obs)`` made afresh.
+reads pending, workers deviating from their peers, the policy edited),
+``plan_policy(obs, memo)`` with one memo kept across every pass equals ``plan_policy(obs)``
+made afresh.
 
 The reconciler model checks the same on its cluster; this one drives what the memo's rules are
 about (an open state whose evidence runs out while nothing else changes, a pod never read)
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from circuitgate_operator.clock import rfc3339
-from circuitgate_operator.contract import BreakerState, Reading
+from circuitgate_operator.contract import BreakerState, CallEvidence, Reading
 from circuitgate_operator.decide.memo import PlanMemo
 from circuitgate_operator.decide.plan import plan_policy
 from circuitgate_operator.model import Condition, PodView
@@ -33,6 +34,7 @@ class MemoModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = NOW
+        self.failures: dict[str, int] = {}  # each worker's failures in its last 100 calls
         self.spec: dict[str, Any] = {"safety": {"maxUnreadyPods": 2, "stormThreshold": 3}}
         pods = [pod(name, node=f"n{i % 2}") for i, name in enumerate(PODS)]
         self.obs = observe(
@@ -58,6 +60,7 @@ class MemoModel(RuleBasedStateMachine):
             opened_at=rfc3339(opened) if opened is not None else None,
             may_close_at=rfc3339(opened + 60) if opened is not None else None,
             sequence=7,
+            evidence=(CallEvidence("default", 100, self.failures.get(p.name, 0), 1.0),),
         )
 
     def _pod(self, name: str) -> PodView:
@@ -90,6 +93,16 @@ class MemoModel(RuleBasedStateMachine):
         at = self.now + opened if opened is not None else None
         readings = {**self.obs.readings, p.uid: self._reading(p, state, at)}
         self.obs = dataclasses.replace(self.obs, readings=readings)
+
+    @rule(name=st.sampled_from(PODS), failures=st.sampled_from([0, 5, 40]))
+    def its_evidence_changes(self, name: str, failures: int) -> None:
+        self.failures[name] = failures
+        p = self._pod(name)
+        current = self.obs.readings.get(p.uid)
+        if current is not None and current.reachable:
+            evidence = (CallEvidence("default", 100, failures, 1.0),)
+            readings = {**self.obs.readings, p.uid: dataclasses.replace(current, evidence=evidence)}
+            self.obs = dataclasses.replace(self.obs, readings=readings)
 
     @rule(name=st.sampled_from(PODS))
     def an_open_worker_goes_dark(self, name: str) -> None:
@@ -165,9 +178,15 @@ class MemoModel(RuleBasedStateMachine):
         )
 
     @precondition(lambda self: self.plans > 0)
-    @rule(enabled=st.booleans(), port=st.sampled_from([8000, 8001]))
-    def the_policy_changes(self, enabled: bool, port: int) -> None:
-        self.spec = {**self.spec, "readiness": {"enabled": enabled}, "endpoint": {"port": port}}
+    @rule(enabled=st.booleans(), port=st.sampled_from([8000, 8001]), outliers=st.booleans())
+    def the_policy_changes(self, enabled: bool, port: int, outliers: bool) -> None:
+        detection = {"enabled": outliers, "minPeers": 2, "sustainSeconds": 30}
+        self.spec = {
+            **self.spec,
+            "readiness": {"enabled": enabled},
+            "endpoint": {"port": port},
+            "outlierDetection": detection,
+        }
         self.obs = dataclasses.replace(self.obs, policy=policy(**self.spec))
 
 

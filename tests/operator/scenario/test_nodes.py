@@ -467,3 +467,26 @@ def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
         assert cordoned == [n1]
     finally:
         proxy.stop()
+
+
+def test_outliers_count_toward_node_trips_when_the_policy_says_so(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    gpu, cpu = cluster.node("gpu", labels=GPU), cluster.node("cpu")
+    hosts = {f"b{i}": cluster.worker_pod(f"b{i}", node=gpu) for i in range(2)}
+    hosts |= {f"h{i}": cluster.worker_pod(f"h{i}", node=cpu) for i in range(4)}
+    detection = {"enabled": True, "sustainSeconds": 1, "countTowardNodeTrips": True}
+    cluster.policy(**remediation(tripThreshold=2), outlierDetection=detection)
+    eventually(lambda: len(cluster.circuit_states()) == 6)
+    for name, host in hosts.items():  # the GPU node's two workers fail 40 % of their tasks
+        failures = 40 if name.startswith("b") else 0
+        calls = {"calls": 100, "failures": failures, "p50_seconds": 1.0, "p90_seconds": 1.5}
+        cluster.workers.set(host, breaker={"recent_calls": calls})
+
+    spec = eventually(lambda: (s := spec_of(cluster, gpu)).get("unschedulable") and s)
+    assert OUR_TAINT in spec["taints"]
+    assert "2 trips from 2 pods" in annotations_of(cluster, gpu)["circuitgate.io/cordon-reason"]
+    for name in ("b0", "b1"):
+        assert cluster.condition(name)["reason"] == "Outlier"
+        assert cluster.state_of(name)["state"] == "closed"
+    assert not spec_of(cluster, cpu).get("unschedulable")

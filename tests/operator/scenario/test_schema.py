@@ -1,5 +1,6 @@
 """The CircuitPolicy schema on the real API server: label selectors must be valid Kubernetes
-label keys and values, or a policy would be accepted and silently match nothing."""
+label keys and values, or a policy would be accepted and silently match nothing; the
+defaults it fills in are the ones the operator reads an unset field as."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from circuitgate_devkit.cluster.control_plane import ControlPlane
+from circuitgate_operator.model import OutlierDetection, parse_outlier_detection
 
 pytestmark = pytest.mark.cluster
 
@@ -29,19 +31,21 @@ def api(control_plane: ControlPlane, crds: list[str]) -> Iterator[ApiClient]:
 
 def create(api: ApiClient, selector: dict[str, Any], node_selector: dict[str, str]) -> None:
     """A dry-run create of a policy with these selectors, strictly validated."""
+    create_policy(api, selector=selector, nodeRemediation={"nodeSelector": node_selector})
+
+
+def create_policy(api: ApiClient, **spec: Any) -> dict[str, Any]:
+    """A dry-run create of a policy with this spec, strictly validated; the defaulted body."""
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "CircuitPolicy",
-        "metadata": {"name": "selectors"},
-        "spec": {
-            "selector": selector,
-            "endpoint": {"port": 8000},
-            "nodeRemediation": {"nodeSelector": node_selector},
-        },
+        "metadata": {"name": "checked"},
+        "spec": {"selector": GOOD, "endpoint": {"port": 8000}, **spec},
     }
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
+    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, "default", "circuitpolicies", body, dry_run="All", field_validation="Strict"
     )
+    return created
 
 
 GOOD = {"matchLabels": {"app": "worker"}}
@@ -151,3 +155,22 @@ def test_valid_label_selectors_are_accepted(
     api: ApiClient, selector: dict[str, Any], node_selector: dict[str, str]
 ) -> None:
     create(api, selector, node_selector)
+
+
+def test_outlier_detections_defaults_are_the_operators_and_bad_values_name_the_field(
+    api: ApiClient,
+) -> None:
+    defaulted = create_policy(api)["spec"]["outlierDetection"]
+    assert parse_outlier_detection(defaulted) == OutlierDetection()
+    enabled = create_policy(api, outlierDetection={"enabled": True})["spec"]["outlierDetection"]
+    assert parse_outlier_detection(enabled) == OutlierDetection(enabled=True)
+    for bad, field in (
+        ({"enforcingPercent": 101}, "spec.outlierDetection.enforcingPercent"),
+        ({"failureRate": {"minimum": 2}}, "spec.outlierDetection.failureRate.minimum"),
+        ({"duration": {"factor": 0.5}}, "spec.outlierDetection.duration.factor"),
+        ({"stdevs": 0}, "spec.outlierDetection.stdevs"),
+        ({"minCalls": 0}, "spec.outlierDetection.minCalls"),
+    ):
+        with pytest.raises(ApiException) as refused:
+            create_policy(api, outlierDetection=bad)
+        assert refused.value.status == 422 and field in json.loads(refused.value.body)["message"]

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from circuitgate.contract import BreakerDocument, FailureNote, WorkerDocument
+from circuitgate.contract import BreakerDocument, FailureNote, RecentCalls, WorkerDocument
 from circuitgate_devkit.paths import REPO
-from circuitgate_operator.contract import SCHEMA_PATH, load_schema, parse_document
+from circuitgate_operator.contract import SCHEMA_PATH, CallEvidence, load_schema, parse_document
 
 URL = "http://10.0.0.1:8000/circuit"
 
@@ -172,3 +172,15 @@ def test_a_document_from_a_worker_without_the_newer_fields_still_reads() -> None
         del data["breakers"][0][field]
     reading = parse_document(URL, json.dumps(data).encode())
     assert reading.reachable and reading.state == "open" and reading.last_failures == ()
+    assert reading.evidence == ()
+
+
+def test_every_breakers_recent_calls_are_read_as_evidence() -> None:
+    busy = dataclasses.replace(breaker("gpu"), recent_calls=RecentCalls(100, 30, 41.5, 58.0))
+    reading = parse_document(URL, document(breaker("cpu"), busy))
+    assert reading.evidence == (
+        CallEvidence("cpu", 0, 0, None),
+        CallEvidence("gpu", 100, 30, 41.5),
+    )
+    assert reading.evidence[1].failure_rate == 0.3 and reading.evidence[0].failure_rate == 0.0
+    assert CallEvidence("x", 10, 99, None).failure_rate == 1.0  # a hostile count, bounded

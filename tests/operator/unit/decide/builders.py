@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from circuitgate_operator.contract import Reading
+from circuitgate_operator.contract import CallEvidence, Reading
 from circuitgate_operator.decide.intents import Plan
 from circuitgate_operator.decide.nodes import Trip
 from circuitgate_operator.decide.observation import PolicyObservation
@@ -75,7 +75,12 @@ def pod(
 
 
 def reading(
-    p: PodView, state: str = "closed", *, trips: int = 0, opened_at: str | None = None
+    p: PodView,
+    state: str = "closed",
+    *,
+    trips: int = 0,
+    opened_at: str | None = None,
+    evidence: tuple[CallEvidence, ...] = (),
 ) -> Reading:
     url = f"http://{p.pod_ip}:8000/circuit"
     if state == "unknown":
@@ -95,6 +100,7 @@ def reading(
         opened_at=opened,
         may_close_at="2027-01-15T08:01:00Z" if state == "open" else None,
         sequence=7,
+        evidence=evidence,
     )
 
 

@@ -140,3 +140,12 @@ def test_every_opening_after_the_first_reading_counts_once_whichever_readings_we
         last = trips
     recorded = ledger.by_node(keep=10**9, now=NOW + len(steps)).get("n1", [])
     assert len(recorded) == (0 if first is None else last - first)
+
+
+def test_an_outlier_counts_once_as_a_trip_however_often_it_is_seen() -> None:
+    ledger = TripLedger()
+    for _ in range(3):  # every pass, and again after a restart, from its CircuitState
+        ledger.note_outlier("n1", "w0", "2027-01-15T08:00:00Z", NOW - 5)
+    ledger.note_outlier("n1", "w0", "2027-01-15T09:00:00Z", NOW)  # a later deviation
+    assert ledger.by_node(keep=60, now=NOW) == {"n1": [Trip("w0", NOW - 5), Trip("w0", NOW)]}
+    assert ledger.by_node(keep=60, now=NOW + 58) == {"n1": [Trip("w0", NOW)]}
