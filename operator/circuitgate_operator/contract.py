@@ -150,9 +150,20 @@ def parse_document(url: str, payload: bytes) -> Reading:
         return unknown(url, "malformed", f"malformed document: {type(error).__name__}")
 
 
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_a_number(constant: str) -> float:
+    """Python's JSON reads NaN and Infinity, which are not JSON and pass every bound check."""
+    raise _NotFinite(constant)
+
+
 def _read(url: str, payload: bytes) -> Reading:
     try:
-        document = json.loads(payload)
+        document = json.loads(payload, parse_constant=_not_a_number)
+    except _NotFinite:
+        return unknown(url, "malformed", "malformed document: a number is not finite")
     except (ValueError, UnicodeDecodeError):
         return unknown(url, "malformed", "malformed document: not JSON")
     error = next(iter(_validator().iter_errors(document)), None)

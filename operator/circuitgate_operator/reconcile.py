@@ -298,7 +298,8 @@ class PolicyLoop:
             began = parse_time(since)
             if isinstance(since, str) and began is not None:
                 at = began + policy.spec.outliers.sustain
-                self.ledger.note_outlier(pod.node_name, pod.name, since, at)
+                limit = policy.spec.nodes.trip_threshold
+                self.ledger.note_outlier(pod.node_name, pod.name, since, at, limit=limit)
 
     def _select(self, pods: Mapping[str, PodView]) -> Selection:
         """The namespace's selection, made again only when a pod's placement or a policy's

@@ -236,19 +236,20 @@ def plan_circuit_states(
     obs: PolicyObservation,
     matched: Sequence[PodView],
     memo: PlanMemo | None = None,
-    deviations: Mapping[str, Deviation] | None = None,
+    deviations: Mapping[str, tuple[Deviation, ...]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Plan the watched pods' CircuitStates; return each one's status as it will be (none for a
-    pod that has no state yet). ``deviations``: the pods (by uid) deviating from their peers."""
+    pod that has no state yet). ``deviations``: how each pod (by uid) deviates from its peers;
+    one left out keeps what was recorded of it (`outliers.outlier_status`)."""
     stamp = rfc3339(obs.now)
     states: dict[str, dict[str, Any]] = {}
     deviations = deviations or {}
     for pod in matched:
-        deviation = deviations.get(pod.uid)
+        judged = deviations.get(pod.uid)
         if memo is None:
-            status = _plan_circuit_state(plan, obs, pod, stamp, deviation)
+            status = _plan_circuit_state(plan, obs, pod, stamp, judged)
         else:
-            inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod), deviation)
+            inputs = (pod, obs.circuit_states.get(pod.name), obs.reading(pod), judged)
             status = memo.circuit_states.decide(
                 plan,
                 pod.uid,
@@ -259,7 +260,7 @@ def plan_circuit_states(
                 obs,
                 pod,
                 stamp,
-                deviation,
+                judged,
             )
         if status is not None:
             states[pod.name] = status
@@ -280,7 +281,11 @@ def _timeless(_: object, status: Mapping[str, Any] | None) -> bool:
 
 
 def _plan_circuit_state(
-    plan: Plan, obs: PolicyObservation, pod: PodView, stamp: str, deviation: Deviation | None
+    plan: Plan,
+    obs: PolicyObservation,
+    pod: PodView,
+    stamp: str,
+    deviations: tuple[Deviation, ...] | None,
 ) -> dict[str, Any] | None:
     observed = obs.circuit_states.get(pod.name)
     if observed is not None and (
@@ -292,12 +297,18 @@ def _plan_circuit_state(
         plan.circuit_state_deletes.append(CircuitStateDelete(pod.namespace, pod.name))
         return None
     reading = obs.reading(pod)
-    if reading is None:
-        return dict(observed.status) if observed is not None and observed.status else None
-    previous = observed.status if observed is not None else None
     detection = obs.policy.spec.outliers
+    if reading is None:
+        if observed is None or not observed.status:
+            return None
+        # What was recorded, until the endpoint answers; an outlier only while detection is on.
+        kept = dict(observed.status)
+        if not detection.enabled:
+            kept.pop("outlier", None)
+        return kept
+    previous = observed.status if observed is not None else None
     outlier = (
-        outlier_status(pod.uid, deviation, (previous or {}).get("outlier"), detection, obs.now)
+        outlier_status(pod.uid, deviations, (previous or {}).get("outlier"), detection, obs.now)
         if detection.enabled
         else None
     )

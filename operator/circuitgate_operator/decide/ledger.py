@@ -56,16 +56,16 @@ class TripLedger:
         if not trips:
             del self._trips[node]
             return False
-        mine = sorted((at, key) for key, at in trips.items() if key[0] == pod)
-        for _, key in mine[: max(len(mine) - limit, 0)]:
-            del trips[key]
+        _keep_newest(trips, pod, limit)
         return added > 0
 
-    def note_outlier(self, node: str, pod: str, since: str, at: float) -> None:
+    def note_outlier(self, node: str, pod: str, since: str, at: float, *, limit: int) -> None:
         """An outlier among its peers, counted as one trip of its pod as of ``at`` (when it
         became one), keyed by when its deviation began: seeing it again (after a restart
-        too, from its CircuitState) never counts it twice."""
-        self._trips.setdefault(node, {}).setdefault((pod, f"outlier {since}"), at)
+        too, from its CircuitState) never counts it twice. Kept as openings are."""
+        trips = self._trips.setdefault(node, {})
+        trips.setdefault((pod, f"outlier {since}"), at)
+        _keep_newest(trips, pod, limit)
 
     def retain(self, pods: set[str]) -> None:
         """Forget the counters of pods no longer watched (their trips stay until they age)."""
@@ -86,3 +86,10 @@ class TripLedger:
                 Trip(pod, at) for (pod, _), at in sorted(trips.items(), key=lambda t: t[1])
             ]
         return result
+
+
+def _keep_newest(trips: dict[tuple[str, str], float], pod: str, limit: int) -> None:
+    """Only the pod's newest ``limit`` trips on the node: one pod never needs more."""
+    mine = sorted((at, key) for key, at in trips.items() if key[0] == pod)
+    for _, key in mine[: max(len(mine) - limit, 0)]:
+        del trips[key]

@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from ..clock import parse_time, rfc3339
-from ..contract import CallEvidence
+from ..contract import BreakerState, CallEvidence
 from ..model import OutlierDetection
 
 __all__ = (
@@ -88,6 +88,10 @@ class _Peers:
         return median, mean, math.sqrt(variance)
 
 
+# Float noise: 12 % against 2 % is 10 points above, though 0.12 - 0.02 is a hair under 0.1.
+_EPSILON = 1e-9
+
+
 def _deviates(
     value: float,
     peers: tuple[float, float, float],
@@ -98,17 +102,19 @@ def _deviates(
     median, mean, stdev = peers
     return (
         value > factor * median
-        and value - median >= minimum
+        and value - median >= minimum - _EPSILON
         and (stdevs is None or value > mean + stdevs * stdev)
     )
 
 
 def find_deviations(
     evidence: Mapping[str, Sequence[CallEvidence]], detection: OutlierDetection
-) -> dict[str, Deviation]:
-    """The workers (by key) that deviate from their peers now, each by its first deviating
-    measure (failure rate before duration, then breaker name). Only breakers with at least
-    ``min_calls`` calls take part, as judged and as peers, and only with ``min_peers`` others."""
+) -> dict[str, tuple[Deviation, ...]]:
+    """Each worker (by key) that could be judged, with how it deviates from its peers now
+    (empty: it does not), failure rate before duration, then by breaker name. Only breakers
+    with at least ``min_calls`` calls take part, as judged and as peers, and only with
+    ``min_peers`` others; a worker that is in no such comparison is left out (no verdict
+    either way)."""
     groups: dict[tuple[str, Measure], dict[str, tuple[float, int]]] = {}
     for key, items in evidence.items():
         for item in items:
@@ -127,7 +133,7 @@ def find_deviations(
         "failureRate": (detection.failure_rate_factor, detection.failure_rate_minimum),
         "p50Seconds": (detection.duration_factor, detection.duration_minimum),
     }
-    found: dict[str, Deviation] = {}
+    found: dict[str, list[Deviation]] = {}
     order = sorted(groups, key=lambda g: (_MEASURES.index(g[1]), g[0]))
     for breaker, measure in order:
         factor, minimum = rules[measure]
@@ -136,12 +142,13 @@ def find_deviations(
             continue
         peers = _Peers.of(value for value, _ in members.values())
         for key, (value, calls) in members.items():
-            if key in found:
-                continue
             others = peers.without(value)
+            deviations = found.setdefault(key, [])
             if _deviates(value, others, factor, minimum, detection.stdevs):
-                found[key] = Deviation(breaker, measure, value, others[0], len(members) - 1, calls)
-    return found
+                deviations.append(
+                    Deviation(breaker, measure, value, others[0], len(members) - 1, calls)
+                )
+    return {key: tuple(deviations) for key, deviations in found.items()}
 
 
 def _enforced(uid: str, detection: OutlierDetection) -> bool:
@@ -155,19 +162,28 @@ def _enforced(uid: str, detection: OutlierDetection) -> bool:
 
 def outlier_status(
     uid: str,
-    deviation: Deviation | None,
+    deviations: Sequence[Deviation] | None,
     previous: Mapping[str, Any] | None,
     detection: OutlierDetection,
     now: float,
 ) -> dict[str, Any] | None:
     """What the pod's CircuitState records of its deviation (None when it deviates from
-    nothing): since when, and whether that is long enough to make it an outlier."""
-    if deviation is None:
+    nothing): since when it has deviated without a break, by one measure or another, and
+    whether that is long enough to make it an outlier. ``deviations`` None: it could not be
+    judged this pass, and what was recorded stays as it was. The record keeps the measure
+    it names while that measure still deviates, and its figures while the verdict stays, so
+    a deviating pod is written when its verdict changes, not whenever its peers move."""
+    if deviations is None:
+        return dict(previous) if previous else None
+    if not deviations:
         return None
-    since = parse_time((previous or {}).get("since")) if previous else None
+    previous = previous or {}
+    named = (previous.get("breaker"), previous.get("measure"))
+    deviation = next((d for d in deviations if (d.breaker, d.measure) == named), deviations[0])
+    since = parse_time(previous.get("since"))
     began = since if since is not None and since <= now else now
     verdict = Verdict.OUTLIER if now - began >= detection.sustain else Verdict.DEVIATING
-    return {
+    status = {
         "verdict": verdict.value,
         "breaker": deviation.breaker,
         "measure": deviation.measure,
@@ -178,6 +194,11 @@ def outlier_status(
         "since": rfc3339(began),
         "enforced": _enforced(uid, detection),
     }
+    figures = ("value", "peersMedian", "peers", "calls")
+    kept = ("verdict", "breaker", "measure", "since", "enforced")
+    if all(previous.get(key) == status[key] for key in kept):
+        status.update({key: previous[key] for key in figures if key in previous})
+    return status
 
 
 def sustained_at(status: Mapping[str, Any], detection: OutlierDetection) -> float | None:
@@ -194,10 +215,16 @@ def verdict_of(status: Mapping[str, Any]) -> Verdict | None:
     return Verdict(verdict) if verdict in tuple(Verdict) else None
 
 
+# The states in which an outlier is marked: a tripped circuit is marked for that already, and
+# one forced closed is an admin's word.
+_JUDGED_STATES = frozenset({BreakerState.CLOSED, BreakerState.HALF_OPEN})
+
+
 def is_outlier(status: Mapping[str, Any]) -> bool:
     """Whether a recorded status makes its pod an outlier to mark unready."""
     enforced = (status.get("outlier") or {}).get("enforced") is True
-    return verdict_of(status) == Verdict.OUTLIER and enforced
+    judged = status.get("state") in _JUDGED_STATES
+    return verdict_of(status) == Verdict.OUTLIER and enforced and judged
 
 
 def _measure_name(outlier: Mapping[str, Any]) -> str:

@@ -46,8 +46,13 @@ def _tripped(
     return tripped, marked
 
 
-def _deviations(obs: PolicyObservation, matched: Sequence[PodView]) -> dict[str, Deviation]:
-    """The watched pods (by uid) deviating from their peers now, if the policy asks."""
+def _deviations(
+    obs: PolicyObservation, matched: Sequence[PodView]
+) -> dict[str, tuple[Deviation, ...]]:
+    """How each watched pod (by uid) deviates from its peers now, if the policy asks. A pod
+    left out keeps what was recorded of it: one that could not be judged while some of the
+    policy's endpoints are being read for the first time (after a restart they answer one by
+    one, and a verdict made on the first few would be undone by the rest)."""
     if not obs.policy.spec.outliers.enabled:
         return {}
     evidence = {}
@@ -55,7 +60,10 @@ def _deviations(obs: PolicyObservation, matched: Sequence[PodView]) -> dict[str,
         reading = obs.reading(pod)
         if reading is not None and reading.reachable:
             evidence[pod.uid] = reading.evidence
-    return find_deviations(evidence, obs.policy.spec.outliers)
+    judged = find_deviations(evidence, obs.policy.spec.outliers)
+    if any(pod.uid in obs.first_read_pending for pod in matched):
+        return judged
+    return {uid: judged.get(uid, ()) for uid in evidence}
 
 
 def plan_policy(obs: PolicyObservation, memo: PlanMemo | None = None) -> Plan:

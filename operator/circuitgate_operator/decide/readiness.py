@@ -67,7 +67,7 @@ def decide_readiness(pod: PodView, status: Mapping[str, Any], now: str) -> Condi
     state = status.get("state", BreakerState.UNKNOWN)
     breaker = status.get("breaker") or "?"
     current = pod.gate_condition
-    if state in (BreakerState.CLOSED, BreakerState.HALF_OPEN) and is_outlier(status):
+    if is_outlier(status):
         wanted = ("False", "Outlier", outlier_condition_message(status["outlier"]))
     elif state == BreakerState.OPEN:
         until = status.get("mayCloseAt")
@@ -220,6 +220,8 @@ def _plan_pod_readiness(
         return None
     if pod.uid in obs.first_read_pending and status is _UNREAD:
         return None
+    if is_outlier(status) and obs.reading(pod) is None:
+        return None  # a recorded verdict is evidence with its endpoint's answer: wait for it
     if _stale_open_over(obs, pod, status):
         # What is recorded is all there is (an unreadable endpoint, or a state read after a
         # restart before its first answer), and it holds a pod unready only while it lasts.

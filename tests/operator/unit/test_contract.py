@@ -175,6 +175,18 @@ def test_a_document_from_a_worker_without_the_newer_fields_still_reads() -> None
     assert reading.evidence == ()
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_json_has_not_is_malformed(constant: str) -> None:
+    """Python's JSON reads them, and NaN passes every minimum and maximum of the schema."""
+    text = document(breaker()).decode().replace('"p50_seconds":null', f'"p50_seconds":{constant}')
+    assert constant in text
+    reading = parse_document(URL, text.encode())
+    assert (reading.state, reading.reason) == (
+        "unknown",
+        "malformed document: a number is not finite",
+    )
+
+
 def test_every_breakers_recent_calls_are_read_as_evidence() -> None:
     busy = dataclasses.replace(breaker("gpu"), recent_calls=RecentCalls(100, 30, 41.5, 58.0))
     reading = parse_document(URL, document(breaker("cpu"), busy))

@@ -145,7 +145,13 @@ def test_every_opening_after_the_first_reading_counts_once_whichever_readings_we
 def test_an_outlier_counts_once_as_a_trip_however_often_it_is_seen() -> None:
     ledger = TripLedger()
     for _ in range(3):  # every pass, and again after a restart, from its CircuitState
-        ledger.note_outlier("n1", "w0", "2027-01-15T08:00:00Z", NOW - 5)
-    ledger.note_outlier("n1", "w0", "2027-01-15T09:00:00Z", NOW)  # a later deviation
+        ledger.note_outlier("n1", "w0", "2027-01-15T08:00:00Z", NOW - 5, limit=2)
+    ledger.note_outlier("n1", "w0", "2027-01-15T09:00:00Z", NOW, limit=2)  # a later deviation
     assert ledger.by_node(keep=60, now=NOW) == {"n1": [Trip("w0", NOW - 5), Trip("w0", NOW)]}
     assert ledger.by_node(keep=60, now=NOW + 58) == {"n1": [Trip("w0", NOW)]}
+    for n in range(5):  # a pod deviating again and again keeps only its newest trips
+        ledger.note_outlier("n1", "w1", f"2027-01-15T1{n}:00:00Z", NOW + n, limit=2)
+    assert [t.at for t in ledger.by_node(keep=60, now=NOW + 5)["n1"] if t.pod == "w1"] == [
+        NOW + 3,
+        NOW + 4,
+    ]
