@@ -9,7 +9,7 @@ from .breaker import SharedCircuitBreaker
 from .evidence import EvidenceClock
 from .settings import Settings
 
-__all__ = ("DEFAULT", "BreakerSet", "queue_of")
+__all__ = ("CLAIMED_HERE", "DEFAULT", "BreakerSet", "queue_of", "release_claim")
 
 DEFAULT = "default"
 """The breaker of every queue that no named breaker is bound to."""
@@ -21,6 +21,19 @@ def queue_of(delivery_info: Mapping[str, Any] | None) -> str | None:
         return None
     routing_key = delivery_info.get("routing_key")
     return str(routing_key) if routing_key else None
+
+
+CLAIMED_HERE = "circuitgate_claimed_trial"
+"""Set in a message's ``delivery_info`` when the gate claimed the trial for that delivery:
+only its own claim may be given back when Celery discards it (another delivery of the same
+task id may hold the claim, running)."""
+
+
+def release_claim(breakers: BreakerSet, request: Any) -> None:
+    """Give back the half-open trial claim of a request discarded unrun, if its delivery
+    holds it."""
+    if (request.message.delivery_info or {}).get(CLAIMED_HERE):
+        breakers.for_queue(queue_of(request.delivery_info)).release(request.id)
 
 
 class BreakerSet:

@@ -11,8 +11,9 @@ from celery.worker import state as worker_state
 from kombu.entity import Queue
 
 from .breaker import Admission, SharedCircuitBreaker
-from .breaker_set import BreakerSet, queue_of
+from .breaker_set import CLAIMED_HERE, BreakerSet, queue_of
 from .requeue import requeue_now
+from .shutdown_handback import hand_back_on_warm_shutdown
 
 __all__ = ("CLAIMED_HERE", "ConsumptionGate", "QueuePauser")
 
@@ -49,6 +50,7 @@ class ConsumptionGate(bootsteps.StartStopStep):
             self.pauser.start()
         else:
             _gate_qos(qos, breakers.default)
+        hand_back_on_warm_shutdown(c, breakers)
         # A refusal means a circuit opened since the pauser last looked: pause at once, before
         # handing the message back, or RabbitMQ would deliver it straight back to us.
         on_refuse = self.pauser.tick if self.pauser is not None else None
@@ -166,12 +168,6 @@ def _gate_strategy(
         return strategy(message, body, ack, reject, *args, **kwargs)
 
     return gated
-
-
-CLAIMED_HERE = "circuitgate_claimed_trial"
-"""Set in a message's ``delivery_info`` when the gate claimed the trial for that delivery:
-only its own claim may be given back when Celery discards it (another delivery of the same
-task id may hold the claim, running)."""
 
 
 def _task_fields(message: Any, body: Any) -> dict[str, Any]:

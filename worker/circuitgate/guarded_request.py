@@ -13,8 +13,7 @@ from celery.worker import state as worker_state
 
 from . import broker_deliveries
 from .breaker import SharedCircuitBreaker
-from .breaker_set import BreakerSet, queue_of
-from .gate import CLAIMED_HERE
+from .breaker_set import BreakerSet, queue_of, release_claim
 from .requeue import requeue_now
 from .task_guard import (
     STOPPED,
@@ -42,6 +41,8 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
     base: type[Any] = symbol_by_name(task.Request)
 
     class GuardedRequest(base):  # Celery ships no types: base is Any
+        requeues_at_once = True  # see reject(): `shutdown_handback` needs no requeue_now
+
         def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(message, *args, **kwargs)
             broker_deliveries.stamp(self._request_dict["delivery_info"], message)
@@ -75,8 +76,7 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
             # trial_timeout.
             if not super().revoked():
                 return False
-            if (self.message.delivery_info or {}).get(CLAIMED_HERE):
-                breakers.for_queue(queue_of(self.delivery_info)).release(self.id)
+            release_claim(breakers, self)
             return True
 
         def reject(self, requeue: bool = False) -> None:

@@ -71,6 +71,9 @@ class Settings:
     can carry data (an input, a path, a token) that the endpoint's readers should not see."""
     handback: bool = True
     """Hand a task whose failure counted back to the queue for another worker."""
+    handback_on_shutdown: bool = True
+    """On warm shutdown (the SIGTERM Kubernetes sends), hand every message held but not
+    started back to the queue at once (SQS: visible at once), not after the running tasks."""
     max_deliveries: int = 3
     """Workers a message may fail on (counted, handed back) before it is poison and fails
     normally, uncounted; also poison after four times this many deliveries in all."""
@@ -225,6 +228,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "ignore_exceptions": _exceptions,
     "expose_failure_messages": _bool,
     "handback": _bool,
+    "handback_on_shutdown": _bool,
     "max_deliveries": _int_at_least(1),
     "guard_all_tasks": _bool,
     "endpoint_enabled": _bool,

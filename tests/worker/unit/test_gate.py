@@ -65,6 +65,8 @@ class Consumer:
     task_buckets: dict[str, Any] = field(default_factory=dict)
     """Celery's token buckets by task name: none, no rate limit set."""
     disable_rate_limits: bool = False
+    blueprint: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(on_close=None))
+    """Celery's consumer blueprint: what it calls first when it stops (`shutdown_handback`)."""
     delivered: list[str] = field(default_factory=list)
     """Ids of the task messages the transport delivered to the task consumer."""
 

@@ -1,0 +1,83 @@
+"""Warm shutdown on real workers and brokers: what the worker holds but has not started (waiting
+for the pool's only process, for an ETA, for a rate limit's token) goes back to the queue at
+once, not after its running task (nor, on SQS, after the visibility timeout), and every task
+still runs exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+
+from circuitgate_devkit.waiting import eventually
+from tests.worker.scenario.conftest import Lab
+
+pytestmark = pytest.mark.integration
+
+# Room to hold five messages; lab.preprocess has a token every 30 s on the stopping worker.
+CONF = {
+    "worker_prefetch_multiplier": 5,
+    "task_annotations": {"lab.preprocess": {"rate_limit": "2/m"}},
+}
+
+
+def test_a_warm_shutdown_hands_back_at_once_every_message_not_started(
+    make_lab: Callable[..., Lab], broker_kind: str
+) -> None:
+    lab = make_lab(broker_kind, visibility_timeout=300)
+    stopping = lab.worker("stopping", conf=CONF)
+    (first,) = lab.send(1, task="lab.preprocess", work_s=0.05)  # takes the token
+    lab.log.wait_for_successes({first}, timeout=30)
+    running, *waiting = lab.send(3, work_s=8)  # one runs, two wait for the only process
+    eta = lab.producer.send_task("lab.infer", args=(99,), kwargs={"work_s": 0.1}, countdown=15)
+    (limited,) = lab.send(1, task="lab.preprocess", work_s=0.05)  # waits for a token
+    held = {*waiting, eta.id, limited}
+    eventually(
+        lambda: (
+            {e.task_id for e in stopping.events.of("received")} == {first, running, *held}
+            and stopping.events.of("started", task_id=running)
+        ),
+        timeout=60,
+        what="the stopping worker holds four messages and runs one",
+    )
+    other = lab.worker("other", concurrency=3)
+
+    assert stopping.process is not None
+    os.kill(stopping.process.pid, signal.SIGTERM)  # what Kubernetes sends
+    eventually(
+        lambda: {e.task_id for e in other.events.of("received")} == held,
+        timeout=60,
+        what="the other worker receives the held messages",
+    )
+    assert stopping.process.wait(60) == 0  # warm: its running task ended first
+    (finished,) = stopping.events.of("finished", task_id=running)
+    received = [e.at for e in other.events.of("received")]
+    assert max(received) < finished.at, "handed back only after the running task"
+
+    successes = lab.log.wait_for_successes({running, *held}, timeout=60)
+    assert successes == {task_id: 1 for task_id in (first, running, *held)}
+    assert {e.task_id for e in stopping.events.of("started")} == {first, running}
+    if broker_kind == "sqs":  # no copy restored next to an original still hidden for 300 s
+        assert _sqs_messages_anywhere(lab) == 0
+
+
+def _sqs_messages_anywhere(lab: Lab) -> int:
+    """Messages left in the lab's SQS queues, visible or in flight (hidden)."""
+    url = urlsplit(lab.broker.url)
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=f"http://{url.hostname}:{url.port}",
+        region_name=lab.broker.transport_options["region"],
+        aws_access_key_id=url.username,
+        aws_secret_access_key=url.password,
+    )
+    total = 0
+    for queue in sqs.list_queues().get("QueueUrls", []):
+        attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
+        total += int(attributes["ApproximateNumberOfMessages"])
+        total += int(attributes["ApproximateNumberOfMessagesNotVisible"])
+    return total
