@@ -214,6 +214,17 @@ def test_minimal_policy_gets_defaults(api: ApiClient, namespace: str) -> None:
         },
         "safety": {"maxUnreadyPods": "25%", "maxCordonedNodes": 1, "stormThreshold": "50%"},
         "dryRun": False,
+        "outlierDetection": {
+            "enabled": False,
+            "dryRun": False,
+            "enforcingPercent": 100,
+            "minPeers": 3,
+            "minCalls": 20,
+            "sustainSeconds": 60,
+            "failureRate": {"enabled": True, "factor": 3, "minimum": 0.1},
+            "duration": {"enabled": True, "factor": 3, "minimumSeconds": 1},
+            "countTowardNodeTrips": False,
+        },
     }
 
 
@@ -275,6 +286,7 @@ def test_kubectl_get_shows_the_columns(
     counts = {"matchedPods": 4, "openCircuits": 1, "unreadyPods": 1, "cordonedNodes": 0}
     patch_status(control_plane, "circuitpolicy/workers", namespace, counts)
     opened = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    status_time = opened.isoformat().replace("+00:00", "Z")
     kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(state("worker-0")))
     status = {
         "pod": "worker-0",
@@ -290,7 +302,11 @@ def test_kubectl_get_shows_the_columns(
         "consumptionPaused": True,
         "endpoint": {"url": "http://127.0.0.11:8000/circuit", "reachable": True, "reason": ""},
         "sequence": 7,
-    }
+        "outlier": {
+            "verdict": "deviating", "breaker": "tasks", "measure": "failureRate", "value": 0.3,
+            "peersMedian": 0.0, "peers": 3, "calls": 100, "since": status_time, "enforced": True,
+        },
+    }  # fmt: skip
     patch_status(control_plane, "circuitstate/worker-0", namespace, status)
 
     (policy_row,) = table(kubectl("get", "circuitpolicies", "-n", namespace).stdout)
@@ -313,6 +329,7 @@ def test_kubectl_get_shows_the_columns(
     wide = table(kubectl("get", "cstate", "-n", namespace, "-o", "wide").stdout)
     assert wide[0]["POLICY"] == "workers"
     assert wide[0]["REACHABLE"] == "true"
+    assert wide[0]["OUTLIER"] == "deviating"
     assert (
         "circuitpolicy.circuitgate.io/workers"
         in kubectl("get", "circuitgate", "-n", namespace).stdout
