@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,19 +55,34 @@ class ConsumptionGate(bootsteps.StartStopStep):
         # A refusal means a circuit opened since the pauser last looked: pause at once, before
         # handing the message back, or RabbitMQ would deliver it straight back to us.
         on_refuse = self.pauser.tick if self.pauser is not None else None
-        # With rate limits disabled Celery builds the buckets still, but no message waits.
-        buckets = {} if c.disable_rate_limits else c.task_buckets
-        for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
-            c.strategies[name] = _gate_strategy(
-                c.strategies[name],
-                breakers,
-                c.connection_errors,
-                on_refuse,
-                buckets=buckets,
-                task=name,
-            )
+
+        def gate_strategies() -> None:
+            # With rate limits disabled Celery builds the buckets still, but no message waits.
+            buckets = {} if c.disable_rate_limits else c.task_buckets
+            for name in c.controller.circuit_guarded_tasks & c.strategies.keys():
+                c.strategies[name] = _gate_strategy(
+                    c.strategies[name],
+                    breakers,
+                    c.connection_errors,
+                    on_refuse,
+                    buckets=buckets,
+                    task=name,
+                )
+
+        gate_strategies()
+        # `celery control pool_restart` builds every strategy anew: gate the new ones too.
+        rebuild = type(c).update_strategies
+
+        def update_strategies() -> None:
+            rebuild(c)
+            gate_strategies()
+
+        c.update_strategies = update_strategies
 
     def stop(self, c: Any) -> None:
+        # A restart after a lost connection calls `update_strategies` before `start` gates
+        # again: let it build plain strategies, or they would be gated twice.
+        c.__dict__.pop("update_strategies", None)
         if self.pauser is not None:
             self.pauser.stop()
             self.pauser = None
@@ -147,6 +163,7 @@ def _gate_strategy(
     while the worker runs, so that is asked per message."""
     only = breakers.only
 
+    @functools.wraps(strategy)
     def gated(message: Any, body: Any, ack: Any, reject: Any, *args: Any, **kwargs: Any) -> Any:
         breaker = only or breakers.for_queue(queue_of(message.delivery_info))
         if breaker.flowing():  # nearly every message: nothing to decide

@@ -138,3 +138,28 @@ def test_the_document_carries_the_workers_task_times_and_wakes_watchers_for_them
     assert calls["failures"] == 4
     # The successes' times (each slept 0.3 s), not the failures' (0.02 s).
     assert 0.3 <= calls["p50_seconds"] <= calls["p90_seconds"] < 1.5
+
+
+def test_a_pool_restart_keeps_the_gate_in_front_of_the_pool(
+    make_lab: Callable[..., Lab],
+) -> None:
+    # RabbitMQ pushes the next message as soon as a failed one is acknowledged: with the gate
+    # in front of the pool it goes back unexecuted without ever reaching Celery's strategy.
+    lab = make_lab("rabbitmq")
+    conf = {
+        "circuitgate_fail_max": 2,
+        "circuitgate_reset_timeout": 60,
+        "worker_pool_restarts": True,
+    }
+    worker = lab.worker("w", broken=True, conf=conf)
+    replies = lab.producer.control.pool_restart(destination=[worker.hostname], reply=True)
+    assert replies == [{worker.hostname: {"ok": "reload started"}}]
+    lab.send(5, work_s=0.1)
+    eventually(
+        lambda: worker.metric("circuitgate_handed_back_messages_total", reason="open") >= 1,
+        timeout=30,
+        what="a message arriving while open, handed back",
+    )
+    worker.wait_for_polls(5)
+    received = {e.task_id for e in worker.events.of("received")}
+    assert received == {e.id for e in lab.log.read()}, "a message reached the pool while open"

@@ -76,6 +76,10 @@ class Consumer:
             lambda body, _message: self.delivered.append(body["id"])
         )
 
+    def update_strategies(self) -> None:
+        """What Celery does on `pool_restart` and on a restart after a lost connection."""
+        self.strategies.update(self.handlers)
+
     def handle(self, message: Message, task: str = GUARDED) -> Any:
         """What Celery's consumer does with a task message: give it to its task's strategy."""
         return self.strategies[task](message, message.decode(), message.ack, message.reject, [])
@@ -388,6 +392,26 @@ def test_tasks_the_breaker_does_not_guard_keep_their_strategy(channel: Any, cpu:
     assert consumer.strategies[UNGUARDED] is consumer.handlers[UNGUARDED]
     assert consumer.strategies[GUARDED] is not consumer.handlers[GUARDED]
     assert consumer.strategies.keys() == {GUARDED, UNGUARDED}
+
+
+@pytest.mark.parametrize("rebuild", ["pool_restart", "reconnect"])
+def test_strategies_built_anew_are_gated_once(channel: Any, cpu: str, rebuild: str) -> None:
+    breakers = whole_worker()
+    consumer, gate = started(channel, [cpu], breakers)
+    if rebuild == "reconnect":  # Celery stops the steps, rebuilds, then starts them again
+        gate.stop(consumer)
+        consumer.update_strategies()
+        gate.start(consumer)
+    else:
+        consumer.update_strategies()
+    breakers.default.open()
+    breakers.default.half_open()
+    trial, second = take(channel, cpu, "t1"), take(channel, cpu, "t2")
+    assert consumer.handle(trial) == "handled"
+    assert consumer.handle(second) is None  # gated: handed back, not run
+    assert consumer.handlers[GUARDED].ran == [trial]
+    assert waiting(channel, cpu) == ["t2"]
+    assert consumer.strategies[GUARDED].__wrapped__ is consumer.handlers[GUARDED]  # once
 
 
 # -- breakers bound to queues, or a transport that pushes (RabbitMQ): the pauser -------------
