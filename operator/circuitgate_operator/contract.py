@@ -101,6 +101,8 @@ class Reading:
     (None unless the worker exposes messages)."""
     evidence: tuple[CallEvidence, ...] = ()
     """Each breaker's recent calls, from workers that summarise them."""
+    consumer: str | None = None
+    """What the worker's consumer is doing (consuming, stalled, ...), from workers that say."""
 
 
 @cache
@@ -203,6 +205,7 @@ def _read(url: str, payload: bytes) -> Reading:
             for b in breakers
             if (calls := b.get("recent_calls")) is not None
         ),
+        consumer=document["consumer"]["status"] if "consumer" in document else None,
     )
 
 

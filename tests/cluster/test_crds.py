@@ -306,6 +306,7 @@ def test_kubectl_get_shows_the_columns(
             "verdict": "deviating", "breaker": "tasks", "measure": "failureRate", "value": 0.3,
             "peersMedian": 0.0, "peers": 3, "calls": 100, "since": status_time, "enforced": True,
         },
+        "consumer": "paused",
     }  # fmt: skip
     patch_status(control_plane, "circuitstate/worker-0", namespace, status)
 
@@ -330,6 +331,7 @@ def test_kubectl_get_shows_the_columns(
     assert wide[0]["POLICY"] == "workers"
     assert wide[0]["REACHABLE"] == "true"
     assert wide[0]["OUTLIER"] == "deviating"
+    assert wide[0]["CONSUMER"] == "paused"
     assert (
         "circuitpolicy.circuitgate.io/workers"
         in kubectl("get", "circuitgate", "-n", namespace).stdout

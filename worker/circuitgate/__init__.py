@@ -1,5 +1,6 @@
 """circuitgate: one circuit breaker per Celery worker, shared by its pool, gating consumption."""
 
+from . import probes
 from .breaker import Admission, SharedCircuitBreaker
 from .install import install
 from .settings import InvalidSetting, Settings, load_settings
@@ -19,4 +20,5 @@ __all__ = (
     "State",
     "install",
     "load_settings",
+    "probes",
 )

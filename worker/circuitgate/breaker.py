@@ -458,6 +458,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 self._forget_trials(f)
                 f.opened_at = self._wall_clock()
                 f.open_until = float("inf")
+                f.probe_due = f.probe_until = 0.0
             elif state is State.FORCED_CLOSED and f.state != State.FORCED_CLOSED:
                 self._close(f, changes)
                 changes[-1] = (changes[-1][0], State.FORCED_CLOSED)
@@ -507,15 +508,26 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
     def _trip(self, f: BreakerFields, changes: Transitions) -> None:
         changes.append((State(f.state), State.OPEN))
+        self._open_again(f)
+
+    def _open_again(self, f: BreakerFields) -> None:
+        """A trip's bookkeeping (also a failed probe's, which changes no state)."""
         f.state = State.OPEN
         f.trips += 1
         f.consecutive_trips += 1
         f.success_counter = 0
         self._forget_trials(f)
         f.open_period = open_period(f.consecutive_trips, self.settings, self._rand())
+        self._start_open_period(f)
+        self._clear_window(f)
+
+    def _start_open_period(self, f: BreakerFields) -> None:
+        """From now, for ``open_period``; with a probe, fetching waits for it as well."""
         f.opened_at = self._wall_clock()
         f.open_until = self._clock() + f.open_period
-        self._clear_window(f)
+        f.probe_until = 0.0
+        if self.settings.probe is not None:
+            f.probe_due, f.open_until = f.open_until, math.inf
 
     def _close(self, f: BreakerFields, changes: Transitions) -> None:
         changes.append((State(f.state), State.CLOSED))
@@ -525,6 +537,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._forget_trials(f)
         f.opened_at = 0.0
         f.open_until = 0.0
+        f.probe_due = f.probe_until = 0.0
         self._clear_window(f)
 
     @staticmethod
@@ -580,7 +593,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 snapshot.fail_counter,
                 snapshot.trips,
                 # What is left of it: none after a released trial, the next task tries.
-                max(snapshot.open_until - self._clock(), 0.0) if new is State.OPEN else 0.0,
+                max(_period_end(snapshot) - self._clock(), 0.0) if new is State.OPEN else 0.0,
             )
             for listener in self.listeners:
                 listener.state_change(
@@ -588,6 +601,63 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                     self._create_new_state(_PYBREAKER_NAMES[old]),
                     self._create_new_state(_PYBREAKER_NAMES[new]),
                 )
+
+    # -- the probe before the trial (``circuitgate_probe``) --------------------------------
+
+    def begin_probe(self) -> int | None:
+        """Start the probe if one is due (the open period is over and none runs): its number,
+        for `end_probe`; None when none is due. The circuit keeps refusing meanwhile."""
+        snapshot = self.shared.snapshot()
+        now = self._clock()
+        if snapshot.state is not State.OPEN or not snapshot.probe_due or snapshot.probe_until:
+            return None
+        if now < snapshot.probe_due:
+            return None
+
+        def begin(f: BreakerFields) -> int | None:
+            if f.state != State.OPEN or not f.probe_due or f.probe_until or now < f.probe_due:
+                return None
+            f.probe_until = now + self.settings.probe_timeout
+            f.probes += 1
+            return int(f.probes)
+
+        return self.shared.update(begin)
+
+    def probe_overdue(self) -> int | None:
+        """The number of the probe that runs past its deadline, if one does."""
+        state, until, number = self.shared.read(lambda f: (f.state, f.probe_until, f.probes))
+        overdue = state == State.OPEN and until and self._clock() >= until
+        return int(number) if overdue else None
+
+    def end_probe(self, number: int, *, passed: bool) -> None:
+        """Probe ``number`` passed (the next poll lets the half-open trial in) or failed (the
+        circuit stays open another period, counted as a trip, as a failed trial would be). A
+        probe that is not the one running any more (the circuit closed or was forced, or a
+        later probe started) changes nothing."""
+        now = self._clock()
+
+        def end(f: BreakerFields) -> bool:
+            if f.state != State.OPEN or f.probes != number or not f.probe_until:
+                return False
+            f.probe_until = 0.0
+            if passed:
+                f.probe_successes += 1
+                f.probe_due = 0.0
+                f.open_until = now
+            else:
+                f.probe_failures += 1
+                self._open_again(f)
+            return True
+
+        if self.shared.update(end):
+            snapshot = self.shared.snapshot()
+            logger.log(
+                logging.INFO if passed else logging.WARNING,
+                "circuit %s: probe %s%s",
+                self.name,
+                "passed: the half-open trial may run" if passed else "failed",
+                "" if passed else f"; open for another {snapshot.open_period:.1f}s",
+            )
 
     # -- pybreaker's public face ---------------------------------------------------------
 
@@ -670,8 +740,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             if f.state != State.OPEN:
                 self._trip(f, changes)
             else:  # as pybreaker: the open period starts again (no new trip is counted)
-                f.opened_at = self._wall_clock()
-                f.open_until = self._clock() + f.open_period
+                self._start_open_period(f)
 
         self.shared.update(trip)
         self._announce(changes)
@@ -704,9 +773,15 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 f.trial_key = 0
                 f.trial_id = b""
                 f.open_until = self._clock()
+                f.probe_due = f.probe_until = 0.0  # by hand: no probe first
 
         self.shared.update(half_open)
         self._announce(changes)
+
+
+def _period_end(snapshot: BreakerSnapshot) -> float:
+    """When the open period ends: the probe's due time when one waits for it."""
+    return snapshot.probe_due or snapshot.open_until
 
 
 def _count_refused(f: BreakerFields) -> None:

@@ -16,7 +16,10 @@ from typing import Any, Literal
 __all__ = (
     "SCHEMA_ID",
     "BreakerDocument",
+    "ConsumerDocument",
+    "ConsumerStatusName",
     "FailureNote",
+    "ProbeCounts",
     "RecentCalls",
     "StateName",
     "WorkerDocument",
@@ -26,6 +29,9 @@ __all__ = (
 SCHEMA_ID = "circuitgate.io/breaker-state/v1"
 
 StateName = Literal["closed", "open", "half_open", "forced_open", "forced_closed"]
+ConsumerStatusName = Literal[
+    "starting", "consuming", "paused", "stalled", "disconnected", "stopping"
+]
 
 
 def _timestamp(value: float | None) -> str | None:
@@ -57,6 +63,14 @@ class FailureNote:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeCounts:
+    """Outcomes of a breaker's probe before the trial (``circuitgate_probe``)."""
+
+    passed: int
+    failed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class BreakerDocument:
     """One breaker, as a watcher sees it. Times are Unix seconds here, RFC 3339 in JSON."""
 
@@ -73,9 +87,13 @@ class BreakerDocument:
     paused_queues: tuple[str, ...] = ()
     recent_calls: RecentCalls = RecentCalls()
     last_failures: tuple[FailureNote, ...] = ()
+    probes: ProbeCounts | None = None
+    """None for a breaker without a probe."""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        if self.probes is None:
+            del data["probes"]
         data["opened_at"] = _timestamp(self.opened_at)
         data["may_close_at"] = _timestamp(self.may_close_at)
         data["last_failures"] = [
@@ -99,27 +117,45 @@ class BreakerDocument:
                     FailureNote(note["type"], note["message"], _parse_time(note["at"]) or 0.0)
                     for note in data.get("last_failures", ())
                 ),
+                "probes": ProbeCounts(**data["probes"]) if "probes" in data else None,
             }
         )
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsumerDocument:
+    """Whether the worker is still taking work: its consumer's status, from the event loop's
+    last tick and the broker's last answer, and how busy its pool is. Ages in seconds."""
+
+    status: ConsumerStatusName
+    tick_age_seconds: float | None
+    unanswered_poll_seconds: float | None
+    active_tasks: int
+    oldest_task_seconds: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerDocument:
-    """Everything ``GET /circuit`` answers."""
+    """Everything ``GET /circuit`` answers. ``consumer`` is None where no consumer is watched
+    (an endpoint served without a worker)."""
 
     worker: str
     sequence: int
     generated_at: float
     breakers: tuple[BreakerDocument, ...]
+    consumer: ConsumerDocument | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "schema": SCHEMA_ID,
             "worker": self.worker,
             "sequence": self.sequence,
             "generated_at": _timestamp(self.generated_at),
             "breakers": [breaker.to_json() for breaker in self.breakers],
         }
+        if self.consumer is not None:
+            data["consumer"] = dataclasses.asdict(self.consumer)
+        return data
 
     def dumps(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
@@ -132,6 +168,7 @@ class WorkerDocument:
             sequence=data["sequence"],
             generated_at=generated_at if generated_at is not None else 0.0,
             breakers=tuple(BreakerDocument.from_json(b) for b in data["breakers"]),
+            consumer=ConsumerDocument(**data["consumer"]) if "consumer" in data else None,
         )
 
 

@@ -29,6 +29,7 @@ __all__ = (
     "StreamQuery",
     "parse_circuit_query",
     "parse_stream_query",
+    "unready_reason",
 )
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,10 @@ _REFUSED = (
     b"Retry-After: 1\r\nConnection: close\r\n\r\n"
 )
 _ALIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+_STUCK = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 17\r\n"
+    b"Connection: close\r\n\r\nevent loop stuck\n"
+)
 OVER_BOUND_RESERVE = 8
 """Connections past the bound read at once, each only for ``/healthz``."""
 OVER_BOUND_TIMEOUT = 1.0
@@ -199,7 +204,7 @@ FIRST_BYTES_WAIT = 0.05
 is full: bounded, so a flood of connections slows accepting, never stops it."""
 
 
-def _answer_past_the_bound(request: socket.socket) -> None:
+def _answer_past_the_bound(request: socket.socket, live: Callable[[], bool]) -> None:
     """Past the bound only ``/healthz`` is served: liveness must not depend on slow clients.
 
     Reads the request head within one deadline for all of it (a client sending a byte now and
@@ -217,10 +222,10 @@ def _answer_past_the_bound(request: socket.socket) -> None:
         if not chunk:
             break
         head += chunk
-    request.sendall(_ALIVE if _is_healthz(head) else _REFUSED)
+    request.sendall(_healthz(live) if _is_healthz(head) else _REFUSED)
 
 
-def _answer_from_what_arrived(request: socket.socket) -> None:
+def _answer_from_what_arrived(request: socket.socket, live: Callable[[], bool]) -> None:
     """Over the reserve too: answer at once from what the client sends right away (a probe
     sends its whole request as it connects), in the accepting thread. The listening socket
     defers accepting until a connection has sent data (Linux), so this rarely waits; where it
@@ -230,7 +235,11 @@ def _answer_from_what_arrived(request: socket.socket) -> None:
         head = request.recv(_MAX_HEAD)  # all that arrived: nothing left to reset the close
     except OSError:  # TimeoutError among them
         head = b""
-    request.sendall(_ALIVE if _is_healthz(head) else _REFUSED)
+    request.sendall(_healthz(live) if _is_healthz(head) else _REFUSED)
+
+
+def _healthz(live: Callable[[], bool]) -> bytes:
+    return _ALIVE if live() else _STUCK
 
 
 def _is_healthz(head: bytes) -> bool:
@@ -265,13 +274,13 @@ class _Server(ThreadingHTTPServer):
             ).start()
         else:  # over the reserve too: answer at once instead of queueing a thread
             with contextlib.suppress(OSError):
-                _answer_from_what_arrived(request)
+                _answer_from_what_arrived(request, self.endpoint.live)
             self.shutdown_request(request)
 
     def _serve_past_the_bound(self, request: socket.socket) -> None:
         try:
             with contextlib.suppress(OSError):
-                _answer_past_the_bound(request)
+                _answer_past_the_bound(request, self.endpoint.live)
         finally:
             self.shutdown_request(request)
             self.reserve.release()
@@ -310,13 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.BAD_REQUEST, b"no query string here\n")
         if url.path == "/healthz":
             # Never depends on the breaker: an open circuit must not get the pod restarted.
-            return self._send(HTTPStatus.OK, b"ok\n")
+            if endpoint.live():
+                return self._send(HTTPStatus.OK, b"ok\n")
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"event loop stuck\n")
         if url.path == "/readyz":
-            ready = not any(
-                b.state in ("open", "forced_open") for b in endpoint.document().breakers
-            )
-            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            return self._send(status, b"ready\n" if ready else b"circuit open\n")
+            why_not = unready_reason(endpoint.document())
+            if why_not is None:
+                return self._send(HTTPStatus.OK, b"ready\n")
+            return self._send(HTTPStatus.SERVICE_UNAVAILABLE, why_not.encode() + b"\n")
         if url.path == "/metrics":
             return self._send(
                 HTTPStatus.OK, endpoint.metrics(), "text/plain; version=0.0.4; charset=utf-8"
@@ -370,8 +380,28 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("circuitgate endpoint: " + format, *args)
 
 
+_UNREADY_CONSUMER = {
+    "stalled": "consumer_stalled",
+    "disconnected": "broker_disconnected",
+    "starting": "consumer_starting",
+    "stopping": "consumer_stopping",
+}
+
+
+def unready_reason(document: WorkerDocument) -> str | None:
+    """Why ``/readyz`` answers 503, None when it answers 200: the consumer first (a stalled
+    consumer would not resume when the circuit closes), then an open circuit."""
+    if document.consumer is not None and document.consumer.status in _UNREADY_CONSUMER:
+        return _UNREADY_CONSUMER[document.consumer.status]
+    if any(breaker.state in ("open", "forced_open") for breaker in document.breakers):
+        return "circuit open"
+    return None
+
+
 def _states(document: WorkerDocument) -> tuple[str, ...]:
-    return tuple(breaker.state for breaker in document.breakers)
+    """What a stream sends at once when it changes; counters wait `STREAM_MIN_GAP`."""
+    consumer = (document.consumer.status,) if document.consumer is not None else ()
+    return tuple(breaker.state for breaker in document.breakers) + consumer
 
 
 class BreakerEndpoint:
@@ -384,6 +414,7 @@ class BreakerEndpoint:
         document: Callable[[], WorkerDocument],
         sequence: Callable[[], int],
         metrics: Callable[[], bytes],
+        live: Callable[[], bool] = lambda: True,
         host: str = "0.0.0.0",
         port: int = 9808,
         max_connections: int = 256,
@@ -392,6 +423,7 @@ class BreakerEndpoint:
     ) -> None:
         self.document = document
         self.metrics = metrics
+        self.live = live
         self.max_connections = max_connections
         self.max_wait = max_wait
         self._address = (host, port)

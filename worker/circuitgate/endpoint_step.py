@@ -9,6 +9,7 @@ from typing import Any
 from celery import bootsteps
 
 from .breaker_set import BreakerSet
+from .consumer_pulse import ConsumerPulse
 from .endpoint import BreakerEndpoint
 from .metrics import render_metrics
 from .report import describe_worker
@@ -20,14 +21,27 @@ logger = logging.getLogger(__name__)
 
 
 def serve_breakers(
-    breakers: BreakerSet, hostname: str, queues: Sequence[str], **options: Any
+    breakers: BreakerSet,
+    hostname: str,
+    queues: Sequence[str],
+    pulse: ConsumerPulse | None = None,
+    **options: Any,
 ) -> BreakerEndpoint:
-    """An endpoint that describes ``breakers``: the document, its change counter, the metrics."""
+    """An endpoint that describes ``breakers`` and, given its ``pulse``, the consumer: the
+    document, its change counter, the metrics, readiness and liveness."""
     members = list(breakers)
+    if pulse is None:
+        return BreakerEndpoint(
+            document=lambda: describe_worker(hostname, breakers, queues),
+            sequence=breakers.sequence,
+            metrics=render_metrics(lambda: members),
+            **options,
+        )
     return BreakerEndpoint(
-        document=lambda: describe_worker(hostname, breakers, queues),
-        sequence=breakers.sequence,
-        metrics=render_metrics(lambda: members),
+        document=lambda: describe_worker(hostname, breakers, queues, pulse),
+        sequence=lambda: breakers.sequence() + pulse.changes(),
+        metrics=render_metrics(lambda: members, pulse),
+        live=pulse.live,
         **options,
     )
 
@@ -35,8 +49,10 @@ def serve_breakers(
 class EndpointStep(bootsteps.StartStopStep):
     """Starts the endpoint after the pool, so no pool child ever serves it, and stops it last.
 
-    Not a health check of the tasks: ``/healthz`` says the process is alive, whatever the
-    breaker says; ``/readyz`` and ``/circuit`` say what the breaker says.
+    Not a health check of the tasks: ``/healthz`` says the consumer's loop is alive, whatever
+    the breaker says; ``/readyz`` says whether the worker takes work (no open circuit, a
+    consumer connected and not stalled); ``/circuit`` says all of it. Sets
+    ``worker.consumer_pulse``, which the consumer's `ConsumerWatch` step stamps.
     """
 
     name = "circuitgate.endpoint"
@@ -46,6 +62,15 @@ class EndpointStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.settings = load_settings(parent.app.conf)
         self.endpoint: BreakerEndpoint | None = None
+        # Stamped by the consumer's `ConsumerWatch` step, judged here.
+        parent.consumer_pulse = (
+            ConsumerPulse(
+                stall_seconds=self.settings.stall_seconds,
+                liveness_seconds=self.settings.liveness_seconds,
+            )
+            if self.include_if(parent)
+            else None
+        )
 
     def include_if(self, parent: Any) -> bool:
         return self.settings.endpoint_enabled and parent.circuit_breakers is not None
@@ -56,6 +81,7 @@ class EndpointStep(bootsteps.StartStopStep):
             parent.circuit_breakers,
             parent.hostname,
             queues,
+            parent.consumer_pulse,
             host=self.settings.endpoint_host,
             port=self.settings.endpoint_port,
             max_connections=self.settings.endpoint_max_connections,

@@ -9,10 +9,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .breaker import SharedCircuitBreaker
+from .consumer_pulse import ConsumerPulse, ConsumerStatus
 from .evidence import summarize
 from .shared_state import State
 
-__all__ = ("BreakerCollector", "render_metrics")
+__all__ = ("BreakerCollector", "ConsumerCollector", "render_metrics")
 
 
 class BreakerCollector(Collector):
@@ -47,6 +48,11 @@ class BreakerCollector(Collector):
         trials = CounterMetricFamily(
             "circuitgate_trials", "Half-open trial outcomes.", labels=["breaker", "outcome"]
         )
+        probes = CounterMetricFamily(
+            "circuitgate_probes",
+            "Outcomes of the probe run before each half-open trial (circuitgate_probe).",
+            labels=["breaker", "outcome"],
+        )
         # A poll is a chance to fetch: "N polls and nothing ran" is proof without a sleep.
         polls = CounterMetricFamily(
             "circuitgate_gate_polls",
@@ -78,18 +84,63 @@ class BreakerCollector(Collector):
             trials.add_metric([name, "success"], snapshot.trial_successes)
             trials.add_metric([name, "failure"], snapshot.trial_failures)
             polls.add_metric([name], breaker.polls)
+            if breaker.settings.probe is not None:
+                probes.add_metric([name, "passed"], snapshot.probe_successes)
+                probes.add_metric([name, "failed"], snapshot.probe_failures)
             calls = summarize(breaker.shared.recent_calls(breaker.settings.evidence_calls))
             recent.add_metric([name, "success"], calls.calls - calls.failures)
             recent.add_metric([name, "failure"], calls.failures)
             for quantile, seconds in (("0.5", calls.p50_seconds), ("0.9", calls.p90_seconds)):
                 if seconds is not None:
                     recent_seconds.add_metric([name, quantile], seconds)
-        yield from (state, failures, outcomes, trips, paused, handed_back, trials, polls)
+        yield from (state, failures, outcomes, trips, paused, handed_back, trials, probes, polls)
         yield from (recent, recent_seconds)
 
 
-def render_metrics(breakers: Callable[[], Sequence[SharedCircuitBreaker]]) -> Callable[[], bytes]:
-    """A function that renders the Prometheus exposition of ``breakers`` on each call."""
+class ConsumerCollector(Collector):
+    """The consumer's pulse when scraped: its status, its loop's and its polls' ages."""
+
+    def __init__(
+        self, pulse: ConsumerPulse, breakers: Callable[[], Sequence[SharedCircuitBreaker]]
+    ) -> None:
+        self._pulse = pulse
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        paused = all(not breaker.snapshot().state.flowing for breaker in self._breakers())
+        current = self._pulse.status(paused=paused)
+        reading = self._pulse.read()
+        status = GaugeMetricFamily(
+            "circuitgate_consumer_status", "1 for the consumer's current status.", labels=["status"]
+        )
+        for candidate in ConsumerStatus:
+            status.add_metric([candidate.value], float(candidate is current))
+        yield status
+        ages = (
+            ("tick_age", "Seconds since the consumer's event loop last ticked.", reading.tick_age),
+            (
+                "unanswered_poll",
+                "Seconds the oldest broker poll has waited for its answer (0: none waits).",
+                reading.unanswered_for or 0.0,
+            ),
+        )
+        for name, documentation, seconds in ages:
+            if seconds is not None:
+                yield GaugeMetricFamily(
+                    f"circuitgate_consumer_{name}_seconds", documentation, value=seconds
+                )
+        yield GaugeMetricFamily(
+            "circuitgate_active_tasks", "Tasks running in the pool.", value=reading.active_tasks
+        )
+
+
+def render_metrics(
+    breakers: Callable[[], Sequence[SharedCircuitBreaker]], pulse: ConsumerPulse | None = None
+) -> Callable[[], bytes]:
+    """A function that renders the Prometheus exposition of ``breakers`` (and of the consumer,
+    given its ``pulse``) on each call."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(BreakerCollector(breakers))
+    if pulse is not None:
+        registry.register(ConsumerCollector(pulse, breakers))
     return lambda: generate_latest(registry)

@@ -8,7 +8,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from celery.exceptions import ImproperlyConfigured
 from kombu.utils.imports import symbol_by_name
@@ -89,12 +89,26 @@ class Settings:
     """Connections served at once; more are answered 503 at once."""
     endpoint_max_wait: float = 60.0
     """Longest long-poll, in seconds."""
+    stall_seconds: float = 60.0
+    """``/readyz`` answers 503 ``consumer_stalled`` once the consumer's event loop has not
+    ticked, or a poll of the broker has gone unanswered, for this long (more than SQS's
+    longest long-poll, 20 s)."""
+    liveness_seconds: float = 300.0
+    """``/healthz`` answers 503 once the consumer's event loop has been stuck this long while
+    connected; never for an open circuit, a busy pool or a broker that is down."""
     evidence_calls: int = 100
     """Last calls (of the whole worker, per breaker) that the document's ``recent_calls``
     sums up: count, failures, p50 and p90 durations, for comparing a worker with its peers."""
     evidence_seconds: float = 30.0
     """Longest the served ``recent_calls`` lag the calls: new calls move the document's
     sequence (waking long-polls and streams) at most this often; 0: only with a state change."""
+    probe: Callable[[], object] | None = None
+    """Checked before each half-open trial (a dotted path or a callable, such as
+    ``circuitgate.probes.command("nvidia-smi")``): when an open period ends it runs in a pool
+    process; raising or returning False keeps the circuit open another period without taking a
+    message, anything else lets the trial in. None: the trial itself is the check."""
+    probe_timeout: float = 60.0
+    """Longest a probe may run (a pool process running it longer is ended); past it, it failed."""
     breakers: tuple[BreakerSpec, ...] = ()
     """Breakers bound to queues, as ``{name: {"queues": [...], "fail_max": 3, ...}}``: when one
     opens only its queues pause. Queues bound to none share the ``default`` breaker."""
@@ -119,7 +133,8 @@ BREAKER_KEYS = (
     "fail_max", "failure_rate_threshold", "window_size", "min_calls", "slow_call_seconds",
     "slow_call_rate_threshold", "reset_timeout",
     "backoff_multiplier", "max_reset_timeout", "jitter", "trial_timeout", "max_trial_seconds",
-    "count_exceptions", "ignore_exceptions", "handback", "max_deliveries",
+    "count_exceptions", "ignore_exceptions", "handback", "max_deliveries", "probe",
+    "probe_timeout",
 )  # fmt: skip
 """The settings a breaker entry of ``circuitgate_breakers`` may override."""
 
@@ -190,6 +205,19 @@ def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return optional
 
 
+def _probe(value: Any) -> Callable[[], object] | None:
+    allowed = "None, a callable taking no arguments, or its dotted import path"
+    if value is None:
+        return None
+    try:
+        probe = symbol_by_name(value) if isinstance(value, str) else value  # type: ignore[no-untyped-call]
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"{allowed} (cannot import {value!r})") from None
+    if not callable(probe):
+        raise ValueError(f"{allowed} ({value!r} is not callable)")
+    return cast("Callable[[], object]", probe)
+
+
 def _exceptions(value: Any) -> tuple[type[BaseException], ...]:
     allowed = "a list of exception classes or their dotted import paths"
     if isinstance(value, str | type) or not isinstance(value, Iterable):
@@ -209,6 +237,9 @@ def _exceptions(value: Any) -> tuple[type[BaseException], ...]:
 _SECONDS = _number(low=0, low_open=True, high=10_000_000)
 """A duration, at most about 115 days, so no deadline or timer computed from it leaves the
 range of a float or of the platform's time_t."""
+
+_PULSE_SECONDS = _number(low=2, high=10_000_000)
+"""A consumer's pulse is stamped every second: a bound under two would judge a healthy loop."""
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "enabled": _bool,
@@ -236,6 +267,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "endpoint_port": _int_at_least(0, 65535),
     "endpoint_max_connections": _int_at_least(1, 10_000),
     "endpoint_max_wait": _number(low=0, high=3600, low_open=True),
+    "stall_seconds": _PULSE_SECONDS,
+    "liveness_seconds": _PULSE_SECONDS,
+    "probe": _probe,
+    "probe_timeout": _SECONDS,
     "evidence_calls": _int_at_least(1, CALLS_KEPT),
     "evidence_seconds": _number(low=0, high=3600),
 }

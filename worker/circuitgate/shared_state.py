@@ -158,6 +158,14 @@ class BreakerFields(ctypes.Structure):
         ("failure_types", (ctypes.c_char * _FAILURE_TYPE_SIZE) * FAILURES_KEPT),
         ("failure_messages", (ctypes.c_char * FAILURE_MESSAGE_SIZE) * FAILURES_KEPT),
         ("failure_at", ctypes.c_double * FAILURES_KEPT),  # wall clock
+        # With a probe (``circuitgate_probe``): open_until stays infinite after a trip, and the
+        # probe is due at probe_due (monotonic; 0: none due); probe_until is the deadline of
+        # the probe that runs (0: none runs), probes the number of probes started.
+        ("probe_due", ctypes.c_double),
+        ("probe_until", ctypes.c_double),
+        ("probes", ctypes.c_uint32),
+        ("probe_successes", ctypes.c_uint64),
+        ("probe_failures", ctypes.c_uint64),
     )
 
     version: int
@@ -190,6 +198,11 @@ class BreakerFields(ctypes.Structure):
     failure_types: ctypes.Array[ctypes.Array[ctypes.c_char]]
     failure_messages: ctypes.Array[ctypes.Array[ctypes.c_char]]
     failure_at: ctypes.Array[ctypes.c_double]
+    probe_due: float
+    probe_until: float
+    probes: int
+    probe_successes: int
+    probe_failures: int
 
     def note_failure(self, kind: str, message: str | None, at: float) -> None:
         """Remember a counted failure (inside a transaction, after counting it in
@@ -241,11 +254,17 @@ class BreakerSnapshot:
     last_failures: tuple[tuple[str, str | None, float], ...] = ()
     """The last counted failures, oldest first: exception type, message (None unless
     exposed), when (wall clock)."""
+    probe_successes: int = 0
+    probe_failures: int = 0
+    probe_due: float = 0.0
+    """When the probe is due (monotonic; 0: none is), with ``circuitgate_probe``."""
+    probe_until: float = 0.0
+    """The running probe's deadline (monotonic; 0: none runs)."""
 
 
 def _visible(f: BreakerFields) -> tuple[int, ...]:
     """What a watcher of the breaker cares about; a change here bumps `version`."""
-    return (f.state, f.fail_counter, f.trips, f.window_failures)
+    return (f.state, f.fail_counter, f.trips, f.window_failures, f.probe_successes)
 
 
 _STATES = tuple(State)
@@ -340,6 +359,10 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         refused_total=f.refused_total,
         handed_back_total=f.handed_back_total,
         last_failures=f.last_failures(),
+        probe_successes=f.probe_successes,
+        probe_failures=f.probe_failures,
+        probe_due=f.probe_due,
+        probe_until=f.probe_until,
     )
 
 

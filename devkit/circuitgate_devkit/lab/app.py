@@ -10,6 +10,8 @@ scenario (``celery -A circuitgate_devkit.lab.app worker``):
   the snippet's breaker takes ``circuitgate_fail_max`` and ``circuitgate_reset_timeout``);
 - ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken, the
   way the file says (`FAULTS`: empty raises `DeviceFault`);
+- ``CIRCUITGATE_LAB_BLOCK``: a path; `loop_blocker.SIGNAL` blocks the main process while
+  it exists;
 - ``CIRCUITGATE_LAB_LOG``: a path; every execution appends one JSON line to it;
 - ``CIRCUITGATE_LAB_EVENTS``: a path; the worker's events go there
   (`circuitgate_devkit.lab.recorder`), its tasks' too unless ``CIRCUITGATE_LAB_RECORD_TASKS``
@@ -33,7 +35,7 @@ from celery import Celery, signals
 
 import circuitgate
 
-from . import seed_snippet
+from . import loop_blocker, seed_snippet
 from .recorder import EVENTS_ENV, CircuitRecorder, RecorderStep, record_worker
 from .records import append_record
 
@@ -47,6 +49,7 @@ __all__ = (
     "SLOW",
     "DeviceFault",
     "app",
+    "device_probe",
     "infer",
     "preprocess",
     "retried",
@@ -56,6 +59,12 @@ __all__ = (
 class DeviceFault(RuntimeError):
     """What a broken GPU looks like to the task."""
 
+
+device_probe = circuitgate.probes.command(
+    "test", "!", "-e", os.environ.get("CIRCUITGATE_LAB_FAULT", "/nonexistent")
+)
+"""For ``circuitgate_probe="circuitgate_devkit.lab.app.device_probe"``: fails while the device
+is broken (the fault file exists), as ``nvidia-smi`` would on a dead GPU."""
 
 app = Celery("lab")
 app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_BROKER", "{}")))
@@ -128,6 +137,9 @@ DIES_ONCE_AFTER = {AFTER_SUCCESS: "SUCCESS", AFTER_HAND_BACK: "IGNORED"}
 """Fault file contents whose child dies once (the file goes) in ``task_postrun`` with the
 task in that state: after its result was stored, or after its copy was handed back, as a
 crash in user cleanup code or the OOM killer would kill it before the main process hears."""
+
+
+signals.worker_init.connect(loop_blocker.install, weak=False)
 
 
 @signals.task_postrun.connect

@@ -37,6 +37,18 @@ class Broker:
     transport: str
     url: str
     transport_options: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the broker's processes (SIGSTOP) while the block lasts: connections stay
+        open and nothing answers, as with a hung server or a network that drops packets."""
+        assert self.process is not None, "this broker was not started here"
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
     def celery_config(self) -> dict[str, Any]:
         """The ``app.conf`` keys that point a Celery app at this broker."""
@@ -69,7 +81,7 @@ def _process(
     env: dict[str, str] | None = None,
     user: str | None = None,
     timeout: float = 30,
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
@@ -77,7 +89,7 @@ def _process(
         )  # fmt: skip
     try:
         _wait_for_port(port, process, what, timeout=timeout)
-        yield
+        yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -104,8 +116,9 @@ def redis_broker(*, visibility_timeout: float = 3600) -> Iterator[Broker]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="circuitgate-redis-") as tmp:
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp]
-        with _process(argv, port, "redis-server", os.path.join(tmp, "redis.log")):
+        with _process(argv, port, "redis-server", os.path.join(tmp, "redis.log")) as process:
             yield Broker(
+                process=process,
                 transport="redis",
                 url=f"redis://127.0.0.1:{port}/0",
                 transport_options={
@@ -126,8 +139,9 @@ def sqs_broker(*, visibility_timeout: int = 30) -> Iterator[Broker]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="circuitgate-sqs-") as tmp:
         argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-        with _process(argv, port, "moto SQS server", os.path.join(tmp, "moto.log")):
+        with _process(argv, port, "moto SQS server", os.path.join(tmp, "moto.log")) as process:
             yield Broker(
+                process=process,
                 transport="sqs",
                 url=f"sqs://lab:lab@127.0.0.1:{port}",
                 transport_options={
@@ -178,8 +192,10 @@ def rabbitmq_broker() -> Iterator[Broker]:
             with _process(
                 [binary], port, "rabbitmq-server", os.path.join(tmp, "server.log"),
                 env=env, user=user, timeout=60,
-            ):  # fmt: skip
-                yield Broker(transport="amqp", url=f"amqp://guest:guest@127.0.0.1:{port}//")
+            ) as process:  # fmt: skip
+                yield Broker(
+                    transport="amqp", url=f"amqp://guest:guest@127.0.0.1:{port}//", process=process
+                )
         finally:
             epmd = shutil.which("epmd")
             if epmd is not None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from circuitgate_devkit.ports import free_port
 from circuitgate_devkit.waiting import TimedOut, eventually
 
+from . import loop_blocker
 from .brokers import Broker
 from .recorder import EVENTS_ENV
 from .records import EventLog, read_records
@@ -76,6 +78,22 @@ class LabWorker:
     def repair_device(self) -> None:
         self.fault_file.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def event_loop_blocked(self) -> Iterator[None]:
+        """Block the main process's thread, where the consumer's event loop runs, while the
+        block lasts (`loop_blocker`)."""
+        assert self.process is not None
+        self._block_flag.write_text("")
+        try:
+            os.kill(self.process.pid, loop_blocker.SIGNAL)
+            yield
+        finally:
+            self._block_flag.unlink(missing_ok=True)
+
+    @property
+    def _block_flag(self) -> Path:
+        return self.workdir / f"{self.name}.loop-blocked"
+
     def start(self, *, wait: bool = True) -> LabWorker:
         env = {
             **os.environ,
@@ -89,6 +107,7 @@ class LabWorker:
                 }
             ),
             "CIRCUITGATE_LAB_FAULT": str(self.fault_file),
+            loop_blocker.BLOCK_ENV: str(self._block_flag),
             "CIRCUITGATE_LAB_LOG": str(self.workdir / "executions.jsonl"),
             EVENTS_ENV: str(self.events.path),
             "CIRCUITGATE_LAB_RECORD_TASKS": "1" if self.record_tasks else "0",
@@ -121,19 +140,24 @@ class LabWorker:
         except TimedOut as exc:
             raise RuntimeError(f"{exc}:\n{self.output()}") from None
 
+    def metric(self, name: str, breaker: str = "default", **labels: str) -> float:
+        """The value of sample ``name`` of ``breaker`` with ``labels`` in /metrics."""
+        with urllib.request.urlopen(self.endpoint + "/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        wanted = {"breaker": breaker, **labels}
+        return next(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and wanted.items() <= sample.labels.items()
+        )
+
     def polls(self, breaker: str = "default") -> int:
         """How many times the consumer has asked ``breaker`` whether it may fetch (/metrics).
 
         Each poll is a chance to fetch: "N more polls and nothing ran" needs no sleep.
         """
-        with urllib.request.urlopen(self.endpoint + "/metrics", timeout=10) as reply:
-            text = reply.read().decode()
-        return next(
-            int(sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "circuitgate_gate_polls_total" and sample.labels["breaker"] == breaker
-        )
+        return int(self.metric("circuitgate_gate_polls_total", breaker))
 
     def wait_for_polls(self, count: int, breaker: str = "default", timeout: float = 30) -> None:
         """Return once the consumer has polled ``breaker`` ``count`` more times."""

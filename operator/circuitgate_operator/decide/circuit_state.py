@@ -19,6 +19,7 @@ from .selection import resolve_port
 __all__ = (
     "STARTUP_GRACE_SECONDS",
     "circuit_events",
+    "consumer_events",
     "desired_circuit_state",
     "failure_summary",
     "plan_circuit_states",
@@ -34,7 +35,8 @@ STARTUP_GRACE_SECONDS = 60.0
 # Carried over from the last good reading while the endpoint cannot be read: an unreachable
 # worker has not forgotten its trips.
 _REMEMBERED = (
-    "breaker", "failures", "lastFailures", "trips", "openedAt", "mayCloseAt", "consumptionPaused"
+    "breaker", "failures", "lastFailures", "trips", "openedAt", "mayCloseAt", "consumptionPaused",
+    "consumer",
 )  # fmt: skip
 _FAILURES_SHOWN = 4
 
@@ -66,6 +68,7 @@ def desired_circuit_state(
             "openedAt": reading.opened_at,
             "mayCloseAt": reading.may_close_at,
             "consumptionPaused": reading.consumption_paused,
+            "consumer": reading.consumer,
         }
         status.update({key: value for key, value in fresh.items() if value is not None})
         status.update(_opening(reading, previous))
@@ -231,6 +234,32 @@ def circuit_events(
     return [EventIntent(ref, "EndpointUnreachable", message, "Warning")]
 
 
+_CONSUMER_TROUBLE = {
+    "stalled": (
+        "ConsumerStalled",
+        "the worker's consumer is stalled: its event loop has not ticked, or a broker poll has"
+        " gone unanswered, for circuitgate_stall_seconds",
+    ),
+    "disconnected": (
+        "BrokerDisconnected",
+        "the worker lost its broker connection and is re-making it",
+    ),
+}
+
+
+def consumer_events(pod: PodView, before: str | None, now: str | None) -> list[EventIntent]:
+    """A Warning when the worker's consumer stalls or loses its broker, a Normal Event when
+    it consumes again; nothing for a worker that does not say (``now`` None)."""
+    if now == before or now is None:
+        return []
+    if now in _CONSUMER_TROUBLE:
+        reason, message = _CONSUMER_TROUBLE[now]
+        return [EventIntent(pod_ref(pod), reason, message, "Warning")]
+    if before in _CONSUMER_TROUBLE and now in ("consuming", "paused"):
+        return [EventIntent(pod_ref(pod), "ConsumerResumed", f"the worker's consumer is {now}")]
+    return []
+
+
 def plan_circuit_states(
     plan: Plan,
     obs: PolicyObservation,
@@ -333,6 +362,7 @@ def _plan_circuit_state(
     if observed is None or dict(observed.status) != status:
         before = previous.get("state") if previous is not None and _ever_read(previous) else None
         events = circuit_events(pod, before, status)
+        events += consumer_events(pod, (previous or {}).get("consumer"), status.get("consumer"))
         events += _outlier_events(pod, previous or {}, status, obs)
         plan.circuit_states.append(
             CircuitStateWrite(

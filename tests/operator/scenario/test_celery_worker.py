@@ -73,3 +73,27 @@ def test_a_real_worker_trips_and_its_pod_turns_unready(
             producer.close()
             bad.stop(timeout=20)
             good.stop(timeout=20)
+
+
+def test_a_stalled_worker_shows_in_its_circuit_state_and_events(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess], tmp_path: Path
+) -> None:
+    with sqs_broker() as broker:
+        conf = {**CONF, "circuitgate_stall_seconds": 2, "circuitgate_liveness_seconds": 600}
+        worker = LabWorker("w", broker, tmp_path, conf=conf, endpoint_host=next_loopback())
+        try:
+            worker.start()
+            address = (worker.endpoint_host, worker.endpoint_port)
+            cluster.worker_pod(worker.name, node=cluster.node("gpu"), endpoint=address)
+            cluster.policy()
+            start_operator()
+            eventually(lambda: cluster.state_of("w").get("consumer") == "consuming", timeout=20)
+            with worker.event_loop_blocked():
+                eventually(lambda: cluster.state_of("w").get("consumer") == "stalled", timeout=20)
+                (stalled,) = eventually(lambda: cluster.events("ConsumerStalled", name="w"))
+                assert stalled["type"] == "Warning"
+            eventually(lambda: cluster.state_of("w").get("consumer") == "consuming", timeout=20)
+            assert eventually(lambda: cluster.events("ConsumerResumed", name="w"))
+            assert cluster.state_of("w")["state"] == "closed"  # a stall is not a trip
+        finally:
+            worker.stop(timeout=20)

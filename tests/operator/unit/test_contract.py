@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from circuitgate.contract import BreakerDocument, FailureNote, RecentCalls, WorkerDocument
+from circuitgate.contract import (
+    BreakerDocument,
+    ConsumerDocument,
+    FailureNote,
+    RecentCalls,
+    WorkerDocument,
+)
 from circuitgate_devkit.paths import REPO
 from circuitgate_operator.contract import SCHEMA_PATH, CallEvidence, load_schema, parse_document
 
@@ -46,6 +52,17 @@ def test_a_worker_document_reads_as_its_most_severe_breaker() -> None:
     assert reading.reachable and reading.state == "open" and reading.breaker == "gpu"
     assert reading.trips == 3 and reading.sequence == 9 and reading.consumption_paused
     assert reading.opened_at == "2027-01-15T08:00:00.500000Z"
+
+
+def test_the_consumer_status_is_read_and_a_hostile_one_is_malformed() -> None:
+    pulse = ConsumerDocument("stalled", 75.5, None, 2, 600.0)
+    payload = WorkerDocument("celery@w1", 5, 1_800_000_100.0, (breaker(),), pulse).dumps()
+    assert parse_document(URL, payload).consumer == "stalled"
+    assert parse_document(URL, document(breaker())).consumer is None  # a worker that predates it
+    data = json.loads(payload)
+    data["consumer"]["status"] = "napping"
+    hostile = parse_document(URL, json.dumps(data).encode())
+    assert hostile.state == "unknown" and "consumer/status" in hostile.reason
 
 
 def mutate(change: str) -> bytes:

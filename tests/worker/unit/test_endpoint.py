@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from circuitgate.breaker import SharedCircuitBreaker
 from circuitgate.breaker_set import BreakerSet
+from circuitgate.consumer_pulse import ConsumerPulse
 from circuitgate.endpoint import (
     OVER_BOUND_RESERVE,
     STREAM_MIN_GAP,
@@ -272,6 +273,93 @@ def hold_every_slot(endpoint: BreakerEndpoint, stack: contextlib.ExitStack, head
         return get(endpoint, "/circuit")[0] == 503
 
     eventually(full, timeout=10, interval=0.05, what="every slot held")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pulse(clock: Clock) -> ConsumerPulse:
+    return ConsumerPulse(stall_seconds=10, liveness_seconds=30, now=clock)
+
+
+@pytest.fixture
+def watched(breakers: BreakerSet, pulse: ConsumerPulse) -> Iterator[BreakerEndpoint]:
+    server = serve_breakers(
+        breakers, "w@lab", ["celery"], pulse, host="127.0.0.1", port=0, max_connections=2
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_readiness_and_liveness_follow_the_consumer(
+    watched: BreakerEndpoint, pulse: ConsumerPulse, clock: Clock, breaker: SharedCircuitBreaker
+) -> None:
+    def consumer() -> dict[str, object]:
+        status: dict[str, object] = json.loads(get(watched, "/circuit")[1])["consumer"]
+        return status
+
+    assert get(watched, "/readyz") == (503, b"consumer_starting\n")
+    pulse.connected()
+    assert get(watched, "/readyz") == (200, b"ready\n")
+    assert consumer()["status"] == "consuming"
+    breaker.record_failure("t", RuntimeError())
+    assert (get(watched, "/readyz"), consumer()["status"]) == ((503, b"circuit open\n"), "paused")
+    clock.now += 11  # no tick: stalled wins over the open circuit, still live
+    assert get(watched, "/readyz") == (503, b"consumer_stalled\n")
+    assert get(watched, "/healthz") == (200, b"ok\n")
+    clock.now += 20
+    assert get(watched, "/healthz") == (503, b"event loop stuck\n")
+    pulse.tick()
+    assert get(watched, "/healthz") == (200, b"ok\n")
+    pulse.asked("BRPOP")
+    clock.now += 11
+    assert get(watched, "/readyz") == (503, b"consumer_stalled\n")
+    assert consumer()["unanswered_poll_seconds"] == 11
+    pulse.disconnected(stopping=False)
+    assert get(watched, "/readyz") == (503, b"broker_disconnected\n")
+    clock.now += 1000
+    assert get(watched, "/healthz")[0] == 200  # reconnecting is not a stuck loop
+    pulse.disconnected(stopping=True)
+    assert get(watched, "/readyz") == (503, b"consumer_stopping\n")
+
+
+def test_the_sequence_moves_when_the_consumer_stalls_and_recovers(
+    watched: BreakerEndpoint, pulse: ConsumerPulse, clock: Clock
+) -> None:
+    pulse.connected()
+    before = json.loads(get(watched, "/circuit")[1])["sequence"]
+    clock.now += 11
+    stalled = json.loads(get(watched, "/circuit")[1])
+    assert (stalled["sequence"], stalled["consumer"]["status"]) == (before + 1, "stalled")
+    pulse.tick()
+    assert json.loads(get(watched, "/circuit")[1])["sequence"] == before + 2
+
+
+def test_healthz_past_the_bound_says_when_the_loop_is_stuck(
+    watched: BreakerEndpoint, pulse: ConsumerPulse, clock: Clock
+) -> None:
+    pulse.connected()
+    clock.now += 31
+    since = json.loads(get(watched, "/circuit")[1])["sequence"]
+    with contextlib.ExitStack() as stack:
+        hold_every_slot(
+            watched, stack, f"GET /circuit?since={since}&wait=5 HTTP/1.1\r\n\r\n".encode()
+        )
+        assert get(watched, "/healthz")[0] == 503
+        pulse.tick()
+        assert get(watched, "/healthz")[0] == 200
 
 
 def test_connections_past_the_bound_are_refused_at_once_but_healthz_answers(

@@ -10,6 +10,7 @@ from circuitgate_operator.contract import unknown
 from circuitgate_operator.decide.circuit_state import (
     STARTUP_GRACE_SECONDS,
     circuit_events,
+    consumer_events,
     desired_circuit_state,
     startup_grace_ends,
     status_patch,
@@ -303,3 +304,20 @@ def test_the_opened_event_names_the_cause_as_people_say_it() -> None:
     hidden = dataclasses.replace(reading(p, "open"), last_failures=(("CudaError", None),))
     status = desired_circuit_state(pod=p, policy="pol", reading=hidden, previous=None, now="t1")
     assert "opened after 1 x CudaError (trips" in circuit_events(p, "closed", status)[0].message
+
+
+def test_the_consumer_status_is_recorded_and_its_trouble_makes_events() -> None:
+    p = pod("p")
+    stalled = dataclasses.replace(reading(p, "closed"), consumer="stalled")
+    status = desired_circuit_state(pod=p, policy="pol", reading=stalled, previous=None, now="t1")
+    assert status["consumer"] == "stalled"
+    lost = desired_circuit_state(
+        pod=p, policy="pol", reading=unknown("u", "refused", "refused"), previous=status, now="t2"
+    )
+    assert lost["consumer"] == "stalled"  # remembered, as the counts are
+    assert [e.reason for e in consumer_events(p, None, "stalled")] == ["ConsumerStalled"]
+    assert [e.type for e in consumer_events(p, "consuming", "disconnected")] == ["Warning"]
+    assert [e.reason for e in consumer_events(p, "stalled", "consuming")] == ["ConsumerResumed"]
+    assert consumer_events(p, None, "consuming") == []  # a first good reading is no news
+    assert consumer_events(p, "stalled", "stalled") == []
+    assert consumer_events(p, "stalled", None) == []  # a worker that no longer says
