@@ -56,7 +56,7 @@ def worker_settings() -> dict[str, Any]:
 def test_example_app_installs_circuitgate_with_valid_settings() -> None:
     settings = worker_settings()
     assert settings["tasks"] == ["example.infer"]
-    assert settings["steps"] == ["ConsumptionGate"]
+    assert settings["steps"] == ["ConsumerWatch", "ConsumptionGate", "ProbeStep"]
     assert settings["ignored"] == ["BadInput"]
     assert settings["fail_max"] == 3
 
