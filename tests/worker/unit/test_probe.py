@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -210,9 +209,13 @@ def test_the_command_probe_passes_on_exit_0_and_says_why_it_failed(tmp_path: Pat
 def test_the_cuda_probe_without_torch_or_pynvml_cannot_tell_and_passes(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if "torch" not in p])
-    if any(probes.importlib.util.find_spec(name) for name in ("torch", "pynvml")):
-        pytest.skip("a CUDA library is installed here: the probe would use it")
+    find_spec = probes.importlib.util.find_spec
+
+    def without_cuda_libraries(name: str, *args: Any) -> Any:
+        return None if name in ("torch", "pynvml") else find_spec(name, *args)
+
+    monkeypatch.setattr(probes.importlib.util, "find_spec", without_cuda_libraries)
+    monkeypatch.setattr(probes, "_warned", [])  # said once per process: as if for the first time
     with caplog.at_level(logging.WARNING):
         assert probes.cuda_device(0)()
     assert "neither torch nor pynvml" in caplog.text
