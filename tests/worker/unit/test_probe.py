@@ -16,7 +16,7 @@ from circuitgate import probes
 from circuitgate.breaker import Admission, SharedCircuitBreaker
 from circuitgate.probe_step import run_probe
 from circuitgate.settings import InvalidSetting, Settings, load_settings
-from circuitgate.shared_state import State
+from circuitgate.shared_state import BreakerSnapshot, State
 from tests.profiles import property_settings
 
 from .fakes import DeviceFault, FakeClock
@@ -135,9 +135,7 @@ class ProbeMachine(RuleBasedStateMachine):
             self.breaker.record_failure(token, DeviceFault())
         else:
             self.breaker.record_success(token)
-        after = self.breaker.snapshot()
-        if after.trips > before.trips:
-            self.passed_since_trip = False
+        self.follow(before)
 
     @rule()
     def begin(self) -> None:
@@ -151,6 +149,10 @@ class ProbeMachine(RuleBasedStateMachine):
         number = data.draw(st.sampled_from(self.started))  # stale ones among them
         before = self.breaker.snapshot()
         self.breaker.end_probe(number, passed=passed)
+        self.follow(before)
+
+    def follow(self, before: BreakerSnapshot) -> None:
+        """Since the last trip, has a probe passed? A pass says yes, a new trip no."""
         after = self.breaker.snapshot()
         if after.probe_successes > before.probe_successes:
             self.passed_since_trip = True
