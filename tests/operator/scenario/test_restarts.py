@@ -140,5 +140,6 @@ def test_a_stale_open_state_read_after_a_restart_does_not_keep_a_gone_endpoint_u
         lambda: (c := cluster.condition("w0")) and c["status"] == "True" and c, timeout=30
     )
     assert condition["reason"] == "CircuitgateReleased"
-    assert cluster.events("PodMarkedReady", name="w0")
+    # The Event is posted after the condition is written, so it may trail it.
+    assert eventually(lambda: cluster.events("PodMarkedReady", name="w0"))
     assert second.alive()
