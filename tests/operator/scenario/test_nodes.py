@@ -459,7 +459,11 @@ def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
         for pod in ("w2", "w3", "w4"):
             cluster.workers.trip(hosts[pod], trips=1)
         high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
-        eventually(lambda: "Pausing operations" in low.tail(400), what="the low replica pauses")
+        # The low replica hears of the high one on the peering object, whose worker may be
+        # waiting for its own keep-alive, held like every write (8 s each): allow two.
+        eventually(
+            lambda: "Pausing operations" in low.tail(400), timeout=30, what="the low replica pauses"
+        )
         eventually(lambda: spec_of(cluster, n1).get("unschedulable"), timeout=20)
         proxy.faults = Faults()
         high.settle(f"{cluster.namespace}/workers")
