@@ -522,10 +522,11 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._clear_window(f)
 
     def _start_open_period(self, f: BreakerFields) -> None:
-        """From now, for ``open_period``; with a probe, fetching waits for it as well."""
+        """From now, for ``open_period``; with a probe, fetching waits for it as well. A probe
+        already running (``open()`` by hand meanwhile) keeps its deadline: its verdict
+        answers for the new period too, so no second probe starts beside it."""
         f.opened_at = self._wall_clock()
         f.open_until = self._clock() + f.open_period
-        f.probe_until = 0.0
         if self.settings.probe is not None:
             f.probe_due, f.open_until = f.open_until, math.inf
 
@@ -642,8 +643,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             f.probe_until = 0.0
             if passed:
                 f.probe_successes += 1
+                f.open_until = max(now, f.probe_due)  # a period begun meanwhile runs out
                 f.probe_due = 0.0
-                f.open_until = now
             else:
                 f.probe_failures += 1
                 self._open_again(f)

@@ -104,11 +104,13 @@ class Settings:
     sequence (waking long-polls and streams) at most this often; 0: only with a state change."""
     probe: Callable[[], object] | None = None
     """Checked before each half-open trial (a dotted path or a callable, such as
-    ``circuitgate.probes.command("nvidia-smi")``): when an open period ends it runs in a pool
-    process; raising or returning False keeps the circuit open another period without taking a
+    ``circuitgate.probes.command("nvidia-smi")``): when an open period ends it runs where a task
+    would (a prefork pool process; a thread of its own with solo or threads); raising or
+    returning anything false but None keeps the circuit open another period without taking a
     message, anything else lets the trial in. None: the trial itself is the check."""
     probe_timeout: float = 60.0
-    """Longest a probe may run (a pool process running it longer is ended); past it, it failed."""
+    """Longest a probe may run (a prefork pool process running it longer is ended); past it, it
+    failed."""
     breakers: tuple[BreakerSpec, ...] = ()
     """Breakers bound to queues, as ``{name: {"queues": [...], "fail_max": 3, ...}}``: when one
     opens only its queues pause. Queues bound to none share the ``default`` breaker."""

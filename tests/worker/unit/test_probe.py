@@ -59,6 +59,24 @@ def test_the_trial_waits_for_a_probe_that_passes() -> None:
     )  # fmt: skip
 
 
+def test_opening_by_hand_while_a_probe_runs_waits_for_that_probe() -> None:
+    """pybreaker's ``open()`` starts a new period; the probe already running still answers
+    for it, and a pass lets the trial in only when that period is over."""
+    clock = FakeClock()
+    breaker = make(clock, probe_timeout=60)
+    trip(breaker)
+    clock.now += 10
+    assert breaker.begin_probe() == 1
+    breaker.open()
+    clock.now += 10
+    assert breaker.begin_probe() is None  # no second probe beside the first
+    clock.now -= 5
+    breaker.end_probe(1, passed=True)
+    assert not breaker.fetch_allowed()  # the period open() began runs 5 s more
+    clock.now += 5
+    assert breaker.fetch_allowed() and breaker.admit("trial") is Admission.TRIAL
+
+
 def test_a_failed_probe_opens_another_period_without_a_message() -> None:
     clock = FakeClock()
     breaker = make(clock, backoff_multiplier=2)
