@@ -112,7 +112,8 @@ class ConsumerPulse:
             self._waiting_since.setdefault(key, self._now())
 
     def answered(self, key: Hashable) -> None:
-        """The broker answered the poll (a message or an empty reply alike)."""
+        """The poll waits on the broker no more: answered (a message or an empty reply alike),
+        or its answer is left unread on purpose while the channel has no credit."""
         with self._lock:
             self._waiting_since.pop(key, None)
 

@@ -43,17 +43,19 @@ class ConsumerWatch(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         pulse: ConsumerPulse = c.controller.consumer_pulse
+        each_tick = _stamp_polls(c.task_consumer.channel, pulse)
 
         def tick() -> None:
             active = list(worker_state.active_requests)
             starts = [r.time_start for r in active if r.time_start]
             pulse.tick(len(active), min(starts) if starts else None)
+            if each_tick is not None:
+                each_tick()
 
         if c.hub is not None:
             self._timer = c.timer.call_repeatedly(TICK_SECONDS, tick)
         else:  # no hub: the loop is Celery's synloop, which performs these each turn
             c.perform_pending_operations = _also(tick, type(c).perform_pending_operations, c)
-        _stamp_polls(c.task_consumer.channel, pulse)
         pulse.connected()
 
     def stop(self, c: Any) -> None:
@@ -75,15 +77,17 @@ def _also(first: Callable[[], None], method: Callable[[Any], None], obj: Any) ->
     return both
 
 
-def _stamp_polls(channel: Any, pulse: ConsumerPulse) -> None:
-    """Wrap where ``channel``'s transport sends a poll and reads its answer, if it polls."""
+def _stamp_polls(channel: Any, pulse: ConsumerPulse) -> Callable[[], None] | None:
+    """Wrap where ``channel``'s transport sends a poll and reads its answer, if it polls; what
+    to look at on each tick, if anything."""
     if "BRPOP" in getattr(channel, "handlers", {}) and hasattr(channel, "_brpop_start"):  # Redis
-        _stamp_brpop(channel, pulse)
-    elif hasattr(channel, "_get_bulk_async"):  # SQS
+        return _stamp_brpop(channel, pulse)
+    if hasattr(channel, "_get_bulk_async"):  # SQS
         _stamp_receive(channel, pulse)
+    return None
 
 
-def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> None:
+def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> Callable[[], None]:
     start, read = channel._brpop_start, channel.handlers["BRPOP"]
 
     def brpop_start(*args: Any, **kwargs: Any) -> Any:
@@ -103,8 +107,19 @@ def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> None:
         pulse.answered("BRPOP")
         return result
 
+    def held() -> None:
+        """kombu leaves a BRPOP's answer unread while the channel has no credit (a circuit
+        opened under it, a prefetch count lowered back as an ETA task began): the poll then
+        waits on us, not on the broker, and on the broker again from when credit returns."""
+        if channel._in_poll:
+            if channel.qos.can_consume():
+                pulse.asked("BRPOP")  # keeps the first time if it was waiting already
+            else:
+                pulse.answered("BRPOP")
+
     channel._brpop_start = brpop_start
     channel.handlers["BRPOP"] = channel._brpop_read = brpop_read  # the poller reads by handler
+    return held
 
 
 def _stamp_receive(channel: Any, pulse: ConsumerPulse) -> None:

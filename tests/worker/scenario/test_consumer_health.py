@@ -90,3 +90,35 @@ def test_busy_blocked_and_cut_off_consumers_read_as_they_are(
     [after] = lab.send(1, work_s=0.1)
     lab.log.wait_for_successes({after}, timeout=60)
     assert consumer(worker)["status"] == "consuming"
+
+
+def readings(worker: Any, seconds: float) -> list[tuple[float, tuple[int, str], str]]:
+    """Every reading of /readyz and the consumer's status for ``seconds``; the test decides
+    what it should have been (watching is the point: a false status comes and goes)."""
+    seen = []
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        seen.append((round(elapsed, 1), readyz(worker), consumer(worker)["status"]))
+        time.sleep(0.2)
+    return seen
+
+
+def test_a_brpop_left_unread_on_purpose_is_not_a_stall(make_lab: Callable[..., Lab]) -> None:
+    """kombu leaves the answer to a BRPOP unread while the channel has no credit: a circuit
+    opened under it, or an ETA task that lowered the prefetch count back as it began."""
+    lab = make_lab("redis")
+    conf = {**CONF, "circuitgate_fail_max": 1, "circuitgate_reset_timeout": 60}
+    worker = lab.worker("w", conf=conf, broken=True)
+    lab.send(1, work_s=0.1)
+    eventually(lambda: readyz(worker) == (503, "circuit open"), timeout=30, what="the trip")
+    seen = readings(worker, 3 * STALL)
+    worker.wait_for_polls(3)
+    wrong = [s for s in seen if s[1:] != ((503, "circuit open"), "paused")]
+    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(worker)}"
+
+    healthy = lab.worker("h", conf=CONF)
+    lab.producer.send_task("lab.infer", args=(0,), kwargs={"work_s": 4 * STALL}, countdown=2)
+    eventually(lambda: consumer(healthy)["active_tasks"] == 1, timeout=30, what="the ETA task")
+    seen = readings(healthy, 2 * STALL)
+    wrong = [s for s in seen if s[1:] != ((200, "ready"), "consuming")]
+    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(healthy)}"
