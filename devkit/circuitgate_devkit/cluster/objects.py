@@ -65,7 +65,7 @@ class OperatorProcess:
             # The webhook configuration the account may change (the chart's Deployment sets it).
             "CIRCUITGATE_WEBHOOK_NAME": identity.webhook_name,
             "CIRCUITGATE_WEBHOOK_SECRET": identity.webhook_secret,
-            "CIRCUITGATE_RESYNC_SECONDS": "5",
+            "CIRCUITGATE_RESYNC_SECONDS": "2",  # settle() waits two of these
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -88,7 +88,7 @@ def test_a_steady_cluster_makes_no_writes(cluster: Cluster, operator: OperatorPr
     operator.settle(policy)
     before = operator.writes()
     versions = {f"w{i}": cluster.pod(f"w{i}")["metadata"]["resourceVersion"] for i in range(3)}
-    # Several long-poll rounds (one a second here) and a full resync (every 5 s in tests).
+    # Several long-poll rounds (one a second here) and two full resyncs (every 2 s in tests).
     operator.settle(policy)
     assert operator.writes() == before
     assert {p: cluster.pod(p)["metadata"]["resourceVersion"] for p in versions} == versions
