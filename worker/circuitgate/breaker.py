@@ -226,13 +226,18 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         return bool(self.shared.hints() & _FLOWING)
 
     def fetch_allowed(self) -> bool:
-        """Whether the consumer may fetch now. Runs on every poll: one shared read, one clock.
+        """Whether the consumer may fetch now, counted as a poll (`polls`): runs on every one."""
+        self.polls += 1
+        return self.may_fetch()
+
+    def may_fetch(self) -> bool:
+        """Whether fetching is allowed now, uncounted (a look that is no poll): one shared
+        read, one clock.
 
         Open: not until the open period ends. Half-open: not while the trial is out, unless
         it is overdue (``open_until`` holds the trial's deadline then, pushed on while the
         trial runs). Forced open: never (``open_until`` is infinite).
         """
-        self.polls += 1
         if self.shared.hints() & _FLOWING:
             return True
         state, open_until = self.shared.gate_view()

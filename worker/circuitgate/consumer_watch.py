@@ -112,7 +112,9 @@ def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> Callable[[], None]:
         opened under it, a prefetch count lowered back as an ETA task began): the poll then
         waits on us, not on the broker, and on the broker again from when credit returns."""
         if channel._in_poll:
-            if channel.qos.can_consume():
+            # The gate's uncounted look: a tick is not a poll (circuitgate_gate_polls_total).
+            has_credit = getattr(channel.qos, "circuitgate_has_credit", channel.qos.can_consume)
+            if has_credit():
                 pulse.asked("BRPOP")  # keeps the first time if it was waiting already
             else:
                 pulse.answered("BRPOP")

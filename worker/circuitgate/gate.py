@@ -131,11 +131,15 @@ class QueuePauser:
 def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
     can_consume = qos.can_consume
     max_estimate = qos.can_consume_max_estimate
-    fetch_allowed = breaker.fetch_allowed
+    fetch_allowed, may_fetch = breaker.fetch_allowed, breaker.may_fetch
     flowing = breaker.flowing
 
     def gated_can_consume() -> bool:
         return fetch_allowed() and bool(can_consume())
+
+    def has_credit() -> bool:
+        """The same answer, uncounted: for a look that is not the consumer's poll."""
+        return may_fetch() and bool(can_consume())
 
     def gated_max_estimate() -> int | None:
         # Outside the closed state only the one trial message may come in (SQS fetches in
@@ -146,6 +150,7 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
         return estimate
 
     qos.can_consume = gated_can_consume
+    qos.circuitgate_has_credit = has_credit
     qos.can_consume_max_estimate = gated_max_estimate
 
 

@@ -252,6 +252,20 @@ def test_an_open_circuit_makes_can_consume_false_and_the_estimate_one(
     assert qos.can_consume_max_estimate() == 1
 
 
+def test_the_uncounted_look_answers_as_can_consume_without_counting_a_poll(
+    channel: Any, cpu: str
+) -> None:
+    """The consumer watch looks once a tick; circuitgate_gate_polls_total counts polls only."""
+    breakers = whole_worker()
+    started(channel, [cpu], breakers)
+    qos, breaker = channel.qos, breakers.default
+    before = breaker.polls
+    assert qos.circuitgate_has_credit() and breaker.polls == before
+    breaker.open()
+    assert not qos.circuitgate_has_credit() and breaker.polls == before
+    assert not qos.can_consume() and breaker.polls == before + 1
+
+
 def test_after_the_open_period_exactly_one_trial_comes_in_and_its_success_restores_batches(
     channel: Any, cpu: str
 ) -> None:

@@ -129,10 +129,14 @@ class ProbeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.breaker = make(self.clock, fail_max=2, backoff_multiplier=2, max_reset_timeout=40)
+        # A probe may outlive an open period (probe_timeout 30 s, periods from 10 s).
+        self.breaker = make(
+            self.clock, fail_max=2, backoff_multiplier=2, max_reset_timeout=40, probe_timeout=30
+        )
         self.passed_since_trip = False
         self.started: list[int] = []
         self.tokens = 0
+        self.by_hand_until = 0.0
 
     def token(self) -> str:
         self.tokens += 1
@@ -160,6 +164,12 @@ class ProbeMachine(RuleBasedStateMachine):
         number = self.breaker.begin_probe()
         if number is not None:
             self.started.append(number)
+
+    @rule()
+    def opened_by_hand(self) -> None:
+        """pybreaker's ``open()``: a new period, whatever runs; fetching waits it out."""
+        self.breaker.open()
+        self.by_hand_until = self.clock.now + self.breaker.snapshot().open_period
 
     @precondition(lambda self: self.started)
     @rule(data=st.data(), passed=st.booleans())
@@ -189,6 +199,12 @@ class ProbeMachine(RuleBasedStateMachine):
         if snapshot.state is State.OPEN and not self.passed_since_trip:
             assert not self.breaker.fetch_allowed()
             assert self.breaker.admit("peek", claim=False) is Admission.REFUSE
+
+    @invariant()
+    def a_period_opened_by_hand_is_waited_out(self) -> None:
+        """Not even a probe's pass cuts it short (later trips only open longer periods)."""
+        if self.breaker.snapshot().state is State.OPEN and self.clock.now < self.by_hand_until:
+            assert not self.breaker.fetch_allowed()
 
     @invariant()
     def a_probe_runs_only_while_open(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import threading
-import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from kombu.asynchronous.semaphore import LaxBoundedSemaphore
 from circuitgate.breaker import Admission, SharedCircuitBreaker
 from circuitgate.probe_step import ProbeStep, run_probe
 from circuitgate.settings import Settings
+from circuitgate_devkit.waiting import eventually
 
 from .fakes import DeviceFault, FakeClock
 
@@ -48,13 +48,6 @@ def step() -> ProbeStep:
     return ProbeStep.__new__(ProbeStep)  # tick and start need no blueprint
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 class UnpicklingPool(PreforkPool):
     """What the prefork pool's ``apply_async`` does with a probe it cannot pickle: raises
     in the caller, before any process has the job."""
@@ -80,7 +73,7 @@ def test_every_open_period_is_probed_on_the_solo_and_threads_pools(pool_class: A
             clock.now += breaker.snapshot().open_period
             step().tick(c, [breaker])
             assert breaker.shared.read(lambda f: int(f.probes)) == period
-            wait_for(lambda n=period: breaker.snapshot().probe_failures == n)  # type: ignore[misc]
+            eventually(lambda n=period: breaker.snapshot().probe_failures == n)  # type: ignore[misc]
     finally:
         pool.stop()
 
@@ -98,7 +91,7 @@ def test_a_probe_that_hangs_on_the_solo_pool_keeps_neither_the_loop_nor_the_circ
     step().tick(c, [breaker])
     assert breaker.snapshot().probe_failures == 1
     release.set()  # the late verdict (a pass) changes nothing
-    wait_for(lambda: not any(t.name.startswith("circuitgate-probe") for t in threading.enumerate()))
+    eventually(lambda: not [t for t in threading.enumerate() if t.name.startswith("circuitgate")])
     assert breaker.snapshot().probe_successes == 0
 
 
