@@ -6,7 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps
+from celery import Celery, bootsteps
+from celery.concurrency import solo
 from celery.worker import state as worker_state
 from vine import ensure_promise, promise
 
@@ -24,11 +25,14 @@ class ConsumerWatch(bootsteps.StartStopStep):
     """Stamps ``worker.consumer_pulse`` (made by the endpoint step) while the consumer runs.
 
     Ticks come from the consumer's event loop itself (a timer entry of the hub, or each turn
-    of the loop without one), so a loop that blocks stops them; polls are stamped where the
-    transport sends and reads them: Redis's BRPOP, SQS's ReceiveMessage. RabbitMQ pushes
-    instead of being polled: a broker that stops answering there ends the connection when its
-    heartbeats go missing (``broker_heartbeat``), which reads as disconnected. Started after
-    the consumer connected, stopped when it disconnects or shuts down.
+    of Celery's synloop where there is no hub: green pools, transports without asynchronous
+    I/O), so a loop that blocks stops them; the solo pool's task, which runs inside the loop,
+    is stamped as it begins and ends. Polls are stamped where the transport sends and reads
+    them: Redis's BRPOP, SQS's ReceiveMessage. RabbitMQ pushes instead of being polled: a
+    broker that stops answering there ends the connection when its heartbeats go missing
+    (``broker_heartbeat``), which reads as disconnected; on Redis a call left unanswered
+    ends it too (`bound_redis_calls`). Started after the consumer connected, stopped when it
+    disconnects or shuts down.
     """
 
     name = "circuitgate.consumer_watch"
@@ -37,6 +41,9 @@ class ConsumerWatch(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self._timer: Any = None
+        self._undo_inline: Callable[[], None] | None = None
+        if self.include_if(c):  # before the consumer connects
+            bound_redis_calls(c.app, c.controller.consumer_pulse.liveness_seconds / 2)
 
     def include_if(self, c: Any) -> bool:
         return getattr(c.controller, "consumer_pulse", None) is not None
@@ -56,17 +63,55 @@ class ConsumerWatch(bootsteps.StartStopStep):
             self._timer = c.timer.call_repeatedly(TICK_SECONDS, tick)
         else:  # no hub: the loop is Celery's synloop, which performs these each turn
             c.perform_pending_operations = _also(tick, type(c).perform_pending_operations, c)
+        self._undo_inline = _stamp_inline_tasks(c.pool, pulse)
         pulse.connected()
 
     def stop(self, c: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._undo_inline is not None:
+            self._undo_inline()
+            self._undo_inline = None
         pulse: ConsumerPulse = c.controller.consumer_pulse
         # Stopped for a restart (the connection was lost) or for good (shutdown).
         pulse.disconnected(stopping=c.blueprint.state != bootsteps.RUN)
 
     shutdown = stop
+
+
+def bound_redis_calls(app: Celery, seconds: float) -> None:
+    """Give redis-py a ``socket_timeout`` of ``seconds`` unless the user chose one.
+
+    redis-py waits for an answer forever by default, in the consumer's thread: a Redis that
+    hangs (frozen, or a network that drops packets) would hold the loop inside an ack or an
+    event's publish, and read as a loop stuck for good. With a bound the call fails as a
+    connection error, and the consumer reconnects: disconnected, not dead. BRPOP's answer is
+    read only once it is there, so the bound never cuts a poll short.
+    """
+    options = app.conf.broker_transport_options or {}
+    with app.connection_for_read() as connection:
+        redis = connection.transport.driver_type == "redis"
+    if redis and "socket_timeout" not in options:
+        app.conf.broker_transport_options = {**options, "socket_timeout": seconds}
+
+
+def _stamp_inline_tasks(pool: Any, pulse: ConsumerPulse) -> Callable[[], None] | None:
+    """The solo pool runs each task inside the consumer's loop, which neither ticks nor reads
+    the broker's answers meanwhile: stamp the task's run; what undoes it, if stamped."""
+    if not isinstance(pool, solo.TaskPool):
+        return None
+    on_apply = pool.on_apply
+
+    def run_inline(*args: Any, **kwargs: Any) -> Any:
+        pulse.task_began_inline()
+        try:
+            return on_apply(*args, **kwargs)
+        finally:
+            pulse.task_ended_inline()
+
+    pool.on_apply = run_inline
+    return lambda: setattr(pool, "on_apply", on_apply)
 
 
 def _also(first: Callable[[], None], method: Callable[[Any], None], obj: Any) -> Callable[[], None]:
@@ -108,9 +153,10 @@ def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> Callable[[], None]:
         return result
 
     def held() -> None:
-        """kombu leaves a BRPOP's answer unread while the channel has no credit (a circuit
-        opened under it, a prefetch count lowered back as an ETA task began): the poll then
-        waits on us, not on the broker, and on the broker again from when credit returns."""
+        """kombu leaves a BRPOP's answer unread while the channel has no credit (a prefetch
+        count lowered back as an ETA task began; an open circuit lets it be read, `gate`):
+        the poll then waits on us, not on the broker, and on the broker again from when
+        credit returns."""
         if channel._in_poll:
             # The gate's uncounted look: a tick is not a poll (circuitgate_gate_polls_total).
             has_credit = getattr(channel.qos, "circuitgate_has_credit", channel.qos.can_consume)
@@ -128,7 +174,7 @@ def _stamp_receive(channel: Any, pulse: ConsumerPulse) -> None:
     get_bulk_async = channel._get_bulk_async
 
     def receive(queue: str, callback: Any = None) -> Any:
-        pulse.asked(queue)
+        pulse.asked(queue, wait=channel.wait_time_seconds)  # the long poll's, on purpose
         then = ensure_promise(callback)
 
         def on_answer(*args: Any, **kwargs: Any) -> Any:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from .breaker_set import BreakerSet
 from .consumer_pulse import ConsumerPulse
@@ -47,7 +47,9 @@ def serve_breakers(
 
 
 class EndpointStep(bootsteps.StartStopStep):
-    """Starts the endpoint after the pool, so no pool child ever serves it, and stops it last.
+    """Starts the endpoint after the pool, so no pool child ever serves it, and closes it when
+    the worker is done: in a warm shutdown, once the pool's tasks are (``worker_shutdown``),
+    so ``/readyz`` says ``consumer_stopping`` and ``/healthz`` 200 while they finish.
 
     Not a health check of the tasks: ``/healthz`` says the consumer's loop is alive, whatever
     the breaker says; ``/readyz`` says whether the worker takes work (no open circuit, a
@@ -62,8 +64,9 @@ class EndpointStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.settings = load_settings(parent.app.conf)
         self.endpoint: BreakerEndpoint | None = None
+        self.hostname: str = parent.hostname
         # Stamped by the consumer's `ConsumerWatch` step, judged here.
-        parent.consumer_pulse = (
+        parent.consumer_pulse = self.pulse = (
             ConsumerPulse(
                 stall_seconds=self.settings.stall_seconds,
                 liveness_seconds=self.settings.liveness_seconds,
@@ -90,8 +93,28 @@ class EndpointStep(bootsteps.StartStopStep):
         self.endpoint.start()
         host, port = self.endpoint.address
         logger.info("circuitgate: endpoint on http://%s:%d/circuit", host, port)
+        signals.worker_shutting_down.connect(self._shutting_down, weak=False)
+        signals.worker_shutdown.connect(self._shut_down, sender=parent, weak=False)
 
     def stop(self, parent: Any) -> None:
+        """Warm shutdown, before the pool drains: no more work taken, the endpoint stays."""
+        if self.pulse is not None:
+            self.pulse.stopping()
+
+    def terminate(self, parent: Any) -> None:
+        """Cold shutdown: the tasks are cut short, nothing is left to report."""
+        self._close()
+
+    def _shutting_down(self, sender: str, **_: Any) -> None:
+        if sender == self.hostname and self.pulse is not None:
+            self.pulse.stopping()  # in Celery's signal handler, before the consumer stops
+
+    def _shut_down(self, **_: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        signals.worker_shutting_down.disconnect(self._shutting_down)
+        signals.worker_shutdown.disconnect(self._shut_down)
         if self.endpoint is not None:
             self.endpoint.stop()
             self.endpoint = None

@@ -133,13 +133,21 @@ def _gate_qos(qos: Any, breaker: SharedCircuitBreaker) -> None:
     max_estimate = qos.can_consume_max_estimate
     fetch_allowed, may_fetch = breaker.fetch_allowed, breaker.may_fetch
     flowing = breaker.flowing
+    channel = qos.channel
+
+    def reply_due() -> bool:
+        """A Redis BRPOP is out: its reply may hold a message already popped from the list.
+        kombu reads it only while the channel may consume, so a refusal would keep that
+        message here for the whole open period; read, the gated strategy hands it back."""
+        return bool(getattr(channel, "_in_poll", False))
 
     def gated_can_consume() -> bool:
-        return fetch_allowed() and bool(can_consume())
+        allowed = fetch_allowed()
+        return (allowed or reply_due()) and bool(can_consume())
 
     def has_credit() -> bool:
         """The same answer, uncounted: for a look that is not the consumer's poll."""
-        return may_fetch() and bool(can_consume())
+        return (may_fetch() or reply_due()) and bool(can_consume())
 
     def gated_max_estimate() -> int | None:
         # Outside the closed state only the one trial message may come in (SQS fetches in

@@ -91,11 +91,12 @@ class Settings:
     """Longest long-poll, in seconds."""
     stall_seconds: float = 60.0
     """``/readyz`` answers 503 ``consumer_stalled`` once the consumer's event loop has not
-    ticked, or a poll of the broker has gone unanswered, for this long (more than SQS's
-    longest long-poll, 20 s)."""
+    ticked, or a poll of the broker has gone unanswered past the long poll it asked for (SQS's
+    ``wait_time_seconds``), for this long."""
     liveness_seconds: float = 300.0
     """``/healthz`` answers 503 once the consumer's event loop has been stuck this long while
-    connected; never for an open circuit, a busy pool or a broker that is down."""
+    connected; never for an open circuit, a busy pool or a broker that is down. Half of it is
+    the Redis transport's ``socket_timeout`` unless ``broker_transport_options`` sets one."""
     evidence_calls: int = 100
     """Last calls (of the whole worker, per breaker) that the document's ``recent_calls``
     sums up: count, failures, p50 and p90 durations, for comparing a worker with its peers."""

@@ -7,7 +7,9 @@ scenario (``celery -A circuitgate_devkit.lab.app worker``):
 - ``CIRCUITGATE_LAB_MODE``: ``circuitgate`` (default), ``seed_snippet`` (the published
   snippet, `circuitgate_devkit.lab.seed_snippet`) or ``none``;
 - ``CIRCUITGATE_LAB_CONF``: JSON of extra ``app.conf`` keys (``circuitgate_*`` among them;
-  the snippet's breaker takes ``circuitgate_fail_max`` and ``circuitgate_reset_timeout``);
+  the snippet's breaker takes ``circuitgate_fail_max`` and ``circuitgate_reset_timeout``;
+  the lab's own ``lab_brpop_timeout`` sets how long kombu's Redis BRPOP blocks, which is its
+  transport's attribute, 1 s, and no transport option);
 - ``CIRCUITGATE_LAB_FAULT``: a path; while that file exists this worker is broken, the
   way the file says (`FAULTS`: empty raises `DeviceFault`);
 - ``CIRCUITGATE_LAB_BLOCK``: a path; `loop_blocker.SIGNAL` blocks the main process while
@@ -32,6 +34,7 @@ from typing import Any
 
 import pybreaker
 from celery import Celery, signals
+from kombu.transport import redis as kombu_redis
 
 import circuitgate
 
@@ -75,6 +78,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 app.conf.update(json.loads(os.environ.get("CIRCUITGATE_LAB_CONF", "{}")))
+if "lab_brpop_timeout" in app.conf:
+    kombu_redis.Transport.brpop_timeout = int(app.conf["lab_brpop_timeout"])
 
 MODE = os.environ.get("CIRCUITGATE_LAB_MODE", "circuitgate")
 EVENTS = os.environ.get(EVENTS_ENV)

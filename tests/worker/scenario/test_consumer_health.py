@@ -3,6 +3,7 @@ blocked event loop, a frozen broker, on SQS, Redis and RabbitMQ."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,10 @@ CONF = {
     "broker_heartbeat": 2,  # RabbitMQ: a frozen broker ends the connection within seconds
 }
 FROZEN_BROKER_READS_AS = {
-    "sqs": "consumer_stalled",  # the ReceiveMessage long-poll is never answered
-    "redis": "consumer_stalled",  # nor the BRPOP
-    "rabbitmq": "broker_disconnected",  # the heartbeats go missing
+    "sqs": {"consumer_stalled"},  # the ReceiveMessage long-poll is never answered
+    # Nor the BRPOP; and a call that waits past redis-py's socket_timeout ends the connection.
+    "redis": {"consumer_stalled", "broker_disconnected"},
+    "rabbitmq": {"broker_disconnected"},  # the heartbeats go missing
 }
 
 
@@ -82,10 +84,10 @@ def test_busy_blocked_and_cut_off_consumers_read_as_they_are(
     # The broker frozen: not ready (stalled or disconnected, as the transport shows it).
     with lab.broker.paused():
         frozen = time.monotonic()
-        expected = (503, FROZEN_BROKER_READS_AS[broker_kind])
-        eventually(lambda: readyz(worker) == expected, timeout=STALL + 20)
+        expected = {(503, reason) for reason in FROZEN_BROKER_READS_AS[broker_kind]}
+        eventually(lambda: readyz(worker) in expected, timeout=STALL + 20)
         seconds = time.monotonic() - frozen
-        print(f"{broker_kind}: broker frozen -> /readyz {expected} in {seconds:.1f} s")
+        print(f"{broker_kind}: broker frozen -> /readyz {readyz(worker)} in {seconds:.1f} s")
     eventually(lambda: readyz(worker) == (200, "ready"), timeout=60, what="ready again")
     [after] = lab.send(1, work_s=0.1)
     lab.log.wait_for_successes({after}, timeout=60)
@@ -122,3 +124,94 @@ def test_a_brpop_left_unread_on_purpose_is_not_a_stall(make_lab: Callable[..., L
     seen = readings(healthy, 2 * STALL)
     wrong = [s for s in seen if s[1:] != ((200, "ready"), "consuming")]
     assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(healthy)}"
+
+
+def healthy_readings(worker: Any, seconds: float) -> list[tuple[float, tuple[int, str], int, str]]:
+    """Like `readings`, with ``/healthz`` too; the readings that are not those of a worker
+    that takes work and is live."""
+    seen = []
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        seen.append(
+            (
+                round(elapsed, 1),
+                readyz(worker),
+                get(worker, "/healthz")[0],
+                consumer(worker)["status"],
+            )
+        )
+        time.sleep(0.2)
+    return [s for s in seen if s[1:] != ((200, "ready"), 200, "consuming")]
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqs"])
+def test_a_long_task_in_the_solo_pool_is_a_busy_worker_not_a_stuck_one(
+    make_lab: Callable[..., Lab], kind: str
+) -> None:
+    """The solo pool runs a task inside the consumer's loop, which ticks no more meanwhile."""
+    lab = make_lab(kind)
+    worker = lab.worker("w", conf=CONF, pool="solo")
+    [task] = lab.send(1, work_s=LIVENESS + 3)
+    eventually(lambda: worker.events.of("started"), timeout=30, what="the task starts")
+    wrong = healthy_readings(worker, LIVENESS + 2 * TICK_SECONDS)
+    assert not wrong, f"{len(wrong)} wrong, first {wrong[0]}, last {wrong[-1]}"
+    lab.log.wait_for_successes({task}, timeout=30)
+    # Once the task is over, the loop and its polls count again from then.
+    assert not healthy_readings(worker, 2 * TICK_SECONDS)
+    worker.wait_for_polls(3)
+    assert consumer(worker)["status"] == "consuming"
+
+
+def test_an_sqs_long_poll_longer_than_the_stall_bound_is_not_a_stall(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """A ReceiveMessage waits up to ``wait_time_seconds`` for a message, on purpose."""
+    lab = make_lab("sqs")
+    options = {**lab.broker.transport_options, "wait_time_seconds": 2 * STALL}
+    worker = lab.worker("w", conf={**CONF, "broker_transport_options": options})
+    worker.wait_for_polls(1)
+    wrong = healthy_readings(worker, 3 * STALL)
+    assert not wrong, f"{len(wrong)} wrong, first {wrong[0]}; {consumer(worker)}"
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqs"])
+def test_a_frozen_broker_is_never_a_liveness_failure(
+    make_lab: Callable[..., Lab], kind: str
+) -> None:
+    """A restart would not bring the broker back: the worker is not ready, but live."""
+    lab = make_lab(kind)
+    worker = lab.worker("w", conf=CONF)
+    worker.wait_for_polls(3)
+    not_ready = {(503, reason) for reason in FROZEN_BROKER_READS_AS[kind]}
+    with lab.broker.paused():
+        start = time.monotonic()
+        seen = []
+        while (elapsed := time.monotonic() - start) < LIVENESS + 3 * TICK_SECONDS:
+            seen.append((round(elapsed, 1), get(worker, "/healthz")[0], readyz(worker)))
+            time.sleep(0.3)
+    eventually(lambda: readyz(worker) == (200, "ready"), timeout=60, what="ready again")
+    not_live = [s for s in seen if s[1] != 200]
+    assert not not_live, f"{len(not_live)}/{len(seen)} not live, first {not_live[0]}"
+    assert seen[-1][2] in not_ready, seen[-1]
+    [after] = lab.send(1, work_s=0.1)
+    lab.log.wait_for_successes({after}, timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqs"])
+def test_a_warm_shutdown_reads_as_stopping_and_live_until_the_tasks_are_done(
+    make_lab: Callable[..., Lab], kind: str
+) -> None:
+    lab = make_lab(kind)
+    worker = lab.worker("w", conf=CONF)
+    [task] = lab.send(1, work_s=STALL + 3)
+    eventually(lambda: consumer(worker)["active_tasks"] == 1, timeout=30, what="the task runs")
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    eventually(lambda: readyz(worker) == (503, "consumer_stopping"), timeout=10)
+    seen = []
+    while not lab.log.successes_per_task():  # the task runs still: the endpoint answers
+        seen.append((get(worker, "/healthz")[0], readyz(worker)))
+        time.sleep(0.2)
+    assert seen and set(seen) == {(200, (503, "consumer_stopping"))}, seen
+    assert lab.log.successes_per_task() == {task: 1}
+    worker.process.wait(timeout=30)

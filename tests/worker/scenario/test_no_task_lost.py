@@ -40,3 +40,30 @@ def test_a_worker_stopped_mid_task_loses_nothing(
     twice = {task_id for task_id in ids if successes[task_id] > 1}
     assert twice <= finished_on_first
     assert all(successes[task_id] <= 2 for task_id in ids)
+
+
+def test_a_message_a_brpop_popped_as_the_circuit_opened_goes_back_at_once(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """The BRPOP out when the circuit opens pops a message from the Redis list; kombu leaves
+    the reply unread while the channel refuses to consume, so that message waited inside the
+    tripped worker for the whole open period. It must go back to the queue at once."""
+    from .test_endpoint_and_control import celery
+
+    lab = make_lab("redis")
+    # A BRPOP that blocks for a minute: it is sure to be out when the circuit opens.
+    tripped = lab.worker("tripped", conf={"lab_brpop_timeout": 60})
+    tripped.wait_for_polls(2)
+    assert "forced_open" in celery(
+        lab, "control", "circuit_open", "--destination", tripped.hostname
+    )
+    tripped.wait_for_polls(2)
+    [task] = lab.send(1, work_s=0.1)  # into the BRPOP already out
+    eventually(
+        lambda: "handed" in tripped.logfile.read_text() and task in tripped.logfile.read_text(),
+        timeout=30,
+        what="the tripped worker hands the message back",
+    )
+    lab.worker("healthy")
+    assert lab.log.wait_for_successes({task}, timeout=30) == {task: 1}
+    assert tripped.events.of("received") == []

@@ -8,13 +8,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from circuitgate.consumer_pulse import ConsumerPulse, ConsumerStatus, PulseReading, is_live, judge
 from circuitgate.contract import ConsumerStatusName
+from tests.profiles import property_settings
 
 STALL = 10.0
 LIVENESS = 30.0
 
 
+SECONDS = st.integers(0, int(2 * LIVENESS)).map(float) | st.floats(0, 2 * LIVENESS)
+"""Whole seconds spread over the range (bounds and their neighbours are not all there is)."""
+
+
 class PulseMachine(RuleBasedStateMachine):
-    """Drive a pulse with a fake clock; the model keeps the first unanswered time per poll."""
+    """Drive a pulse with a fake clock; the model keeps the first unanswered time per poll and
+    the wait it asked for, the task running inside the loop, and whether shutdown began."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -24,11 +30,13 @@ class PulseMachine(RuleBasedStateMachine):
         )
         self.connection = ConsumerStatus.STARTING
         self.ticked_at: float | None = None
-        self.waiting: dict[str, float] = {}
+        self.waiting: dict[str, tuple[float, float]] = {}
+        self.inline_since: float | None = None
+        self.stopping = False
         self.changes = 0
         self.last_health = ConsumerStatus.STARTING
 
-    @rule(seconds=st.floats(min_value=0, max_value=2 * LIVENESS))
+    @rule(seconds=SECONDS)
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
 
@@ -37,10 +45,32 @@ class PulseMachine(RuleBasedStateMachine):
         self.pulse.tick()
         self.ticked_at = self.now
 
-    @rule(key=st.sampled_from(["BRPOP", "a", "b"]))
-    def asked(self, key: str) -> None:
-        self.pulse.asked(key)
-        self.waiting.setdefault(key, self.now)
+    @rule(seconds=SECONDS)
+    def time_passes_while_the_loop_ticks(self, seconds: float) -> None:
+        """The common case: a loop that ticks on, so only the polls can be stalled."""
+        self.time_passes(seconds)
+        self.tick()
+
+    @rule(key=st.sampled_from(["BRPOP", "a", "b"]), wait=st.sampled_from([0, STALL, 3 * STALL]))
+    def asked(self, key: str, wait: float) -> None:
+        self.pulse.asked(key, wait=wait)
+        self.waiting.setdefault(key, (self.now, wait))
+
+    @rule()
+    def task_began_inline(self) -> None:
+        self.pulse.task_began_inline()
+        self.inline_since = self.now
+
+    @rule()
+    def task_ended_inline(self) -> None:
+        self.pulse.task_ended_inline()
+        self.inline_since, self.ticked_at = None, self.now
+        self.waiting = {key: (self.now, wait) for key, (_, wait) in self.waiting.items()}
+
+    @rule()
+    def shutdown_began(self) -> None:
+        self.pulse.stopping()
+        self.stopping = True
 
     @rule(key=st.sampled_from(["BRPOP", "a", "b"]))
     def answered(self, key: str) -> None:
@@ -59,13 +89,18 @@ class PulseMachine(RuleBasedStateMachine):
         self.connection = ConsumerStatus.STOPPING if stopping else ConsumerStatus.DISCONNECTED
         self.waiting.clear()
 
+    @property
+    def connection_read(self) -> ConsumerStatus:
+        return ConsumerStatus.STOPPING if self.stopping else self.connection
+
     def expected(self, paused: bool) -> ConsumerStatus:
-        if self.connection is not ConsumerStatus.CONSUMING:
-            return self.connection
-        loop_stuck = self.ticked_at is not None and self.now - self.ticked_at > STALL
-        poll_stuck = any(self.now - since > STALL for since in self.waiting.values())
-        if loop_stuck or poll_stuck:
-            return ConsumerStatus.STALLED
+        if self.connection_read is not ConsumerStatus.CONSUMING:
+            return self.connection_read
+        if self.inline_since is None:  # else busy running a task, not stuck
+            loop_stuck = self.ticked_at is not None and self.now - self.ticked_at > STALL
+            poll_stuck = any(self.now - (t + wait) > STALL for t, wait in self.waiting.values())
+            if loop_stuck or poll_stuck:
+                return ConsumerStatus.STALLED
         return ConsumerStatus.PAUSED if paused else ConsumerStatus.CONSUMING
 
     @invariant()
@@ -76,7 +111,8 @@ class PulseMachine(RuleBasedStateMachine):
     @invariant()
     def not_live_only_with_a_stuck_loop_while_connected(self) -> None:
         stuck = self.ticked_at is not None and self.now - self.ticked_at > LIVENESS
-        assert self.pulse.live() is not (self.connection is ConsumerStatus.CONSUMING and stuck)
+        stuck = stuck and self.inline_since is None
+        assert self.pulse.live() is not (self.connection_read is ConsumerStatus.CONSUMING and stuck)
 
     @invariant()
     def changes_count_each_change_of_health_seen(self) -> None:
@@ -90,14 +126,20 @@ class PulseMachine(RuleBasedStateMachine):
     @invariant()
     def a_reading_states_the_stamps(self) -> None:
         reading = self.pulse.read()
-        assert reading.connection is self.connection
+        assert reading.connection is self.connection_read
         if self.waiting:
-            assert reading.unanswered_for == self.now - min(self.waiting.values())
+            assert reading.unanswered_for == self.now - min(t for t, _ in self.waiting.values())
+            due = min(t + wait for t, wait in self.waiting.values())
+            assert reading.overdue_for == self.now - due
         else:
-            assert reading.unanswered_for is None
+            assert reading.unanswered_for is reading.overdue_for is None
+        if self.inline_since is not None:
+            assert reading.inline_task_seconds == self.now - self.inline_since
+            assert reading.active_tasks >= 1
 
 
 TestPulse = PulseMachine.TestCase
+TestPulse.settings = property_settings(quick=300, nightly=5000)
 
 
 def test_the_statuses_are_the_contracts() -> None:
