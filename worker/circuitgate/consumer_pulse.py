@@ -22,6 +22,10 @@ from enum import StrEnum
 __all__ = ("ConsumerPulse", "ConsumerStatus", "PulseReading", "is_live", "judge")
 
 
+STUCK_AFTER_SECONDS = 1.5
+"""A loop that ticks each second and has not for this long missed a tick."""
+
+
 class ConsumerStatus(StrEnum):
     """What the consumer is doing, as the document and ``/readyz`` name it."""
 
@@ -175,6 +179,18 @@ class ConsumerPulse:
     def live(self) -> bool:
         with self._lock:
             return is_live(self._read(), liveness_seconds=self.liveness_seconds)
+
+    def looks_stuck(self) -> bool:
+        """The loop missed a tick while connected and running no task of its own: time to
+        ask whether the broker answers (`circuitgate.broker_check`)."""
+        with self._lock:
+            reading = self._read()
+        return (
+            reading.connection is ConsumerStatus.CONSUMING
+            and reading.inline_task_seconds is None
+            and reading.tick_age is not None
+            and reading.tick_age > STUCK_AFTER_SECONDS
+        )
 
     def changes(self) -> int:
         """How many changes of health have been seen, this look included."""

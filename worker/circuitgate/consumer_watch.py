@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import bootsteps
 from celery.concurrency import solo
 from celery.worker import state as worker_state
 from vine import ensure_promise, promise
@@ -30,9 +30,8 @@ class ConsumerWatch(bootsteps.StartStopStep):
     is stamped as it begins and ends. Polls are stamped where the transport sends and reads
     them: Redis's BRPOP, SQS's ReceiveMessage. RabbitMQ pushes instead of being polled: a
     broker that stops answering there ends the connection when its heartbeats go missing
-    (``broker_heartbeat``), which reads as disconnected; on Redis a call left unanswered
-    ends it too (`bound_redis_calls`). Started after the consumer connected, stopped when it
-    disconnects or shuts down.
+    (``broker_heartbeat``), which reads as disconnected. Started after the consumer
+    connected, stopped when it disconnects or shuts down.
     """
 
     name = "circuitgate.consumer_watch"
@@ -42,8 +41,6 @@ class ConsumerWatch(bootsteps.StartStopStep):
         super().__init__(c, **kwargs)
         self._timer: Any = None
         self._undo_inline: Callable[[], None] | None = None
-        if self.include_if(c):  # before the consumer connects
-            bound_redis_calls(c.app, c.controller.consumer_pulse.liveness_seconds / 2)
 
     def include_if(self, c: Any) -> bool:
         return getattr(c.controller, "consumer_pulse", None) is not None
@@ -78,22 +75,6 @@ class ConsumerWatch(bootsteps.StartStopStep):
         pulse.disconnected(stopping=c.blueprint.state != bootsteps.RUN)
 
     shutdown = stop
-
-
-def bound_redis_calls(app: Celery, seconds: float) -> None:
-    """Give redis-py a ``socket_timeout`` of ``seconds`` unless the user chose one.
-
-    redis-py waits for an answer forever by default, in the consumer's thread: a Redis that
-    hangs (frozen, or a network that drops packets) would hold the loop inside an ack or an
-    event's publish, and read as a loop stuck for good. With a bound the call fails as a
-    connection error, and the consumer reconnects: disconnected, not dead. BRPOP's answer is
-    read only once it is there, so the bound never cuts a poll short.
-    """
-    options = app.conf.broker_transport_options or {}
-    with app.connection_for_read() as connection:
-        redis = connection.transport.driver_type == "redis"
-    if redis and "socket_timeout" not in options:
-        app.conf.broker_transport_options = {**options, "socket_timeout": seconds}
 
 
 def _stamp_inline_tasks(pool: Any, pulse: ConsumerPulse) -> Callable[[], None] | None:
@@ -138,7 +119,7 @@ def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> Callable[[], None]:
     def brpop_start(*args: Any, **kwargs: Any) -> Any:
         result = start(*args, **kwargs)
         if channel._in_poll:  # sent (no queue to poll sends nothing)
-            pulse.asked("BRPOP")
+            pulse.asked("BRPOP", wait=channel.brpop_timeout)  # the server's wait, on purpose
         return result
 
     def brpop_read(**options: Any) -> Any:
@@ -161,7 +142,8 @@ def _stamp_brpop(channel: Any, pulse: ConsumerPulse) -> Callable[[], None]:
             # The gate's uncounted look: a tick is not a poll (circuitgate_gate_polls_total).
             has_credit = getattr(channel.qos, "circuitgate_has_credit", channel.qos.can_consume)
             if has_credit():
-                pulse.asked("BRPOP")  # keeps the first time if it was waiting already
+                # Keeps the first time if it was waiting already.
+                pulse.asked("BRPOP", wait=channel.brpop_timeout)
             else:
                 pulse.answered("BRPOP")
 

@@ -9,6 +9,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .breaker_set import BreakerSet
+from .broker_check import BrokerCheck, connect_as_the_consumer
 from .consumer_pulse import ConsumerPulse
 from .endpoint import BreakerEndpoint
 from .metrics import render_metrics
@@ -25,10 +26,12 @@ def serve_breakers(
     hostname: str,
     queues: Sequence[str],
     pulse: ConsumerPulse | None = None,
+    broker: BrokerCheck | None = None,
     **options: Any,
 ) -> BreakerEndpoint:
     """An endpoint that describes ``breakers`` and, given its ``pulse``, the consumer: the
-    document, its change counter, the metrics, readiness and liveness."""
+    document, its change counter, the metrics, readiness and liveness (which a ``broker``
+    that does not answer keeps: a loop held by a hung broker is not the worker's fault)."""
     members = list(breakers)
     if pulse is None:
         return BreakerEndpoint(
@@ -41,7 +44,7 @@ def serve_breakers(
         document=lambda: describe_worker(hostname, breakers, queues, pulse),
         sequence=lambda: breakers.sequence() + pulse.changes(),
         metrics=render_metrics(lambda: members, pulse),
-        live=pulse.live,
+        live=pulse.live if broker is None else lambda: pulse.live() or not broker.answered_lately(),
         **options,
     )
 
@@ -64,6 +67,7 @@ class EndpointStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.settings = load_settings(parent.app.conf)
         self.endpoint: BreakerEndpoint | None = None
+        self.broker: BrokerCheck | None = None
         self.hostname: str = parent.hostname
         # Stamped by the consumer's `ConsumerWatch` step, judged here.
         parent.consumer_pulse = self.pulse = (
@@ -80,11 +84,15 @@ class EndpointStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         queues = sorted(parent.app.amqp.queues.consume_from or parent.app.amqp.queues)
+        if self.pulse is not None:
+            self.broker = BrokerCheck(connect_as_the_consumer(parent.app), self.pulse.looks_stuck)
+            self.broker.start()
         self.endpoint = serve_breakers(
             parent.circuit_breakers,
             parent.hostname,
             queues,
             parent.consumer_pulse,
+            self.broker,
             host=self.settings.endpoint_host,
             port=self.settings.endpoint_port,
             max_connections=self.settings.endpoint_max_connections,
@@ -118,3 +126,6 @@ class EndpointStep(bootsteps.StartStopStep):
         if self.endpoint is not None:
             self.endpoint.stop()
             self.endpoint = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None

@@ -95,8 +95,8 @@ class Settings:
     ``wait_time_seconds``), for this long."""
     liveness_seconds: float = 300.0
     """``/healthz`` answers 503 once the consumer's event loop has been stuck this long while
-    connected; never for an open circuit, a busy pool or a broker that is down. Half of it is
-    the Redis transport's ``socket_timeout`` unless ``broker_transport_options`` sets one."""
+    connected and the broker answers; never for an open circuit, a busy pool or a broker that
+    is down or hangs."""
     evidence_calls: int = 100
     """Last calls (of the whole worker, per breaker) that the document's ``recent_calls``
     sums up: count, failures, p50 and p90 durations, for comparing a worker with its peers."""

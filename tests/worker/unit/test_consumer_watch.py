@@ -1,41 +1,12 @@
-"""Where the consumer watch reaches into Celery and kombu: redis-py's bound, the solo pool."""
+"""Where the consumer watch reaches into Celery: the solo pool, which runs tasks in the loop."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from celery import Celery
 from celery.concurrency import prefork, solo
 
 from circuitgate.consumer_pulse import ConsumerPulse, ConsumerStatus
-from circuitgate.consumer_watch import _stamp_inline_tasks, bound_redis_calls
-
-
-def app(url: str, **options: Any) -> Celery:
-    return Celery(broker=url, set_as_current=False, broker_transport_options=options)
-
-
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"])
-def test_redis_calls_get_a_bound(url: str) -> None:
-    celery = app(url, visibility_timeout=60)
-    bound_redis_calls(celery, 7.5)
-    assert celery.conf.broker_transport_options == {"visibility_timeout": 60, "socket_timeout": 7.5}
-    with celery.connection_for_read() as connection:
-        assert connection.transport_options["socket_timeout"] == 7.5
-
-
-def test_a_bound_the_user_chose_is_kept_even_none() -> None:
-    celery = app("redis://127.0.0.1:1/0", socket_timeout=None)
-    bound_redis_calls(celery, 7.5)
-    assert celery.conf.broker_transport_options == {"socket_timeout": None}
-
-
-@pytest.mark.parametrize("url", ["sqs://", "amqp://guest@127.0.0.1:1//", "memory://"])
-def test_other_transports_are_left_alone(url: str) -> None:
-    celery = app(url)
-    bound_redis_calls(celery, 7.5)
-    assert celery.conf.broker_transport_options == {}
+from circuitgate.consumer_watch import _stamp_inline_tasks
 
 
 def test_a_task_the_solo_pool_runs_inside_the_loop_is_stamped_while_it_runs() -> None:
