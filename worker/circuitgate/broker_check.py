@@ -7,8 +7,10 @@ for it. Bounding each call instead (redis-py's ``socket_timeout``) fails the ack
 then restores and another worker runs again, and a loop that makes such calls one after
 another is held as long anyway. So the worker looks from outside the loop: while the loop
 has missed ticks, a thread of its own connects to the broker as the consumer would (kombu's
-channel asks something as it opens: Redis's PING, AMQP's handshake, SQS's ListQueues) once
-a `BrokerCheck.interval`; a loop stuck while the broker answers is the worker's fault.
+channel asks something as it opens: Redis's PING, AMQP's handshake, SQS's ListQueues; on
+Redis a write too, which a paused or failing-over primary holds while it answers PING) once
+a `BrokerCheck.interval`. A prompt answer, even an error (no more clients, a rotated
+password), is a live broker; a loop stuck while the broker answers is the worker's fault.
 """
 
 from __future__ import annotations
@@ -20,17 +22,25 @@ from collections.abc import Callable
 
 from celery import Celery
 
-__all__ = ("BrokerCheck", "connect_as_the_consumer")
+from .consumer_pulse import ConsumerPulse
+
+__all__ = ("BrokerCheck", "Liveness", "connect_as_the_consumer")
 
 logger = logging.getLogger(__name__)
 
+CHECK_KEY = "circuitgate:broker-check"
+"""The Redis key the check writes, expiring within seconds."""
+
 
 def connect_as_the_consumer(app: Celery) -> Callable[[], None]:
-    """A fresh connection to ``app``'s broker, opened and closed: raises if it fails."""
+    """A fresh connection to ``app``'s broker, opened (one retry, at once) and closed; on
+    Redis a short-lived key written too. Raises if any of it fails."""
 
     def connect() -> None:
         with app.connection_for_read() as connection:
-            connection.connect()
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+            if connection.transport.driver_type == "redis":
+                connection.default_channel.client.set(CHECK_KEY, 1, px=5000)
 
     return connect
 
@@ -57,21 +67,26 @@ class BrokerCheck:
             target=self._run, name="circuitgate-broker-check", daemon=True
         )
 
-    def answered_lately(self) -> bool:
-        """Whether the broker answered a connection within the last few intervals."""
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the broker answered a connection within the last ``seconds`` (and within
+        the last few intervals)."""
         answered = self._answered_at
-        return answered is not None and self._now() - answered <= 3 * self.interval
+        return answered is not None and self._now() - answered <= min(seconds, 3 * self.interval)
 
     def check(self) -> None:
-        """One look, if wanted: connect, and stamp an answer."""
+        """One look, if wanted: connect, and stamp an answer if one came within two
+        intervals, an error reply too; a timeout is no answer."""
         if not self._wanted():
             return
+        began = self._now()
         try:
             self._connect()
-        except Exception as error:  # any failure: the broker did not answer
-            logger.debug("circuitgate: the broker did not answer a connection: %r", error)
-            return
-        self._answered_at = self._now()
+        except Exception as error:
+            logger.debug("circuitgate: the broker's answer to a connection: %r", error)
+            if isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:
+                return  # redis-py's and kombu's timeouts are not all TimeoutError
+        if self._now() - began <= 2 * self.interval:
+            self._answered_at = self._now()
 
     def start(self) -> None:
         self._thread.start()
@@ -82,3 +97,23 @@ class BrokerCheck:
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
             self.check()
+
+
+class Liveness:
+    """``/healthz``'s verdict: not live once the pulse says the loop is stuck and the broker
+    answered during that stall, and so until the loop ticks again (a broker that freezes
+    later does not hide the worker's own fault)."""
+
+    def __init__(self, pulse: ConsumerPulse, broker: BrokerCheck) -> None:
+        self.pulse = pulse
+        self.broker = broker
+        self._stuck = False
+
+    def __call__(self) -> bool:
+        if self.pulse.live():
+            self._stuck = False
+            return True
+        tick_age = self.pulse.read().tick_age
+        since_the_last_tick = float("inf") if tick_age is None else tick_age
+        self._stuck = self._stuck or self.broker.answered_within(since_the_last_tick)
+        return not self._stuck

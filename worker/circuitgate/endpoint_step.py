@@ -9,7 +9,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from .breaker_set import BreakerSet
-from .broker_check import BrokerCheck, connect_as_the_consumer
+from .broker_check import BrokerCheck, Liveness, connect_as_the_consumer
 from .consumer_pulse import ConsumerPulse
 from .endpoint import BreakerEndpoint
 from .metrics import render_metrics
@@ -44,7 +44,7 @@ def serve_breakers(
         document=lambda: describe_worker(hostname, breakers, queues, pulse),
         sequence=lambda: breakers.sequence() + pulse.changes(),
         metrics=render_metrics(lambda: members, pulse),
-        live=pulse.live if broker is None else lambda: pulse.live() or not broker.answered_lately(),
+        live=pulse.live if broker is None else Liveness(pulse, broker),
         **options,
     )
 

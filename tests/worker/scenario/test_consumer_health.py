@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from circuitgate.consumer_watch import TICK_SECONDS
 from circuitgate_devkit.waiting import eventually
@@ -224,3 +225,46 @@ def test_a_warm_shutdown_reads_as_stopping_and_live_until_the_tasks_are_done(
     assert seen and set(seen) == {(200, (503, "consumer_stopping"))}, seen
     assert lab.log.successes_per_task() == {task: 1}
     worker.process.wait(timeout=30)
+
+
+def test_a_redis_that_answers_ping_but_holds_writes_is_the_brokers_fault(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """``CLIENT PAUSE WRITE`` (what FAILOVER does on the primary) holds the loop in its acks
+    while PING is answered: the broker check writes too, and the worker stays live."""
+    lab = make_lab("redis")
+    worker = lab.worker("w", conf=CONF, concurrency=2)
+    tasks = lab.send(2, work_s=2)
+    eventually(lambda: consumer(worker)["active_tasks"] == 2, timeout=30)
+    admin = redis.Redis.from_url(lab.broker.url)
+    admin.execute_command("CLIENT", "PAUSE", int((2 * LIVENESS + 3) * 1000), "WRITE")
+    try:
+        seen = healthy_readings(worker, 2 * LIVENESS)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert set(lab.log.wait_for_successes(set(tasks), timeout=60).values()) == {1}
+    not_live = [s for s in seen if s[2] != 200]
+    assert not not_live, f"{len(not_live)}/{len(seen)} not live, first {not_live[0]}"
+
+
+def test_a_stuck_loop_is_the_workers_fault_though_the_broker_refuses_new_clients(
+    make_lab: Callable[..., Lab],
+) -> None:
+    """At ``maxclients`` (or with a password rotated for new clients) the broker answers the
+    check with an error at once: a live broker, so a blocked loop reads not live, and stays
+    so when the broker freezes after that."""
+    lab = make_lab("redis")
+    worker = lab.worker("w", conf=CONF)
+    worker.wait_for_polls(3)
+    admin = redis.Redis.from_url(lab.broker.url)
+    admin.config_set("maxclients", len(admin.client_list()))
+    try:
+        with worker.event_loop_blocked():
+            eventually(lambda: get(worker, "/healthz")[0] == 503, timeout=LIVENESS + 10)
+            admin.config_set("maxclients", 10000)
+            with lab.broker.paused():
+                seen = [s[2] for s in healthy_readings(worker, 3 * TICK_SECONDS + 2)]
+    finally:
+        admin.config_set("maxclients", 10000)
+    assert set(seen) == {503}, seen
+    eventually(lambda: get(worker, "/healthz")[0] == 200, timeout=30, what="live again")
