@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from .consumer_pulse import ConsumerPulse
+from .consumer_pulse import ConsumerPulse, is_live
 
 __all__ = ("BrokerCheck", "Liveness", "connect_as_the_consumer")
 
@@ -110,10 +110,10 @@ class Liveness:
         self._stuck = False
 
     def __call__(self) -> bool:
-        if self.pulse.live():
+        reading = self.pulse.read()  # one look: the verdict and the stall's length agree
+        if is_live(reading, liveness_seconds=self.pulse.liveness_seconds):
             self._stuck = False
             return True
-        tick_age = self.pulse.read().tick_age
-        since_the_last_tick = float("inf") if tick_age is None else tick_age
-        self._stuck = self._stuck or self.broker.answered_within(since_the_last_tick)
+        assert reading.tick_age is not None  # not live: the loop has ticked, and not since
+        self._stuck = self._stuck or self.broker.answered_within(reading.tick_age)
         return not self._stuck
