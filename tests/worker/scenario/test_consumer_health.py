@@ -94,41 +94,13 @@ def test_busy_blocked_and_cut_off_consumers_read_as_they_are(
     assert consumer(worker)["status"] == "consuming"
 
 
-def readings(worker: Any, seconds: float) -> list[tuple[float, tuple[int, str], str]]:
-    """Every reading of /readyz and the consumer's status for ``seconds``; the test decides
-    what it should have been (watching is the point: a false status comes and goes)."""
-    seen = []
-    start = time.monotonic()
-    while (elapsed := time.monotonic() - start) < seconds:
-        seen.append((round(elapsed, 1), readyz(worker), consumer(worker)["status"]))
-        time.sleep(0.2)
-    return seen
+Reading = tuple[float, tuple[int, str], int, str]
+"""Seconds since the watch began, ``/readyz``, ``/healthz``'s status, the consumer's status."""
 
 
-def test_a_brpop_left_unread_on_purpose_is_not_a_stall(make_lab: Callable[..., Lab]) -> None:
-    """kombu leaves the answer to a BRPOP unread while the channel has no credit: a circuit
-    opened under it, or an ETA task that lowered the prefetch count back as it began."""
-    lab = make_lab("redis")
-    conf = {**CONF, "circuitgate_fail_max": 1, "circuitgate_reset_timeout": 60}
-    worker = lab.worker("w", conf=conf, broken=True)
-    lab.send(1, work_s=0.1)
-    eventually(lambda: readyz(worker) == (503, "circuit open"), timeout=30, what="the trip")
-    seen = readings(worker, 3 * STALL)
-    worker.wait_for_polls(3)
-    wrong = [s for s in seen if s[1:] != ((503, "circuit open"), "paused")]
-    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(worker)}"
-
-    healthy = lab.worker("h", conf=CONF)
-    lab.producer.send_task("lab.infer", args=(0,), kwargs={"work_s": 4 * STALL}, countdown=2)
-    eventually(lambda: consumer(healthy)["active_tasks"] == 1, timeout=30, what="the ETA task")
-    seen = readings(healthy, 2 * STALL)
-    wrong = [s for s in seen if s[1:] != ((200, "ready"), "consuming")]
-    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(healthy)}"
-
-
-def healthy_readings(worker: Any, seconds: float) -> list[tuple[float, tuple[int, str], int, str]]:
-    """Like `readings`, with ``/healthz`` too; the readings that are not those of a worker
-    that takes work and is live."""
+def readings(worker: Any, seconds: float) -> list[Reading]:
+    """Every reading of the worker's health for ``seconds``; the test decides what it should
+    have been (watching is the point: a false status comes and goes)."""
     seen = []
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
@@ -141,7 +113,33 @@ def healthy_readings(worker: Any, seconds: float) -> list[tuple[float, tuple[int
             )
         )
         time.sleep(0.2)
+    return seen
+
+
+def not_taking_work(seen: list[Reading]) -> list[Reading]:
+    """The readings but those of a worker that takes work and is live."""
     return [s for s in seen if s[1:] != ((200, "ready"), 200, "consuming")]
+
+
+def test_a_brpop_left_unread_on_purpose_is_not_a_stall(make_lab: Callable[..., Lab]) -> None:
+    """kombu leaves the answer to a BRPOP unread while the channel has no credit: a circuit
+    opened under it, or an ETA task that lowered the prefetch count back as it began."""
+    lab = make_lab("redis")
+    conf = {**CONF, "circuitgate_fail_max": 1, "circuitgate_reset_timeout": 60}
+    worker = lab.worker("w", conf=conf, broken=True)
+    lab.send(1, work_s=0.1)
+    eventually(lambda: readyz(worker) == (503, "circuit open"), timeout=30, what="the trip")
+    seen = readings(worker, 3 * STALL)
+    worker.wait_for_polls(3)
+    wrong = [s for s in seen if (s[1], s[3]) != ((503, "circuit open"), "paused")]
+    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(worker)}"
+
+    healthy = lab.worker("h", conf=CONF)
+    lab.producer.send_task("lab.infer", args=(0,), kwargs={"work_s": 4 * STALL}, countdown=2)
+    eventually(lambda: consumer(healthy)["active_tasks"] == 1, timeout=30, what="the ETA task")
+    seen = readings(healthy, 2 * STALL)
+    wrong = [s for s in seen if (s[1], s[3]) != ((200, "ready"), "consuming")]
+    assert not wrong, f"{len(wrong)}/{len(seen)} wrong, first {wrong[0]}; {consumer(healthy)}"
 
 
 def test_a_long_task_in_the_solo_pool_is_a_busy_worker_not_a_stuck_one(
@@ -153,11 +151,11 @@ def test_a_long_task_in_the_solo_pool_is_a_busy_worker_not_a_stuck_one(
     worker = lab.worker("w", conf=CONF, pool="solo")
     [task] = lab.send(1, work_s=LIVENESS + 3)
     eventually(lambda: worker.events.of("started"), timeout=30, what="the task starts")
-    wrong = healthy_readings(worker, LIVENESS + 2 * TICK_SECONDS)
+    wrong = not_taking_work(readings(worker, LIVENESS + 2 * TICK_SECONDS))
     assert not wrong, f"{len(wrong)} wrong, first {wrong[0]}, last {wrong[-1]}"
     lab.log.wait_for_successes({task}, timeout=30)
     # Once the task is over, the loop and its polls count again from then.
-    assert not healthy_readings(worker, 2 * TICK_SECONDS)
+    assert not not_taking_work(readings(worker, 2 * TICK_SECONDS))
     worker.wait_for_polls(3)
     assert consumer(worker)["status"] == "consuming"
 
@@ -170,7 +168,7 @@ def test_an_sqs_long_poll_longer_than_the_stall_bound_is_not_a_stall(
     options = {**lab.broker.transport_options, "wait_time_seconds": 2 * STALL}
     worker = lab.worker("w", conf={**CONF, "broker_transport_options": options})
     worker.wait_for_polls(1)
-    wrong = healthy_readings(worker, 3 * STALL)
+    wrong = not_taking_work(readings(worker, 3 * STALL))
     assert not wrong, f"{len(wrong)} wrong, first {wrong[0]}; {consumer(worker)}"
 
 
@@ -239,7 +237,7 @@ def test_a_redis_that_answers_ping_but_holds_writes_is_the_brokers_fault(
     admin = redis.Redis.from_url(lab.broker.url)
     admin.execute_command("CLIENT", "PAUSE", int((2 * LIVENESS + 3) * 1000), "WRITE")
     try:
-        seen = healthy_readings(worker, 2 * LIVENESS)
+        seen = readings(worker, 2 * LIVENESS)
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
     assert set(lab.log.wait_for_successes(set(tasks), timeout=60).values()) == {1}
@@ -263,7 +261,7 @@ def test_a_stuck_loop_is_the_workers_fault_though_the_broker_refuses_new_clients
             eventually(lambda: get(worker, "/healthz")[0] == 503, timeout=LIVENESS + 10)
             admin.config_set("maxclients", 10000)
             with lab.broker.paused():
-                seen = [s[2] for s in healthy_readings(worker, 3 * TICK_SECONDS + 2)]
+                seen = [s[2] for s in readings(worker, 3 * TICK_SECONDS + 2)]
     finally:
         admin.config_set("maxclients", 10000)
     assert set(seen) == {503}, seen
