@@ -14,7 +14,7 @@ from celery.worker import state as worker_state
 from . import broker_deliveries
 from .breaker import SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of, release_claim
-from .requeue import requeue_now
+from .requeue import reject_request_now, requeue_now
 from .task_guard import (
     STOPPED,
     DeliveryRecord,
@@ -41,8 +41,6 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
     base: type[Any] = symbol_by_name(task.Request)
 
     class GuardedRequest(base):  # Celery ships no types: base is Any
-        requeues_at_once = True  # see reject(): `shutdown_handback` needs no requeue_now
-
         def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(message, *args, **kwargs)
             broker_deliveries.stamp(self._request_dict["delivery_info"], message)
@@ -85,7 +83,7 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
             if not requeue:
                 super().reject(requeue)
                 return
-            requeue_now(self.message, lambda: super(GuardedRequest, self).reject(True))
+            requeue_now(self.message, lambda: reject_request_now(self))
 
     GuardedRequest.__name__ = GuardedRequest.__qualname__ = f"Guarded{base.__name__}"
     task.Request = GuardedRequest

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("requeue_now",)
+__all__ = ("reject_request_now", "requeue_now")
 
 logger = logging.getLogger(__name__)
 
@@ -33,3 +33,16 @@ def requeue_now(message: Any, reject: Callable[[], None]) -> None:
     except Exception:
         # It becomes visible after wait_time_seconds anyway: late, never lost.
         logger.warning("could not make %s visible at once", receipt, exc_info=True)
+
+
+def reject_request_now(request: Any) -> None:
+    """Celery's ``Request.reject(requeue=True)``, done here and not at the event loop's next
+    turn: Celery hands a request's reject to ``call_soon``, so a visibility set after it
+    would be undone by kombu's own (SQS hides the message for ``wait_time_seconds``), and in
+    a warm shutdown that next turn is the hub's close. Called where the loop runs (or where
+    no loop defers it: Celery's threads and solo pools reject at once too)."""
+    if request.acknowledged:
+        return
+    request.message.reject_log_error(logger, request.connection_errors, requeue=True)
+    request.acknowledged = True
+    request.send_event("task-rejected", requeue=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from celery.worker import state as worker_state
 
 from .breaker_set import BreakerSet, release_claim
-from .requeue import requeue_now
+from .requeue import reject_request_now, requeue_now
 
 __all__ = ("hand_back_on_warm_shutdown", "hand_back_unstarted")
 
@@ -59,12 +60,33 @@ def hand_back_unstarted(consumer: Any, breakers: BreakerSet) -> int:
     """Requeue every message held and not started; return how many went back."""
     with contextlib.suppress(*consumer.connection_errors, AttributeError):
         consumer.task_consumer.cancel()  # or RabbitMQ would deliver them straight back to us
+    _read_the_pop_in_flight(consumer, within=1.0)  # kombu's default wait: nothing popped, mostly
     held = [*_not_given_to_the_pool(consumer), *_scheduled(consumer), *_rate_limited(consumer)]
     for request in held:
         _hand_back(request, breakers)
     if held:
+        # A longer wait still out pops the first message handed back, at once: read it.
+        _read_the_pop_in_flight(consumer, within=_brpop_wait(consumer) + 1.0)
         logger.info("circuitgate: warm shutdown: handed back %d message(s) not started", len(held))
     return len(held)
+
+
+def _read_the_pop_in_flight(consumer: Any, within: float) -> None:
+    """Read the reply of a Redis BRPOP sent before the cancel if it comes ``within`` seconds.
+    It may pop a message, one handed back even, and kombu reads it only when the connection
+    closes (``Channel.close``), after the running tasks; read now, a message it popped finds
+    no consumer and kombu puts it back at once (``Requeuing undeliverable message``)."""
+    channel: Any = getattr(consumer.task_consumer, "channel", None)
+    connection = getattr(channel, "_in_poll", None)
+    if not connection:
+        return  # not Redis, or no BRPOP out
+    with contextlib.suppress(queue.Empty, *consumer.connection_errors):
+        if connection.can_read(timeout=within):
+            channel.handlers["BRPOP"]()
+
+
+def _brpop_wait(consumer: Any) -> float:
+    return float(getattr(consumer.task_consumer.channel, "brpop_timeout", 0) or 0)
 
 
 def _not_given_to_the_pool(consumer: Any) -> Iterator[Any]:
@@ -124,10 +146,7 @@ def _hand_back(request: Any, breakers: BreakerSet) -> None:
     """Requeue the request's message at once; a half-open trial it held is released."""
     release_claim(breakers, request)
     try:
-        if getattr(request, "requeues_at_once", False):
-            request.reject(requeue=True)  # a guarded task's request does what requeue_now does
-        else:
-            requeue_now(request.message, lambda: request.reject(requeue=True))
+        requeue_now(request.message, lambda: reject_request_now(request))
     except Exception:
         # Celery's own path still requeues it when the connection closes: late, never lost.
         logger.warning("could not hand back %s at shutdown", request.id, exc_info=True)

@@ -28,8 +28,28 @@ CONF = {
 def test_a_warm_shutdown_hands_back_at_once_every_message_not_started(
     make_lab: Callable[..., Lab], broker_kind: str
 ) -> None:
-    lab = make_lab(broker_kind, visibility_timeout=300)
-    stopping = lab.worker("stopping", conf=CONF)
+    _hands_back_at_once(make_lab(broker_kind, visibility_timeout=300), broker_kind, CONF)
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqs"])
+def test_a_long_poll_out_at_the_warm_shutdown_does_not_take_a_handed_back_message(
+    make_lab: Callable[..., Lab], kind: str
+) -> None:
+    """A poll sent before the shutdown waits for its whole wait: a Redis BRPOP left unread
+    would pop the first message handed back and hold it until the connection closes; on SQS
+    kombu's requeue hides a message for the poll's wait (``wait_time_seconds``), and that
+    must not come after the hand-back makes it visible."""
+    lab = make_lab(kind, visibility_timeout=300)
+    if kind == "redis":
+        waits: dict[str, object] = {"lab_brpop_timeout": 60}
+    else:
+        options = {**lab.broker.transport_options, "wait_time_seconds": 20}
+        waits = {"broker_transport_options": options}
+    _hands_back_at_once(lab, kind, {**CONF, **waits})
+
+
+def _hands_back_at_once(lab: Lab, broker_kind: str, conf: dict[str, object]) -> None:
+    stopping = lab.worker("stopping", conf=conf)
     (first,) = lab.send(1, task="lab.preprocess", work_s=0.05)  # takes the token
     lab.log.wait_for_successes({first}, timeout=30)
     running, *waiting = lab.send(3, work_s=8)  # one runs, two wait for the only process
