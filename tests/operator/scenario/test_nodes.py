@@ -427,6 +427,13 @@ def test_the_cordon_cap_holds_for_policies_planning_while_a_cordon_is_in_flight(
         proxy.stop()
 
 
+# kopf's default peering lifetime. The scenarios' 4 s is shorter than a write the proxy holds
+# here (8 s): kopf cleans the entries it reads as expired before it looks for a higher peer,
+# so the low replica's peering worker, 8 s into such a clean, read the high replica's entry
+# as expired too, and paused only when no entry had expired (one run in three or so).
+OUTLIVES_HELD_WRITES = ("--peering-lifetime", "60")
+
+
 def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
     cluster: Cluster,
     start_operator: Callable[..., OperatorProcess],
@@ -441,7 +448,7 @@ def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
     try:
         kubeconfig = proxy.kubeconfig(operator_identity.kubeconfig, tmp_path / "slow-kubeconfig")
         low = start_operator(
-            *PEERED, "--priority", "100", standalone=False, name="low",
+            *PEERED, *OUTLIVES_HELD_WRITES, "--priority", "100", standalone=False, name="low",
             env={"KUBECONFIG": str(kubeconfig)},
         )  # fmt: skip
         n1, n2 = cluster.node("gpu-1", labels=GPU), cluster.node("gpu-2", labels=GPU)
@@ -458,7 +465,9 @@ def test_the_cordon_cap_holds_across_a_takeover_while_a_cordon_is_in_flight(
         eventually(lambda: cordon in proxy.held, timeout=20, what="n1's cordon sent")
         for pod in ("w2", "w3", "w4"):
             cluster.workers.trip(hosts[pod], trips=1)
-        high = start_operator(*PEERED, "--priority", "200", standalone=False, name="high")
+        high = start_operator(
+            *PEERED, *OUTLIVES_HELD_WRITES, "--priority", "200", standalone=False, name="high"
+        )
         # The low replica hears of the high one on the peering object, whose worker may be
         # waiting for its own keep-alive, held like every write (8 s each): allow two.
         eventually(
