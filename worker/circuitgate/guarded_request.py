@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -83,7 +84,8 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
             if not requeue:
                 super().reject(requeue)
                 return
-            requeue_now(self.message, lambda: reject_request_now(self))
+            celerys = functools.partial(super().reject, True)
+            requeue_now(self.message, lambda: reject_request_now(self, celerys))
 
     GuardedRequest.__name__ = GuardedRequest.__qualname__ = f"Guarded{base.__name__}"
     task.Request = GuardedRequest

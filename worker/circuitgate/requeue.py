@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,13 +36,18 @@ def requeue_now(message: Any, reject: Callable[[], None]) -> None:
         logger.warning("could not make %s visible at once", receipt, exc_info=True)
 
 
-def reject_request_now(request: Any) -> None:
+def reject_request_now(request: Any, celerys_reject: Callable[[], None]) -> None:
     """Celery's ``Request.reject(requeue=True)``, done here and not at the event loop's next
     turn: Celery hands a request's reject to ``call_soon``, so a visibility set after it
     would be undone by kombu's own (SQS hides the message for ``wait_time_seconds``), and in
-    a warm shutdown that next turn is the hub's close. Called where the loop runs (or where
-    no loop defers it: Celery's threads and solo pools reject at once too)."""
+    a warm shutdown that next turn is the hub's close. Only in the loop's own thread, the
+    main one: from a threads-pool thread the reject stays Celery's, handed to the loop (an
+    AMQP channel is not to be written from two threads), and on SQS kombu's visibility may
+    then come after ours (``celerys_reject`` is that reject)."""
     if request.acknowledged:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        celerys_reject()
         return
     request.message.reject_log_error(logger, request.connection_errors, requeue=True)
     request.acknowledged = True

@@ -14,6 +14,7 @@ the acks-late rules as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 from collections.abc import Iterator
@@ -146,7 +147,8 @@ def _hand_back(request: Any, breakers: BreakerSet) -> None:
     """Requeue the request's message at once; a half-open trial it held is released."""
     release_claim(breakers, request)
     try:
-        requeue_now(request.message, lambda: reject_request_now(request))
+        celerys = functools.partial(request.reject, requeue=True)
+        requeue_now(request.message, lambda: reject_request_now(request, celerys))
     except Exception:
         # Celery's own path still requeues it when the connection closes: late, never lost.
         logger.warning("could not hand back %s at shutdown", request.id, exc_info=True)
