@@ -61,33 +61,65 @@ def hand_back_unstarted(consumer: Any, breakers: BreakerSet) -> int:
     """Requeue every message held and not started; return how many went back."""
     with contextlib.suppress(*consumer.connection_errors, AttributeError):
         consumer.task_consumer.cancel()  # or RabbitMQ would deliver them straight back to us
-    _read_the_pop_in_flight(consumer, within=1.0)  # kombu's default wait: nothing popped, mostly
+    _end_the_pop_in_flight(consumer)
     held = [*_not_given_to_the_pool(consumer), *_scheduled(consumer), *_rate_limited(consumer)]
     for request in held:
         _hand_back(request, breakers)
-    if held:
-        # A longer wait still out pops the first message handed back, at once: read it.
-        _read_the_pop_in_flight(consumer, within=_brpop_wait(consumer) + 1.0)
-        logger.info("circuitgate: warm shutdown: handed back %d message(s) not started", len(held))
+    logger.info("circuitgate: warm shutdown: handed back %d message(s) not started", len(held))
     return len(held)
 
 
-def _read_the_pop_in_flight(consumer: Any, within: float) -> None:
-    """Read the reply of a Redis BRPOP sent before the cancel if it comes ``within`` seconds.
-    It may pop a message, one handed back even, and kombu reads it only when the connection
-    closes (``Channel.close``), after the running tasks; read now, a message it popped finds
-    no consumer and kombu puts it back at once (``Requeuing undeliverable message``)."""
+def _end_the_pop_in_flight(consumer: Any) -> None:
+    """End a Redis BRPOP sent before the cancel, and read its reply. Left out, it pops the
+    first message to come for its whole wait (``brpop_timeout``): one handed back below, or
+    one published while the running tasks drain. kombu reads that reply only when the
+    connection closes (``Channel.close``), after those tasks, and a pod killed first loses
+    the message, which Redis has already taken off the list. ``CLIENT UNBLOCK`` makes the
+    BRPOP answer at once; where it is refused, the read waits out the BRPOP. A message the
+    reply carries finds no consumer, and kombu puts it back at once (``Requeuing
+    undeliverable message``)."""
     channel: Any = getattr(consumer.task_consumer, "channel", None)
     connection = getattr(channel, "_in_poll", None)
     if not connection:
         return  # not Redis, or no BRPOP out
+    _unblock(channel, connection)
+    wait = float(getattr(channel, "brpop_timeout", 0) or 0) + 1.0
     with contextlib.suppress(queue.Empty, *consumer.connection_errors):
-        if connection.can_read(timeout=within):
+        if connection.can_read(timeout=wait):
             channel.handlers["BRPOP"]()
 
 
-def _brpop_wait(consumer: Any) -> float:
-    return float(getattr(consumer.task_consumer.channel, "brpop_timeout", 0) or 0)
+def _unblock(channel: Any, connection: Any) -> None:
+    """``CLIENT UNBLOCK`` the server's client whose address is ``connection``'s socket, from a
+    short-lived connection with the channel's parameters (kombu's own, hence the private
+    ``_connparams``) and a bounded wait; best effort: a refusal or no match leaves the read
+    to wait."""
+    import redis  # the Redis extra's: only a Redis channel has a BRPOP out
+
+    try:
+        here = _address(connection._sock.getsockname())
+    except (AttributeError, OSError, TypeError, IndexError, ValueError):
+        return  # a Unix socket, or closed
+    params = {**channel._connparams(), "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    pool = redis.ConnectionPool(**params)
+    try:
+        client = redis.Redis(connection_pool=pool)
+        for entry in client.client_list():
+            if _address(entry.get("addr", ":0")) == here:
+                client.client_unblock(int(entry["id"]))
+                return
+    except redis.RedisError as exc:
+        logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %s", exc)
+    finally:
+        pool.disconnect()
+
+
+def _address(where: str | tuple[Any, ...]) -> tuple[str, int]:
+    """``(host, port)`` from a socket's name or Redis's ``addr`` (``[::1]:6379`` for IPv6)."""
+    if isinstance(where, tuple):
+        return str(where[0]), int(where[1])
+    host, _, port = where.rpartition(":")
+    return host.strip("[]"), int(port or 0)
 
 
 def _not_given_to_the_pool(consumer: Any) -> Iterator[Any]:

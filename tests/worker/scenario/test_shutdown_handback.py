@@ -40,12 +40,46 @@ def test_a_long_poll_out_at_the_warm_shutdown_does_not_take_a_handed_back_messag
     kombu's requeue hides a message for the poll's wait (``wait_time_seconds``), and that
     must not come after the hand-back makes it visible."""
     lab = make_lab(kind, visibility_timeout=300)
+    _hands_back_at_once(lab, kind, {**CONF, **_long_poll(lab, kind)})
+
+
+def _long_poll(lab: Lab, kind: str) -> dict[str, object]:
+    """Settings for a poll that waits long: a Redis BRPOP of 60 s, an SQS receive of 20 s."""
     if kind == "redis":
-        waits: dict[str, object] = {"lab_brpop_timeout": 60}
-    else:
-        options = {**lab.broker.transport_options, "wait_time_seconds": 20}
-        waits = {"broker_transport_options": options}
-    _hands_back_at_once(lab, kind, {**CONF, **waits})
+        return {"lab_brpop_timeout": 60}
+    return {"broker_transport_options": {**lab.broker.transport_options, "wait_time_seconds": 20}}
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqs"])
+def test_a_poll_out_at_the_warm_shutdown_takes_nothing_published_during_the_drain(
+    make_lab: Callable[..., Lab], kind: str
+) -> None:
+    """Nothing held, but a long poll still out when the shutdown begins: a message published
+    while the running task drains must go to another worker, not into that poll, where Redis
+    has popped it (lost if the pod is killed before the drain ends) or SQS has hidden it for
+    the visibility timeout."""
+    lab = make_lab(kind, visibility_timeout=300)
+    room = {"worker_prefetch_multiplier": 2}  # credit left while the task runs: a poll is out
+    stopping = lab.worker("stopping", conf={**room, **_long_poll(lab, kind)})
+    (running,) = lab.send(1, work_s=20)
+    eventually(
+        lambda: stopping.events.of("started", task_id=running), timeout=60, what="the task runs"
+    )
+    assert stopping.process is not None
+    os.kill(stopping.process.pid, signal.SIGTERM)
+    eventually(
+        lambda: "warm shutdown: handed back 0 message(s)" in stopping.output(),
+        timeout=30,
+        what="the hand-back, with nothing held",
+    )
+    (published,) = lab.send(1, work_s=0.1)
+    other = lab.worker("other")
+    lab.log.wait_for_successes({published}, timeout=60)
+    assert not stopping.events.of("received", task_id=published)
+    assert stopping.process.wait(60) == 0
+    (finished,) = stopping.events.of("finished", task_id=running)
+    (received,) = other.events.of("received", task_id=published)
+    assert received.at < finished.at, "the message waited for the drain"
 
 
 def _hands_back_at_once(lab: Lab, broker_kind: str, conf: dict[str, object]) -> None:
