@@ -8,8 +8,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import bootsteps
+from celery.exceptions import InvalidTaskError
 from celery.worker import state as worker_state
 from kombu.entity import Queue
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import CLAIMED_HERE, BreakerSet, queue_of
@@ -17,6 +19,10 @@ from .requeue import requeue_now
 from .shutdown_handback import hand_back_on_warm_shutdown
 
 __all__ = ("CLAIMED_HERE", "ConsumptionGate", "QueuePauser")
+
+DISCARDED = (InvalidTaskError, ContentDisallowed, DecodeError)
+"""What Celery's consumer catches from a strategy, and then discards the message for
+(``Consumer.create_task_handler``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +191,8 @@ def _gate_strategy(
         token = fields.get("id") or ""
         claim = _runs_now(fields, token, rate_limited=buckets.get(task) is not None)
         admission = breaker.admit(token, claim=claim)
-        if admission is Admission.TRIAL and claim:
+        claimed = admission is Admission.TRIAL and claim
+        if claimed:
             message.delivery_info[CLAIMED_HERE] = True
         if admission is Admission.REFUSE:
             if on_refuse is not None:
@@ -195,7 +202,14 @@ def _gate_strategy(
             requeue_now(message, lambda: message.reject_log_error(logger, errors, requeue=True))
             logger.info("circuit %s is open: handed %s back unexecuted", breaker.name, token)
             return None
-        return strategy(message, body, ack, reject, *args, **kwargs)
+        try:
+            return strategy(message, body, ack, reject, *args, **kwargs)
+        except DISCARDED:
+            # Celery's consumer discards a message its strategy cannot make a request of (a
+            # protocol 1 body whose kwargs are no mapping): the trial goes with it.
+            if claimed:
+                breaker.release(token)
+            raise
 
     return gated
 

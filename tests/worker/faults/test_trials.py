@@ -112,6 +112,37 @@ def test_a_hybrid_message_with_its_eta_in_the_body_is_not_claimed_as_the_trial(
     eta_trial(faults, "hybrid ETA message as trial", lambda: send_hybrid(faults, countdown=10))
 
 
+# Celery's own check of the message, the same whatever the broker: one is enough.
+@pytest.mark.parametrize("faults", ["redis"], indirect=True)
+def test_a_message_celery_discards_as_invalid_gives_the_trial_back(faults: FaultLab) -> None:
+    """A hybrid message whose kwargs are no mapping passes the gate, is claimed as the trial,
+    and then Celery's strategy refuses to make a request of it (``InvalidTaskError``) and
+    discards it: the claim must go with it, not hold the worker paused for trial_timeout."""
+    ids = trip_and_drain(faults, "", "invalid", kwargs={"work_s": 0.1})
+    faults.bad.repair_device()
+    assert faults.state() in ("open", "half_open")
+    discards = faults.bad.output().count("Received invalid task message")
+    invalid = str(uuid.uuid4())
+    body = {"task": "lab.infer", "id": invalid, "args": [0], "kwargs": ["not", "a", "mapping"]}
+    with faults.lab.producer.producer_or_acquire() as producer:
+        producer.publish(
+            body, routing_key="celery", serializer="json",
+            headers={"task": "lab.infer", "id": invalid},
+        )  # fmt: skip
+    eventually(
+        lambda: faults.bad.output().count("Received invalid task message") > discards,
+        timeout=30,
+        what="Celery discards the invalid message",
+    )
+    now = faults.lab.send(1, work_s=0.05)
+
+    successes = faults.lab.log.wait_for_successes(set(now), timeout=30)
+    assert successes[now[0]] == 1, f"the trial's claim outlived its message: {faults.state()}"
+    eventually(lambda: faults.state() == "closed", timeout=10)
+    row = faults.tally("invalid message as the trial", [*ids, *now])
+    assert (row.succeeded_once, row.lost, row.duplicated) == (5, 0, 0), row
+
+
 def test_healthy_tasks_longer_than_trial_timeout_close_the_circuit(faults: FaultLab) -> None:
     # A worker of its own: a short trial_timeout, and two pool processes, so a second trial
     # would have room to start if the first one's claim lapsed while it runs.
