@@ -82,34 +82,32 @@ def _end_the_pop_in_flight(consumer: Any) -> None:
     connection = getattr(channel, "_in_poll", None)
     if not connection:
         return  # not Redis, or no BRPOP out
-    _unblock(channel, connection)
+    _unblock(consumer, channel, connection)
     wait = float(getattr(channel, "brpop_timeout", 0) or 0) + 1.0
     with contextlib.suppress(queue.Empty, *consumer.connection_errors):
         if connection.can_read(timeout=wait):
             channel.handlers["BRPOP"]()
 
 
-def _unblock(channel: Any, connection: Any) -> None:
+def _unblock(consumer: Any, channel: Any, connection: Any) -> None:
     """``CLIENT UNBLOCK`` the server's client whose address is ``connection``'s socket, from a
     short-lived connection with the channel's parameters (kombu's own, hence the private
     ``_connparams``) and a bounded wait; best effort: a refusal or no match leaves the read
     to wait."""
-    import redis  # the Redis extra's: only a Redis channel has a BRPOP out
-
     try:
         here = _address(connection._sock.getsockname())
     except (AttributeError, OSError, TypeError, IndexError, ValueError):
         return  # a Unix socket, or closed
     params = {**channel._connparams(), "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    pool = redis.ConnectionPool(**params)
+    pool = type(channel.async_pool)(**params)  # redis-py's ConnectionPool, as kombu makes it
     try:
-        client = redis.Redis(connection_pool=pool)
+        client = channel.Client(connection_pool=pool)
         for entry in client.client_list():
             if _address(entry.get("addr", ":0")) == here:
                 client.client_unblock(int(entry["id"]))
                 return
-    except redis.RedisError as exc:
-        logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %s", exc)
+    except (*consumer.connection_errors, *consumer.channel_errors) as exc:
+        logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %r", exc)
     finally:
         pool.disconnect()
 
