@@ -46,8 +46,9 @@ typecheck:
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict
 
+# Two halves at once, the worker's and the cluster's: hack/pytest-halves.sh says why.
 pytest:
-	$(PY) -m pytest
+	PY=$(PY) bash hack/pytest-halves.sh
 
 # The property tests with many more examples (minutes, not seconds): for a nightly job.
 nightly: setup
