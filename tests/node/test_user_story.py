@@ -18,7 +18,7 @@ import yaml
 
 from circuitgate_devkit.cluster.examples import example_objects
 from circuitgate_devkit.node.cluster import NodeCluster
-from circuitgate_devkit.waiting import eventually
+from circuitgate_devkit.waiting import TimedOut, eventually
 from tests.node.release import (
     GATE,
     OPERATOR_NAMESPACE,
@@ -219,8 +219,14 @@ def test_a_broken_worker_turns_unready_for_the_kubelet_and_comes_back(
 
     eventually(repaired, timeout=240, interval=1, what="the repaired pod Ready again")
     assert "PodMarkedReady" in reasons(node_cluster, broken)
-    eventually(lambda: endpoints(node_cluster) == dict.fromkeys(workers, True), timeout=30,
-               what="every endpoint ready")  # fmt: skip
+    try:
+        eventually(lambda: endpoints(node_cluster) == dict.fromkeys(workers, True), timeout=30)
+    except TimedOut:  # say which pod, and what its kubelet last said of it
+        pytest.fail(
+            f"not every endpoint ready: {endpoints(node_cluster)}; "
+            f"Ready: { {pod: condition(node_cluster, pod, 'Ready') for pod in workers} }; "
+            f"events: { {pod: sorted(reasons(node_cluster, pod)) for pod in workers} }"
+        )
     eventually(lambda: pdb(node_cluster).get("currentHealthy") == 3, timeout=30,
                what="the PDB whole again")  # fmt: skip
 
