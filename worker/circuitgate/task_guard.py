@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
+from kombu.connection import Connection
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
@@ -167,6 +169,23 @@ def log_poison(token: str, record: DeliveryRecord) -> None:
     )
 
 
+@contextlib.contextmanager
+def _publisher_connection(app: Celery) -> Iterator[Connection | None]:
+    """Where the copy is published from. On RabbitMQ a connection of its own with publisher
+    confirms: a refused publish (a queue at its ``x-max-length`` with ``x-overflow:
+    reject-publish``) is otherwise dropped unseen, and the delivery acknowledged after it
+    would be lost; with them py-amqp raises ``MessageNacked``. Elsewhere None, the app's
+    own pooled producer, whose transports report a refusal as it happens."""
+    with app.connection_for_write() as unopened:  # a transport's name needs no connecting
+        rabbitmq = unopened.transport.driver_type == "amqp"
+    if not rabbitmq:
+        yield None
+        return
+    options = {**(app.conf.broker_transport_options or {}), "confirm_publish": True}
+    with app.connection_for_write(transport_options=options) as confirmed:
+        yield confirmed
+
+
 def hand_back(
     task: Task,
     breaker: SharedCircuitBreaker,
@@ -186,7 +205,8 @@ def hand_back(
         headers.pop(header, None)
     headers.update(record.after_failure_on(request.hostname or "unknown"))
     try:
-        task.signature_from_request(request, headers=headers).apply_async()
+        with _publisher_connection(task.app) as connection:
+            task.signature_from_request(request, headers=headers).apply_async(connection=connection)
     except Exception as refused:
         logger.error(
             "task %s failed (%r) on delivery %d; its copy could not be published (%r), so"

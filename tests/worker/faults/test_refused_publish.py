@@ -2,9 +2,9 @@
 
 SQS refuses the copy outright (the queue's ``MaximumMessageSize`` lowered under it while
 the task runs): the delivery goes back to the queue as it came. Redis holds every write
-up for a while (``CLIENT PAUSE ... WRITE``): the copy goes out late. RabbitMQ has no
-refusal a publisher sees (an unroutable or blocked publish is dropped or waits), so it
-is not among these.
+up for a while (``CLIENT PAUSE ... WRITE``): the copy goes out late. RabbitMQ refuses it
+when the queue is at its ``x-max-length`` with ``x-overflow: reject-publish``, which a
+publisher sees only with publisher confirms.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import boto3
 import pytest
 import redis
+from celery import Celery
 
 from circuitgate_devkit.lab.brokers import Broker
 from circuitgate_devkit.waiting import eventually
@@ -109,3 +110,40 @@ def test_a_message_whose_copy_is_refused_every_time_becomes_poison(faults: Fault
     row = faults.tally("copy refused every time (sqs)", [task_id], ended=frozenset({task_id}))
     assert faults.lab.log.successes_per_task()[task_id] == 0, row
     faults.repair_and_close()
+
+
+BOUNDED = "bounded"
+BOUNDED_QUEUES = {  # Celery's task_queues as options: what both ends declare
+    BOUNDED: {
+        "exchange": BOUNDED,
+        "routing_key": BOUNDED,
+        "queue_arguments": {"x-max-length": 1, "x-overflow": "reject-publish"},
+    }
+}
+
+
+@pytest.mark.parametrize("faults", ["rabbitmq"], indirect=True)
+def test_a_copy_rabbitmq_refuses_leaves_the_message_in_the_queue(faults: FaultLab) -> None:
+    """The queue holds one ready message at most (unacknowledged ones do not count): with
+    the first task running and a second one waiting, the first's copy is refused. Without
+    publisher confirms the refusal went unseen, the delivery was acknowledged and the task
+    lost; seen, the delivery goes back to the queue as it came."""
+    conf = {"task_queues": BOUNDED_QUEUES}
+    worker = faults.healthy("bounded", queues=BOUNDED, conf=conf)
+    worker.break_device()
+    producer = Celery("bounded-producer", set_as_current=False)
+    producer.conf.update(faults.lab.broker.celery_config(), **conf)
+    try:
+        send = producer.send_task
+        first = send("lab.infer", args=(0,), kwargs={"fail_s": 1.0}, queue=BOUNDED).id
+        eventually(lambda: worker.events.of("received", task_id=first), timeout=30)
+        second = send("lab.infer", args=(1,), kwargs={"work_s": 0.05}, queue=BOUNDED).id
+        eventually(lambda: worker.events.of("transition", new="open"), timeout=60, what="the trip")
+        worker.stop()
+        good = faults.healthy("good-bounded", queues=BOUNDED, conf=conf)
+        faults.lab.log.wait_for_successes({first, second}, timeout=60)
+        good.stop()
+    finally:
+        producer.close()
+    row = faults.tally("hand-back refused (rabbitmq)", [first, second])
+    assert (row.succeeded_once, row.lost, row.duplicated) == (2, 0, 0), row
