@@ -206,8 +206,10 @@ def _gate_strategy(
             return strategy(message, body, ack, reject, *args, **kwargs)
         except DISCARDED:
             # Celery's consumer discards a message its strategy cannot make a request of (a
-            # protocol 1 body whose kwargs are no mapping): the trial goes with it.
-            if claimed:
+            # protocol 1 body whose kwargs are no mapping): the trial goes with it. Unless a
+            # request of that id is here (admit answers TRIAL again for the same token): the
+            # claim is that delivery's, running or waiting to.
+            if claimed and token not in worker_state.requests:
                 breaker.release(token)
             raise
 
