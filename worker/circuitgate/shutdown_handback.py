@@ -41,10 +41,12 @@ def hand_back_on_warm_shutdown(consumer: Any, breakers: BreakerSet) -> None:
     on_close = blueprint.on_close
 
     def closing() -> None:
-        if _warm_shutdown() and breakers.default.settings.handback_on_shutdown:
-            hand_back_unstarted(consumer, breakers)
-        if on_close is not None:
-            on_close()
+        try:
+            if _warm_shutdown() and breakers.default.settings.handback_on_shutdown:
+                hand_back_unstarted(consumer, breakers)
+        finally:  # whatever went wrong above, Celery's own close still runs
+            if on_close is not None:
+                on_close()
 
     blueprint.on_close = closing
     blueprint.circuitgate_hands_back = True
@@ -90,18 +92,15 @@ def _end_the_pop_in_flight(consumer: Any) -> None:
 
 
 def _unblock(consumer: Any, channel: Any, connection: Any) -> None:
-    """``CLIENT UNBLOCK`` the server's client whose address is ``connection``'s socket, from a
-    short-lived connection with the channel's parameters (kombu's own, hence the private
-    ``_connparams``) and a bounded wait; best effort: a refusal or no match leaves the read
-    to wait."""
+    """``CLIENT UNBLOCK`` the server's client whose address is ``connection``'s socket.
+    Best effort: a refusal, no match or any error leaves the read to wait."""
     try:
         here = _address(connection._sock.getsockname())
-    except (AttributeError, OSError, TypeError, IndexError, ValueError):
-        return  # a Unix socket, or closed
-    params = {**channel._connparams(), "socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-    pool = type(channel.async_pool)(**params)  # redis-py's ConnectionPool, as kombu makes it
+        client = _short_lived_client(channel)
+    except Exception as exc:  # a Unix socket, a closed one, a transport kombu builds otherwise
+        logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %r", exc)
+        return
     try:
-        client = channel.Client(connection_pool=pool)
         for entry in client.client_list():
             if _address(entry.get("addr", ":0")) == here:
                 client.client_unblock(int(entry["id"]))
@@ -109,7 +108,21 @@ def _unblock(consumer: Any, channel: Any, connection: Any) -> None:
     except (*consumer.connection_errors, *consumer.channel_errors) as exc:
         logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %r", exc)
     finally:
-        pool.disconnect()
+        client.connection_pool.disconnect()
+
+
+def _short_lived_client(channel: Any) -> Any:
+    """A client of the server the channel's BRPOP went to, waiting 2 s at most: on Sentinel
+    the master it names (kombu's ``SentinelChannel``), elsewhere a pool of the channel's own
+    parameters. Both are kombu's, hence the private names."""
+    bounded = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    params = {**channel._connparams(), **bounded}
+    sentinel = getattr(channel, "_async_sentinel_manager", None)
+    if sentinel is not None:
+        return sentinel.master_for(
+            channel.master_name, connection_class=params["connection_class"], **bounded
+        )
+    return channel.Client(connection_pool=type(channel.async_pool)(**params))
 
 
 def _address(where: str | tuple[Any, ...]) -> tuple[str, int]:

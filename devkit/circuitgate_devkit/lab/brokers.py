@@ -130,6 +130,31 @@ def redis_broker(*, visibility_timeout: float = 3600) -> Iterator[Broker]:
 
 
 @contextlib.contextmanager
+def redis_sentinel_broker(*, visibility_timeout: float = 3600) -> Iterator[Broker]:
+    """A throwaway ``redis-server`` behind one Sentinel (master name ``lab``), reached as
+    kombu's ``sentinel://`` transport: the Sentinel names the server, clients then talk to it
+    directly."""
+    with redis_broker(visibility_timeout=visibility_timeout) as server:
+        server_port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        port = free_port()
+        with tempfile.TemporaryDirectory(prefix="circuitgate-sentinel-") as tmp:
+            config = os.path.join(tmp, "sentinel.conf")
+            with open(config, "w") as out:
+                out.write(
+                    f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
+                    f"sentinel monitor lab 127.0.0.1 {server_port} 1\n"
+                )
+            argv = [str(shutil.which("redis-server")), config, "--sentinel"]
+            with _process(argv, port, "redis sentinel", os.path.join(tmp, "sentinel.log")):
+                yield Broker(
+                    process=server.process,
+                    transport="redis",
+                    url=f"sentinel://127.0.0.1:{port}/0",
+                    transport_options={**server.transport_options, "master_name": "lab"},
+                )
+
+
+@contextlib.contextmanager
 def sqs_broker(*, visibility_timeout: int = 30) -> Iterator[Broker]:
     """moto's SQS in server mode: a real HTTP SQS endpoint on loopback."""
     try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import boto3
 import pytest
 
+from circuitgate_devkit.lab.brokers import redis_sentinel_broker
 from circuitgate_devkit.waiting import eventually
 from tests.worker.scenario.conftest import Lab
 
@@ -41,6 +43,17 @@ def test_a_long_poll_out_at_the_warm_shutdown_does_not_take_a_handed_back_messag
     must not come after the hand-back makes it visible."""
     lab = make_lab(kind, visibility_timeout=300)
     _hands_back_at_once(lab, kind, {**CONF, **_long_poll(lab, kind)})
+
+
+def test_a_warm_shutdown_on_a_sentinel_broker_hands_back_at_once(tmp_path: Path) -> None:
+    """kombu's ``sentinel://`` transport: the BRPOP's server is the master the Sentinel
+    names, and its pool class takes other arguments; the hand-back is the same."""
+    with redis_sentinel_broker(visibility_timeout=300) as broker:
+        lab = Lab(broker, tmp_path)
+        try:
+            _hands_back_at_once(lab, "redis", {**CONF, "lab_brpop_timeout": 60})
+        finally:
+            lab.close()
 
 
 def _long_poll(lab: Lab, kind: str) -> dict[str, object]:
