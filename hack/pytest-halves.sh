@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 logs=$(mktemp -d -t circuitgate-pytest-XXXXXX)
 
+# The node's images first, alone: built cold (minutes of buildah), they would take the cores
+# from the worker half's timed waits. A failure here shows again, with its reason, in the
+# node tests, which build them the same way.
+"$PY" -m tests.node.release || echo "building the node's images failed; the node tests will say why"
+
 "$PY" -m pytest "$@" tests/worker >"$logs/worker.log" 2>&1 &
 worker=$!
 "$PY" -m pytest "$@" tests --ignore=tests/worker >"$logs/cluster.log" 2>&1 &
