@@ -84,31 +84,29 @@ def _end_the_pop_in_flight(consumer: Any) -> None:
     connection = getattr(channel, "_in_poll", None)
     if not connection:
         return  # not Redis, or no BRPOP out
-    _unblock(consumer, channel, connection)
+    _unblock(channel, connection)
     wait = float(getattr(channel, "brpop_timeout", 0) or 0) + 1.0
     with contextlib.suppress(queue.Empty, *consumer.connection_errors):
         if connection.can_read(timeout=wait):
             channel.handlers["BRPOP"]()
 
 
-def _unblock(consumer: Any, channel: Any, connection: Any) -> None:
+def _unblock(channel: Any, connection: Any) -> None:
     """``CLIENT UNBLOCK`` the server's client whose address is ``connection``'s socket.
     Best effort: a refusal, no match or any error leaves the read to wait."""
+    client = None
     try:
         here = _address(connection._sock.getsockname())
         client = _short_lived_client(channel)
-    except Exception as exc:  # a Unix socket, a closed one, a transport kombu builds otherwise
-        logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %r", exc)
-        return
-    try:
         for entry in client.client_list():
             if _address(entry.get("addr", ":0")) == here:
                 client.client_unblock(int(entry["id"]))
                 return
-    except (*consumer.connection_errors, *consumer.channel_errors) as exc:
+    except Exception as exc:  # a refusal (ACL), a Unix socket, a transport built otherwise
         logger.info("circuitgate: warm shutdown: could not unblock the BRPOP: %r", exc)
     finally:
-        client.connection_pool.disconnect()
+        if client is not None:
+            client.connection_pool.disconnect()
 
 
 def _short_lived_client(channel: Any) -> Any:

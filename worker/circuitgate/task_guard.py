@@ -181,8 +181,8 @@ def _publisher_connection(app: Celery) -> Iterator[Connection | None]:
     if not rabbitmq:
         yield None
         return
-    options = {**(app.conf.broker_transport_options or {}), "confirm_publish": True}
-    with app.connection_for_write(transport_options=options) as confirmed:
+    # Celery adds the app's broker_transport_options under these.
+    with app.connection_for_write(transport_options={"confirm_publish": True}) as confirmed:
         yield confirmed
 
 
