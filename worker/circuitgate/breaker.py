@@ -15,7 +15,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NamedTuple, NoReturn, TypeVar, cast
 
 import pybreaker
 from celery.exceptions import Ignore, Reject, Retry
@@ -36,7 +36,7 @@ from .shared_state import (
 )
 from .storage import SharedMemoryStorage
 
-__all__ = ("NEVER_COUNTED", "Admission", "SharedCircuitBreaker", "open_period")
+__all__ = ("NEVER_COUNTED", "Admission", "Admitted", "SharedCircuitBreaker", "open_period")
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,20 @@ class Admission(enum.Enum):
     """Run as the one half-open trial whose outcome closes or re-opens the circuit."""
     REFUSE = "refuse"
     """Do not run here: hand the message back to the queue."""
+
+
+class Admitted(NamedTuple):
+    """An admission, and whether this very call took the trial's claim."""
+
+    admission: Admission
+    claimed: bool
+    """True only for the call that claimed the trial, not for one asking again with the
+    token that holds it: only the delivery that took a claim may give it back."""
+
+
+_RUN = Admitted(Admission.RUN, claimed=False)
+_REFUSE = Admitted(Admission.REFUSE, claimed=False)
+_TRIAL_HELD = Admitted(Admission.TRIAL, claimed=False)
 
 
 def failure_message(exc: BaseException) -> str:
@@ -266,31 +280,40 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         ``claim=True``, when it really runs, so a waiting message never holds the worker
         paused for ``trial_timeout``.
         """
+        return self.admit_delivery(token, claim=claim).admission
+
+    def admit_delivery(self, token: str, *, claim: bool = True) -> Admitted:
+        """`admit`, also saying whether this call took the trial's claim.
+
+        For the consumer's gate: two deliveries of one task id (a redelivery, a duplicate
+        publish) both hear TRIAL, and only the one that claimed may release the claim if
+        Celery then discards it.
+        """
         if self.shared.hints() & _FLOWING:
-            return Admission.RUN
+            return _RUN
         state, open_until = self.shared.gate_view()
         if state.flowing:
-            return Admission.RUN
+            return _RUN
         now = self._clock()
         if state is not State.HALF_OPEN and now < open_until:
             self.shared.update(_count_refused)
-            return Admission.REFUSE
+            return _REFUSE
         changes: Transitions = []
-        admission = self.shared.update(lambda f: self._admit(f, token, now, changes, claim=claim))
+        admitted = self.shared.update(lambda f: self._admit(f, token, now, changes, claim=claim))
         self._announce(changes)
-        return admission
+        return admitted
 
     def _admit(
         self, f: BreakerFields, token: str, now: float, changes: Transitions, *, claim: bool
-    ) -> Admission:
+    ) -> Admitted:
         if State(f.state).flowing:
-            return Admission.RUN
+            return _RUN
         key = token_key(token)
         if f.state == State.HALF_OPEN and f.trial_key == key:
-            return Admission.TRIAL
+            return _TRIAL_HELD
         if now >= f.open_until:  # the open period is over, or the trial's owner went silent
             if not claim:
-                return Admission.RUN
+                return _RUN
             if f.state == State.OPEN:
                 changes.append((State.OPEN, State.HALF_OPEN))
             f.state = State.HALF_OPEN
@@ -300,9 +323,9 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             _remember_claim(f, key)
             f.claims += 1
             f.open_until = now + self.settings.trial_timeout
-            return Admission.TRIAL
+            return Admitted(Admission.TRIAL, claimed=True)
         f.refused_total += 1
-        return Admission.REFUSE
+        return _REFUSE
 
     def trial_running(self, token: str) -> contextlib.AbstractContextManager[None]:
         """Wrap the run of the task ``token``: if it is the trial, keep its claim while it runs.

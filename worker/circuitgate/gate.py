@@ -190,8 +190,7 @@ def _gate_strategy(
         fields = _task_fields(message, body)
         token = fields.get("id") or ""
         claim = _runs_now(fields, token, rate_limited=buckets.get(task) is not None)
-        admission = breaker.admit(token, claim=claim)
-        claimed = admission is Admission.TRIAL and claim
+        admission, claimed = breaker.admit_delivery(token, claim=claim)
         if claimed:
             message.delivery_info[CLAIMED_HERE] = True
         if admission is Admission.REFUSE:
@@ -206,10 +205,9 @@ def _gate_strategy(
             return strategy(message, body, ack, reject, *args, **kwargs)
         except DISCARDED:
             # Celery's consumer discards a message its strategy cannot make a request of (a
-            # protocol 1 body whose kwargs are no mapping): the trial goes with it. Unless a
-            # request of that id is here (admit answers TRIAL again for the same token): the
-            # claim is that delivery's, running or waiting to.
-            if claimed and token not in worker_state.requests:
+            # protocol 1 body whose kwargs are no mapping): a trial this delivery claimed
+            # goes with it. A claim another delivery of the same id holds stays its own.
+            if claimed:
                 breaker.release(token)
             raise
 

@@ -2,10 +2,12 @@
 
 Several real forked processes share one breaker page and one fake clock (shared memory, so
 clock jumps are a rule). Each rule is something that happens in a worker: a task is
-admitted (claiming the trial or not), succeeds, fails, ends without a verdict, starts and
-finishes running as the trial, time passes, a process is SIGKILLed idle or in the middle of
-a transaction. After every step: at most one live trial claim; a success of a claimed trial
-closes; nothing is stuck; no counter is negative; the page decodes; no lock is left held.
+admitted (claiming the trial or not), passes the consumer's gate and is discarded by Celery,
+succeeds, fails, ends without a verdict, starts and finishes running as the trial, time
+passes, a process is SIGKILLed idle or in the middle of a transaction. After every step: at
+most one live trial claim; a success of a claimed trial closes; a discarded delivery never
+drops another delivery's claim; nothing is stuck; no counter is negative; the page decodes;
+no lock is left held.
 
 Default profile: a quick run for ``make test``. ``HYPOTHESIS_PROFILE=nightly``: many more.
 """
@@ -21,8 +23,10 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,6 +38,7 @@ from hypothesis.stateful import (
 )
 
 from circuitgate.breaker import Admission, SharedCircuitBreaker
+from circuitgate.gate import CLAIMED_HERE, _gate_strategy
 from circuitgate.settings import Settings
 from circuitgate.shared_state import CLAIMS_KEPT, BreakerFields, Hint, SharedBreakerState, State
 from tests.profiles import property_settings
@@ -66,13 +71,45 @@ class DeviceFault(Exception):
 # -- the worker processes ----------------------------------------------------------------
 
 
+class Delivery:
+    """A task message as the consumer's gate reads it (protocol 2: the fields in headers)."""
+
+    def __init__(self, token: str, runs_now: bool) -> None:
+        self.delivery_info: dict[str, Any] = {"routing_key": "celery"}
+        self.headers = {"id": token} if runs_now else {"id": token, "eta": "2030-01-01T00:00"}
+        self.payload = None
+        self.delivery_tag = None
+
+    def reject_log_error(self, *args: Any, **kwargs: Any) -> None:
+        """Refused at the gate: back to the queue (nothing to do here)."""
+
+
+def _discarded(message: Any, *args: Any) -> None:
+    raise InvalidTaskError("Task keyword arguments is not a mapping")
+
+
+def _discard(breaker: SharedCircuitBreaker, token: str, runs_now: bool) -> bool:
+    """A delivery passes the real gate and Celery's strategy discards it; whether the gate
+    saw it claim the trial."""
+    gated = _gate_strategy(
+        _discarded, SimpleNamespace(only=breaker), (), None, buckets={}, task="app.task"
+    )
+    message = Delivery(token, runs_now)
+    with contextlib.suppress(InvalidTaskError):
+        gated(message, None, None, None)
+    return bool(message.delivery_info.get(CLAIMED_HERE))
+
+
 def _serve(breaker: SharedCircuitBreaker, conn: multiprocessing.connection.Connection) -> None:
     """Run the parent's commands against the shared breaker, one at a time."""
     running: contextlib.ExitStack | None = None
     while True:
         command, token, flag = conn.recv()
         if command == "admit":
-            conn.send(breaker.admit(token, claim=flag).value)
+            admission, claimed = breaker.admit_delivery(token, claim=flag)
+            conn.send((admission.value, claimed))
+        elif command == "discard":
+            conn.send(_discard(breaker, token, runs_now=flag))
         elif command == "success":
             conn.send(breaker.record_success(token))
         elif command == "slow_success":
@@ -195,11 +232,13 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS, claim=st.booleans())
     def admit(self, index: int, token: str, claim: bool) -> None:
         before = self.breaker.snapshot()
-        admission = Admission(self._worker(index).ask("admit", token, claim))
+        value, claimed = self._worker(index).ask("admit", token, claim)
+        admission = Admission(value)
         after = self.breaker.snapshot()
         new_claim = after.trial_claims > before.trial_claims or (
             admission is Admission.TRIAL and before.state is not State.HALF_OPEN
         )
+        assert claimed == new_claim, "the admission says it claimed exactly when it did"
         if not new_claim:
             return
         assert claim, "an unclaimed admission claimed the trial"
@@ -210,6 +249,29 @@ class BreakerMachine(RuleBasedStateMachine):
             assert all(w.trial != self.trial for w in self.pool), "a running trial was replaced"
         self.claims.append(token)
         self.trial = token
+
+    @rule(index=st.integers(0, WORKERS - 1), token=TOKENS, runs_now=st.booleans())
+    def a_delivery_is_discarded(self, index: int, token: str, runs_now: bool) -> None:
+        """Celery's strategy discards a delivery the gate let through (an invalid body), maybe
+        a second delivery of the trial's own id: only a claim it took itself goes with it."""
+        before = self.breaker.snapshot()
+        held = before.state is State.HALF_OPEN and self._clock() < before.open_until
+        claimed = self._worker(index).ask("discard", token, runs_now)
+        after = self.breaker.snapshot()
+        if claimed and not held:
+            assert after.trial_id is None, "a claim taken and discarded is given back"
+        else:  # a live claim is some other delivery's, even one of the same task id
+            assert (after.state, after.trial_id, after.open_until) == (
+                before.state,
+                before.trial_id,
+                before.open_until,
+            ), "a discarded delivery dropped another delivery's claim"
+
+    @precondition(lambda self: self.trial is not None)
+    @rule(index=st.integers(0, WORKERS - 1), runs_now=st.booleans())
+    def a_second_delivery_of_the_trial_is_discarded(self, index: int, runs_now: bool) -> None:
+        assert self.trial is not None
+        self.a_delivery_is_discarded(index, self.trial, runs_now)
 
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
     def success(self, index: int, token: str) -> None:

@@ -3,16 +3,18 @@ and never takes the claim of the delivery that is."""
 
 from __future__ import annotations
 
-import time
+import json
+import urllib.request
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
 from circuitgate_devkit.waiting import eventually
 from tests.worker.faults.conftest import CONF
 
-from .conftest import Lab
+from .conftest import Lab, LabWorker
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,8 @@ def test_a_discarded_message_with_the_trials_id_leaves_the_trial_its_claim(
     lab.log.wait_for_successes(set(failed), timeout=60)
     good.stop()
     bad.repair_device()
-    time.sleep(2.0)  # past reset_timeout: the next message to run is the trial
+    # Past the open period the worker's document names: the next message to run is the trial.
+    eventually(lambda: _open_period_over(bad), timeout=30, what="the open period over")
 
     trial = str(uuid.uuid4())
     lab.producer.send_task("lab.infer", args=(1,), kwargs={"work_s": 10}, task_id=trial,
@@ -59,3 +62,9 @@ def test_a_discarded_message_with_the_trials_id_leaves_the_trial_its_claim(
     (finished,) = bad.events.of("finished", task_id=trial)
     started = bad.events.of("started", task_id=other)[0]
     assert finished.at <= started.at, "a second trial ran while the first one still ran"
+
+
+def _open_period_over(worker: LabWorker) -> bool:
+    with urllib.request.urlopen(worker.endpoint + "/circuit", timeout=10) as reply:
+        (breaker,) = json.load(reply)["breakers"]
+    return datetime.now(UTC) >= datetime.fromisoformat(breaker["may_close_at"])

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.exceptions import InvalidTaskError
 from celery.worker import state as worker_state
 from kombu.asynchronous.timer import Timer
 from kombu.connection import Connection
@@ -43,8 +44,12 @@ class Strategy:
 
     def __init__(self) -> None:
         self.ran: list[Message] = []
+        self.discards = False
+        """Raise as Celery's strategy does for a message it cannot make a request of."""
 
     def __call__(self, message: Message, body: Any, ack: Any, reject: Any, *args: Any) -> str:
+        if self.discards:
+            raise InvalidTaskError("Task keyword arguments is not a mapping")
         self.ran.append(message)
         return "handled"
 
@@ -399,6 +404,38 @@ def test_after_the_open_period_one_message_runs_as_the_trial_and_the_next_goes_b
     assert waiting(channel, cpu) == ["t2"]
     # The pool child that runs the trial asks with the task id and is let through.
     assert breakers.default.admit("t1") is Admission.TRIAL
+
+
+def test_a_delivery_celery_discards_gives_back_the_trial_it_claimed(channel: Any, cpu: str) -> None:
+    breakers = whole_worker()
+    consumer, _ = started(channel, [cpu], breakers)
+    breakers.default.open()
+    breakers.default.half_open()
+    consumer.handlers[GUARDED].discards = True
+    with pytest.raises(InvalidTaskError):
+        consumer.handle(take(channel, cpu, "invalid"))
+    assert breakers.default.snapshot().trial_id is None
+    assert breakers.default.admit("next") is Admission.TRIAL  # at once, not after trial_timeout
+
+
+def test_a_discarded_second_delivery_of_the_trials_id_leaves_the_claim_to_the_first(
+    channel: Any, cpu: str
+) -> None:
+    """Two deliveries of one task id (a redelivery, a duplicate publish) both hear TRIAL;
+    the second, discarded by Celery, took no claim and gives none back."""
+    breakers = whole_worker()
+    consumer, _ = started(channel, [cpu], breakers)
+    breakers.default.open()
+    breakers.default.half_open()
+    first, second = take(channel, cpu, "t1"), take(channel, cpu, "t1")
+    assert consumer.handle(first) == "handled"
+    consumer.handlers[GUARDED].discards = True
+    with pytest.raises(InvalidTaskError):
+        consumer.handle(second)
+    assert CLAIMED_HERE not in second.delivery_info
+    snapshot = breakers.default.snapshot()
+    assert (snapshot.state, snapshot.trial_id) == (State.HALF_OPEN, "t1")
+    assert breakers.default.admit("other") is Admission.REFUSE  # still one trial at a time
 
 
 def test_tasks_the_breaker_does_not_guard_keep_their_strategy(channel: Any, cpu: str) -> None:
