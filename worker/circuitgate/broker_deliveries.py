@@ -14,6 +14,8 @@ only there. The tag tells this message from another with the same task id
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any
 
 __all__ = (
@@ -36,7 +38,7 @@ def stamp(delivery_info: dict[str, Any], message: Any) -> None:
     count = broker_deliveries(message)
     if count is not None:
         delivery_info[_COUNT] = count
-    delivery_info[_TAG] = str(getattr(message, "delivery_tag", None) or "")
+    delivery_info[_TAG] = _tag(message)
 
 
 def delivered_by_broker(request: Any) -> int | None:
@@ -60,6 +62,28 @@ def broker_deliveries(message: Any) -> int | None:
         return _count((sqs_message.get("Attributes") or {}).get("ApproximateReceiveCount"))
     earlier = _count((getattr(message, "headers", None) or {}).get(BROKER_HEADERS[0]))
     return None if earlier is None else earlier + 1
+
+
+def _tag(message: Any) -> str:
+    """The broker's tag, unique in this process. SQS's receipt handles and Redis's tags are
+    unique already (a Redis message keeps its tag when it comes back, which tells a
+    redelivery). AMQP numbers a channel's deliveries from 1, so after a reconnection another
+    message comes with an earlier one's number: an integer tag is qualified by its channel."""
+    tag = getattr(message, "delivery_tag", None)
+    if not isinstance(tag, int):
+        return str(tag or "")
+    channel = getattr(message, "channel", None)
+    try:
+        number = _CHANNELS.get(channel)
+        if number is None:
+            number = _CHANNELS[channel] = next(_CHANNEL_NUMBERS)
+    except TypeError:  # not weakly referable: the tag alone
+        return str(tag)
+    return f"{tag}@{number}"
+
+
+_CHANNELS: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+_CHANNEL_NUMBERS = itertools.count(1)
 
 
 def _count(value: Any) -> int | None:

@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
-from kombu.connection import Connection
 
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
@@ -170,20 +169,24 @@ def log_poison(token: str, record: DeliveryRecord) -> None:
 
 
 @contextlib.contextmanager
-def _publisher_connection(app: Celery) -> Iterator[Connection | None]:
-    """Where the copy is published from. On RabbitMQ a connection of its own with publisher
-    confirms: a refused publish (a queue at its ``x-max-length`` with ``x-overflow:
-    reject-publish``) is otherwise dropped unseen, and the delivery acknowledged after it
-    would be lost; with them py-amqp raises ``MessageNacked``. Elsewhere None, the app's
-    own pooled producer, whose transports report a refusal as it happens."""
+def _publishing(app: Celery) -> Iterator[dict[str, Any]]:
+    """How the copy is published (``apply_async`` options). Elsewhere than RabbitMQ: as
+    usual, on the app's pooled producer, whose transports report a refusal as it happens.
+
+    On RabbitMQ, RabbitMQ drops a publish unseen in two cases, and the delivery acknowledged
+    after it would be lost: a refused one (a queue at its ``x-max-length`` with
+    ``x-overflow: reject-publish``), and an unroutable one (sent to an exchange whose binding
+    to the queue is gone). So the copy goes out on a connection of its own with publisher
+    confirms (py-amqp raises ``MessageNacked``) and as mandatory (it raises on the return).
+    """
     with app.connection_for_write() as unopened:  # a transport's name needs no connecting
         rabbitmq = unopened.transport.driver_type == "amqp"
     if not rabbitmq:
-        yield None
+        yield {}
         return
     # Celery adds the app's broker_transport_options under these.
     with app.connection_for_write(transport_options={"confirm_publish": True}) as confirmed:
-        yield confirmed
+        yield {"connection": confirmed, "mandatory": True}
 
 
 def hand_back(
@@ -205,8 +208,8 @@ def hand_back(
         headers.pop(header, None)
     headers.update(record.after_failure_on(request.hostname or "unknown"))
     try:
-        with _publisher_connection(task.app) as connection:
-            task.signature_from_request(request, headers=headers).apply_async(connection=connection)
+        with _publishing(task.app) as options:
+            task.signature_from_request(request, headers=headers).apply_async(**options)
     except Exception as refused:
         logger.error(
             "task %s failed (%r) on delivery %d; its copy could not be published (%r), so"

@@ -17,9 +17,10 @@ import boto3
 import pytest
 import redis
 from celery import Celery
+from kombu import Exchange, Queue
 
 from circuitgate_devkit.lab.brokers import Broker
-from circuitgate_devkit.waiting import eventually
+from circuitgate_devkit.waiting import TimedOut, eventually
 
 from .conftest import FaultLab
 
@@ -147,3 +148,46 @@ def test_a_copy_rabbitmq_refuses_leaves_the_message_in_the_queue(faults: FaultLa
         producer.close()
     row = faults.tally("hand-back refused (rabbitmq)", [first, second])
     assert (row.succeeded_once, row.lost, row.duplicated) == (2, 0, 0), row
+
+
+ROUTED = "routed"
+ROUTED_QUEUES = {ROUTED: {"exchange": ROUTED, "routing_key": ROUTED}}
+
+
+@pytest.mark.parametrize("faults", ["rabbitmq"], indirect=True)
+def test_a_copy_rabbitmq_cannot_route_leaves_the_message_in_the_queue(faults: FaultLab) -> None:
+    """A message that came through an exchange has its copy published there too, as
+    Celery's ``retry()`` does. If the queue's binding is gone meanwhile (an admin's rebinding
+    under a running task), RabbitMQ confirms a publish it routed nowhere. Published as
+    mandatory, the copy comes back as a return, and the delivery goes back to its queue as
+    it came."""
+    conf = {"task_queues": ROUTED_QUEUES}
+    worker = faults.healthy("routed", queues=ROUTED, conf=conf)
+    worker.break_device()
+    producer = Celery("routed-producer", set_as_current=False)
+    producer.conf.update(faults.lab.broker.celery_config(), **conf)
+    exchange = Exchange(ROUTED)
+    try:
+        task = producer.send_task(
+            "lab.infer", args=(0,), kwargs={"fail_s": 2.0}, exchange=ROUTED, routing_key=ROUTED
+        )
+        eventually(lambda: worker.events.of("received", task_id=task.id), timeout=30)
+        with producer.connection_for_write() as connection:
+            Queue(ROUTED, exchange, ROUTED)(connection.default_channel).unbind_from(
+                exchange, ROUTED
+            )
+        assert not worker.events.of("finished", task_id=task.id), "unbound after it ended"
+        eventually(
+            lambda: f"{task.id} failed" in worker.logfile.read_text(),
+            timeout=30,
+            what="its failure, and the copy's publish",
+        )
+        worker.stop()
+        good = faults.healthy("good-routed", queues=ROUTED, conf=conf)  # binds it again
+        with contextlib.suppress(TimedOut):  # if lost, the tally below says so
+            faults.lab.log.wait_for_successes({task.id}, timeout=30)
+        good.stop()
+    finally:
+        producer.close()
+    row = faults.tally("copy unroutable (rabbitmq)", [task.id])
+    assert (row.succeeded_once, row.lost, row.duplicated) == (1, 0, 0), row
