@@ -16,6 +16,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import CLAIMED_HERE, BreakerSet, queue_of
 from .requeue import requeue_now
+from .shared_state import token_of
 from .shutdown_handback import hand_back_on_warm_shutdown
 
 __all__ = ("CLAIMED_HERE", "ConsumptionGate", "QueuePauser")
@@ -188,7 +189,7 @@ def _gate_strategy(
         if breaker.flowing():  # nearly every message: nothing to decide
             return strategy(message, body, ack, reject, *args, **kwargs)
         fields = _task_fields(message, body)
-        token = fields.get("id") or ""
+        token = token_of(fields.get("id"))
         claim = _runs_now(fields, token, rate_limited=buckets.get(task) is not None)
         admission, claimed = breaker.admit_delivery(token, claim=claim)
         if claimed:

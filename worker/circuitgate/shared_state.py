@@ -65,6 +65,14 @@ _SPINS = 10_000
 T = TypeVar("T")
 
 
+def token_of(task_id: object) -> str:
+    """A task id as a token: a client may send any JSON as the id (Celery runs an integer
+    one), and reading it must never raise in the consumer, which would end the worker."""
+    if task_id is None:
+        return ""
+    return task_id if isinstance(task_id, str) else str(task_id)
+
+
 def token_key(token: str) -> int:
     """A task's identity on the page: a 64-bit digest, so any id of any length fits.
 

@@ -15,6 +15,7 @@ from celery.exceptions import Ignore, Reject
 from .breaker import Admission, SharedCircuitBreaker
 from .breaker_set import BreakerSet, queue_of
 from .broker_deliveries import BROKER_HEADERS, delivered_by_broker, delivery_tag
+from .shared_state import token_of
 
 __all__ = (
     "DELIVERIES_HEADER",
@@ -129,7 +130,7 @@ def _execute(
     task: Task, breaker: SharedCircuitBreaker, run: Callable[..., Any], args: Any, kwargs: Any
 ) -> Any:
     request = task.request
-    token = request.id or ""
+    token = token_of(request.id)
     if breaker.admit(token) is Admission.REFUSE:
         raise Reject(f"circuit {breaker.name} is open; handing {token} back", requeue=True)
     started = breaker.clock()
@@ -177,7 +178,10 @@ def _publishing(app: Celery) -> Iterator[dict[str, Any]]:
     after it would be lost: a refused one (a queue at its ``x-max-length`` with
     ``x-overflow: reject-publish``), and an unroutable one (sent to an exchange whose binding
     to the queue is gone). So the copy goes out on a connection of its own with publisher
-    confirms (py-amqp raises ``MessageNacked``) and as mandatory (it raises on the return).
+    confirms (py-amqp raises ``MessageNacked``) and as mandatory (it raises on the return),
+    tried once: a retry on the same channel (an app's ``retry_errors`` may include the
+    return's ``ChannelError``) would take the first publish's ack, which py-amqp does not
+    match by tag, for its own. A copy that fails goes back as it came.
     """
     with app.connection_for_write() as unopened:  # a transport's name needs no connecting
         rabbitmq = unopened.transport.driver_type == "amqp"
@@ -186,7 +190,7 @@ def _publishing(app: Celery) -> Iterator[dict[str, Any]]:
         return
     # Celery adds the app's broker_transport_options under these.
     with app.connection_for_write(transport_options={"confirm_publish": True}) as confirmed:
-        yield {"connection": confirmed, "mandatory": True}
+        yield {"connection": confirmed, "mandatory": True, "retry": False}
 
 
 def hand_back(

@@ -406,6 +406,21 @@ def test_after_the_open_period_one_message_runs_as_the_trial_and_the_next_goes_b
     assert breakers.default.admit("t1") is Admission.TRIAL
 
 
+@pytest.mark.parametrize("task_id", [5, ["x"], {"a": 1}], ids=["int", "list", "dict"])
+def test_a_task_id_that_is_no_string_passes_the_gate_while_half_open(
+    channel: Any, cpu: str, task_id: Any
+) -> None:
+    """JSON lets a client send any id; Celery runs an integer one. Past the closed circuit's
+    shortcut the gate reads the id, and an exception there escapes Celery's consumer and
+    ends the worker (then the next one the message reaches)."""
+    breakers = whole_worker()
+    consumer, _ = started(channel, [cpu], breakers)
+    breakers.default.open()
+    breakers.default.half_open()
+    assert consumer.handle(take(channel, cpu, task_id)) == "handled"
+    assert breakers.default.snapshot().trial_id == str(task_id)
+
+
 def test_a_delivery_celery_discards_gives_back_the_trial_it_claimed(channel: Any, cpu: str) -> None:
     breakers = whole_worker()
     consumer, _ = started(channel, [cpu], breakers)

@@ -121,3 +121,13 @@ def test_a_retry_does_not_reset_the_failure_counter() -> None:
     breaker.record_failure("earlier", RuntimeError("device"))
     task.apply(task_id="retried")
     assert breaker.snapshot().fail_counter == 1
+
+
+def test_a_task_id_that_is_no_string_runs_as_the_trial() -> None:
+    """Celery runs a message whose id is an integer; the guard reads it as a token."""
+    task, breaker = guarded(RuntimeError("device"))
+    breaker.open()
+    breaker.half_open()
+    before = breaker.snapshot().trips
+    task.apply(task_id=5)  # type: ignore[arg-type]
+    assert breaker.snapshot().trips == before + 1  # the trial ran, failed, opened it again
