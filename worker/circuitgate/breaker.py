@@ -310,6 +310,9 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             return _RUN
         key = token_key(token)
         if f.state == State.HALF_OPEN and f.trial_key == key:
+            if f.trial_runs:  # another delivery of the trial's id runs as the trial now
+                f.refused_total += 1
+                return _REFUSE
             return _TRIAL_HELD
         if now >= f.open_until:  # the open period is over, or the trial's owner went silent
             if not claim:
@@ -319,6 +322,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             f.state = State.HALF_OPEN
             f.success_counter = 0
             f.trial_key = key
+            f.trial_runs = 0
             f.trial_id = token_label(token)
             _remember_claim(f, key)
             f.claims += 1
@@ -344,14 +348,46 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         if state is not State.HALF_OPEN or key != token_key(token):
             return contextlib.nullcontext()
         not_after = self._clock() + self.settings.max_trial_seconds
-        if not self.heartbeat(token, not_after=not_after):
+        if not self._start_run(token, not_after):
             return contextlib.nullcontext()
         interval = self._heartbeat_interval or self.settings.trial_timeout / 4
-        return Heartbeat(
+        beat = Heartbeat(
             lambda: self.heartbeat(token, not_after=not_after),
             interval,
             name=f"circuitgate-trial-{self.name}",
         )
+        return self._running(token, beat)
+
+    @contextlib.contextmanager
+    def _running(self, token: str, beat: Heartbeat) -> Iterator[None]:
+        try:
+            with beat:
+                yield
+        finally:  # the heartbeat has stopped: the run no longer holds the claim
+            self._end_run(token)
+
+    def _start_run(self, token: str, not_after: float) -> bool:
+        """The trial ``token`` starts running here: counted, and its deadline pushed on."""
+        key = token_key(token)
+        now = self._clock()
+
+        def start(f: BreakerFields) -> bool:
+            if f.state != State.HALF_OPEN or f.trial_key != key or now >= not_after:
+                return False
+            f.trial_runs += 1
+            f.open_until = max(f.open_until, min(now + self.settings.trial_timeout, not_after))
+            return True
+
+        return self.shared.update(start)
+
+    def _end_run(self, token: str) -> None:
+        key = token_key(token)
+
+        def end(f: BreakerFields) -> None:
+            if f.trial_key == key and f.trial_runs:
+                f.trial_runs -= 1
+
+        self.shared.update(end)
 
     def heartbeat(self, token: str, *, not_after: float = math.inf) -> bool:
         """Push the running trial's deadline a full ``trial_timeout`` on, but not past
@@ -446,18 +482,26 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._announce(changes)
         return bool(changes)
 
-    def release(self, token: str) -> None:
+    def release(self, token: str, *, ran: bool = False) -> None:
         """The task ended without a verdict: neither success nor failure.
 
         For outcomes that say nothing about the worker (Celery's Retry, Reject and Ignore,
         excluded exceptions, a revoked task, a poison message). Counters stay as they are
         (the run of failures goes on); if ``token`` holds the trial, the claim is dropped
-        and the next task tries at once.
+        and the next task tries at once, unless a run of that token is still going on (a
+        discarded or revoked second delivery of the trial's id): the claim is that run's.
+        ``ran``: this delivery's run ended without leaving `trial_running` (its pool process
+        was killed), so it no longer counts as one.
         """
         key = token_key(token)
         changes: Transitions = []
 
         def drop(f: BreakerFields) -> None:
+            if f.trial_key == key and f.trial_runs:
+                if ran:
+                    f.trial_runs -= 1
+                if f.trial_runs:
+                    return
             _forget_claim(f, key)
             if f.state == State.HALF_OPEN and f.trial_key == key:
                 changes.append((State.HALF_OPEN, State.OPEN))
@@ -572,6 +616,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     @staticmethod
     def _forget_trials(f: BreakerFields) -> None:
         f.trial_key = 0
+        f.trial_runs = 0
         f.trial_id = b""
         f.claims = 0
         for slot in range(CLAIMS_KEPT):
@@ -800,6 +845,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 changes.append((State(f.state), State.HALF_OPEN))
                 f.state = State.HALF_OPEN
                 f.trial_key = 0
+                f.trial_runs = 0
                 f.trial_id = b""
                 f.open_until = self._clock()
                 f.probe_due = f.probe_until = 0.0  # by hand: no probe first

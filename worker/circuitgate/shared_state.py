@@ -144,6 +144,9 @@ class BreakerFields(ctypes.Structure):
         ("open_until", ctypes.c_double),
         ("trial_id", ctypes.c_char * _TRIAL_ID_SIZE),  # for people: `token_label`
         ("trial_key", ctypes.c_uint64),  # the trial's `token_key`; 0: none
+        # Runs of the trial's token going on now (inside `trial_running`): while one runs, its
+        # claim is its own, and another delivery of that id neither runs nor gives it back.
+        ("trial_runs", ctypes.c_uint32),
         # Every `token_key` claimed as the trial since the last trip (a ring of CLAIMS_KEPT).
         ("claimed", ctypes.c_uint64 * CLAIMS_KEPT),
         ("claims", ctypes.c_uint32),  # claims since the last trip
@@ -187,6 +190,7 @@ class BreakerFields(ctypes.Structure):
     open_until: float
     trial_id: bytes
     trial_key: int
+    trial_runs: int
     claimed: ctypes.Array[ctypes.c_uint64]
     claims: int
     window_len: int
@@ -248,6 +252,8 @@ class BreakerSnapshot:
     trial_id: str | None
     trial_claims: int
     """Trials claimed since the last trip: more than one only when one was given up on."""
+    trial_runs: int
+    """Runs of the trial's task going on now (one, unless two deliveries of its id raced)."""
     window_calls: int
     window_failures: int
     window_slow_calls: int
@@ -355,6 +361,7 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         open_until=f.open_until,
         trial_id=f.trial_id.decode("utf-8", "replace") or None,
         trial_claims=f.claims,
+        trial_runs=f.trial_runs,
         window_calls=f.window_len,
         window_failures=f.window_failures,
         window_slow_calls=f.window_slow,

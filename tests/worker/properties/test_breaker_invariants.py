@@ -303,8 +303,14 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
     def neutral(self, index: int, token: str) -> None:
+        """A delivery of ``token`` ends without a verdict (its run here ends first, if any),
+        or is discarded or revoked unrun."""
+        worker = self._worker(index)
+        if worker.trial == token:
+            self.finish_running(index)
+        run_elsewhere = any(w.trial == token for w in self.pool)
         before = self.breaker.snapshot()
-        self._worker(index).ask("release", token)
+        worker.ask("release", token)
         after = self.breaker.snapshot()
         assert (after.fail_counter, after.trips, after.successes_total, after.failures_total) == (
             before.fail_counter,
@@ -312,15 +318,27 @@ class BreakerMachine(RuleBasedStateMachine):
             before.successes_total,
             before.failures_total,
         )
+        if run_elsewhere and self.trial == token:
+            assert (after.state, after.trial_id) == (before.state, before.trial_id), (
+                "another delivery's end dropped a running trial's claim"
+            )
+            return
         self.claims = [None if claimed == token else claimed for claimed in self.claims]
         if self.trial == token:
             self.trial = None
 
+    @precondition(lambda self: any(w.trial and w.trial == self.trial for w in self.pool))
+    @rule(index=st.integers(0, WORKERS - 1))
+    def another_delivery_of_the_running_trial_ends(self, index: int) -> None:
+        """A second delivery of the running trial's id is discarded, revoked or ends neutral."""
+        assert self.trial is not None
+        others = [i for i, w in enumerate(self.pool) if w.trial != self.trial]
+        if others:
+            self.neutral(others[index % len(others)], self.trial)
+
     @rule(index=st.integers(0, WORKERS - 1), token=TOKENS)
     def start_running(self, index: int, token: str) -> None:
-        worker = self._worker(index)
-        if worker.trial is None and any(w.trial == token for w in self.pool):
-            return  # one task runs in one place
+        worker = self._worker(index)  # two deliveries of one id may both run: a race
         if worker.trial is None and worker.ask("start", token):
             worker.trial = token
 
@@ -381,14 +399,26 @@ class BreakerMachine(RuleBasedStateMachine):
                     # Only a verdict or a release moves the claim on from a running trial.
                     assert worker.trial != self.trial, "a running trial lost its claim"
 
-    @rule(index=st.integers(0, WORKERS - 1))
-    def killed_idle(self, index: int) -> None:
-        """The OOM killer: whatever the process ran, its heartbeat stops with it."""
+    @rule(index=st.integers(0, WORKERS - 1), counted=st.booleans())
+    def killed_idle(self, index: int, counted: bool) -> None:
+        """The OOM killer: whatever the process ran, its heartbeat stops with it. The main
+        process then settles a trial it ran: a counted failure, or (stopped, revoked) none."""
         worker = self._worker(index)
         worker.process.kill()
         worker.process.join(10)
         self.pool.remove(worker)
         self._spawn()
+        if worker.trial is None:
+            return
+        if counted:
+            self.breaker.record_failure(worker.trial, DeviceFault())
+        else:
+            run_elsewhere = any(w.trial == worker.trial for w in self.pool)
+            self.breaker.release(worker.trial, ran=True)
+            if not run_elsewhere:
+                self.claims = [None if c == worker.trial else c for c in self.claims]
+                if self.trial == worker.trial:
+                    self.trial = None
 
     @rule(
         index=st.integers(0, WORKERS - 1),

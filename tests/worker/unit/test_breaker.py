@@ -402,6 +402,40 @@ def test_a_running_trial_keeps_its_claim_however_long_it_runs() -> None:
     assert breaker.snapshot().trial_claims == 0
 
 
+def test_a_second_delivery_of_a_running_trials_id_neither_runs_nor_gives_the_claim_back() -> None:
+    """Two deliveries of one task id (a redelivery past a visibility timeout, a duplicate
+    publish): while one runs as the trial, the other is handed back, and whatever ends it (a
+    discard, a revoke, a neutral outcome) leaves the running one's claim alone."""
+    clock = FakeClock()
+    breaker = make(clock)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit_delivery("T").claimed  # the second delivery, at the gate
+    assert breaker.admit("T") is Admission.TRIAL  # the first one, in its pool process
+    with breaker.trial_running("T"):
+        assert breaker.admit("T") is Admission.REFUSE  # not a second run beside it
+        breaker.release("T")  # the second delivery discarded, revoked, or ended neutral
+        snapshot = breaker.snapshot()
+        assert (snapshot.state, snapshot.trial_id) == (State.HALF_OPEN, "T")
+        assert breaker.admit("U") is Admission.REFUSE  # still one trial at a time
+    breaker.release("T")  # the run itself ends neutral: now the claim goes
+    assert breaker.admit("U") is Admission.TRIAL
+
+
+def test_a_trial_whose_pool_process_was_killed_mid_run_gives_its_claim_back() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("T") is Admission.TRIAL
+    running = breaker.trial_running("T")
+    running.__enter__()  # and never left: the process is gone
+    try:
+        breaker.release("T", ran=True)  # the main process settles the lost child
+        assert breaker.admit("U") is Admission.TRIAL
+    finally:
+        running.__exit__(None, None, None)
+    assert breaker.snapshot().trial_id == "U"  # the dead run's end takes nothing from U
+
+
 def test_a_trial_whose_process_stopped_beating_is_replaced() -> None:
     clock = FakeClock()
     breaker = make(clock, trial_timeout=30)
