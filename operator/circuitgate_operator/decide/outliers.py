@@ -209,10 +209,17 @@ def sustained_at(status: Mapping[str, Any], detection: OutlierDetection) -> floa
     return since + detection.sustain
 
 
+_VERDICTS = frozenset(Verdict)
+
+
 def verdict_of(status: Mapping[str, Any]) -> Verdict | None:
-    """What a recorded status says of its pod among its peers (None: nothing deviates)."""
-    verdict = (status.get("outlier") or {}).get("verdict")
-    return Verdict(verdict) if verdict in tuple(Verdict) else None
+    """What a recorded status says of its pod among its peers (None: nothing deviates).
+    Asked of every pod on every pass: nearly always there is no outlier record at all."""
+    outlier = status.get("outlier")
+    if not outlier:
+        return None
+    verdict = outlier.get("verdict")
+    return Verdict(verdict) if verdict in _VERDICTS else None
 
 
 # The states in which an outlier is marked: a tripped circuit is marked for that already, and
