@@ -23,10 +23,16 @@ cluster=$!
 trap 'kill -TERM "$worker" "$cluster" 2>/dev/null; wait' INT TERM
 
 status=0
+running=("$worker" "$cluster")
 for _ in 1 2; do
-    wait -n -p ended "$worker" "$cluster"
+    wait -n -p ended "${running[@]}"
     code=$?
-    if [ "$ended" = "$worker" ]; then half=worker; else half=cluster; fi
+    # The other half is left to wait for: a reaped job cannot be waited for again.
+    if [ "$ended" = "$worker" ]; then
+        half=worker running=("$cluster")
+    else
+        half=cluster running=("$worker")
+    fi
     echo "===== the $half half (exit $code) ====="
     cat "$logs/$half.log"
     [ "$code" -eq 0 ] || status=1

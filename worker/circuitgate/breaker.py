@@ -36,7 +36,14 @@ from .shared_state import (
 )
 from .storage import SharedMemoryStorage
 
-__all__ = ("NEVER_COUNTED", "Admission", "Admitted", "SharedCircuitBreaker", "open_period")
+__all__ = (
+    "NEVER_COUNTED",
+    "Admission",
+    "Admitted",
+    "SharedCircuitBreaker",
+    "TrialTaken",
+    "open_period",
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +76,10 @@ class Admission(enum.Enum):
     """Run as the one half-open trial whose outcome closes or re-opens the circuit."""
     REFUSE = "refuse"
     """Do not run here: hand the message back to the queue."""
+
+
+class TrialTaken(Exception):
+    """The trial's task already runs elsewhere (a second delivery of its id): hand it back."""
 
 
 class Admitted(NamedTuple):
@@ -310,9 +321,10 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             return _RUN
         key = token_key(token)
         if f.state == State.HALF_OPEN and f.trial_key == key:
-            if f.trial_runs:  # another delivery of the trial's id runs as the trial now
+            if _running(f) and now < f.open_until:  # another delivery of it runs as the trial
                 f.refused_total += 1
                 return _REFUSE
+            _clear_runners(f)  # a run gone silent (hung past max_trial_seconds) holds nothing
             return _TRIAL_HELD
         if now >= f.open_until:  # the open period is over, or the trial's owner went silent
             if not claim:
@@ -322,7 +334,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             f.state = State.HALF_OPEN
             f.success_counter = 0
             f.trial_key = key
-            f.trial_runs = 0
+            _clear_runners(f)
             f.trial_id = token_label(token)
             _remember_claim(f, key)
             f.claims += 1
@@ -349,7 +361,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             return contextlib.nullcontext()
         not_after = self._clock() + self.settings.max_trial_seconds
         if not self._start_run(token, not_after):
-            return contextlib.nullcontext()
+            return contextlib.nullcontext()  # no longer the trial, or ``not_after`` passed
         interval = self._heartbeat_interval or self.settings.trial_timeout / 4
         beat = Heartbeat(
             lambda: self.heartbeat(token, not_after=not_after),
@@ -367,14 +379,20 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             self._end_run(token)
 
     def _start_run(self, token: str, not_after: float) -> bool:
-        """The trial ``token`` starts running here: counted, and its deadline pushed on."""
+        """The trial ``token`` starts running in this process and thread: named on the page,
+        and its deadline pushed on. `TrialTaken` if another run of it holds the claim (two
+        deliveries of one id admitted at once): the caller hands this one back."""
         key = token_key(token)
         now = self._clock()
+        me = (os.getpid(), threading.get_ident())
 
         def start(f: BreakerFields) -> bool:
             if f.state != State.HALF_OPEN or f.trial_key != key or now >= not_after:
                 return False
-            f.trial_runs += 1
+            if _running(f):
+                f.refused_total += 1
+                raise TrialTaken(f"circuit {self.name}: trial {token} runs elsewhere")
+            f.runner_pid, f.runner_thread = me
             f.open_until = max(f.open_until, min(now + self.settings.trial_timeout, not_after))
             return True
 
@@ -382,10 +400,11 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
     def _end_run(self, token: str) -> None:
         key = token_key(token)
+        me = (os.getpid(), threading.get_ident())
 
         def end(f: BreakerFields) -> None:
-            if f.trial_key == key and f.trial_runs:
-                f.trial_runs -= 1
+            if f.trial_key == key and (f.runner_pid, f.runner_thread) == me:
+                _clear_runners(f)
 
         self.shared.update(end)
 
@@ -482,26 +501,25 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         self._announce(changes)
         return bool(changes)
 
-    def release(self, token: str, *, ran: bool = False) -> None:
+    def release(self, token: str, *, killed_pid: int | None = None) -> None:
         """The task ended without a verdict: neither success nor failure.
 
         For outcomes that say nothing about the worker (Celery's Retry, Reject and Ignore,
         excluded exceptions, a revoked task, a poison message). Counters stay as they are
         (the run of failures goes on); if ``token`` holds the trial, the claim is dropped
-        and the next task tries at once, unless a run of that token is still going on (a
-        discarded or revoked second delivery of the trial's id): the claim is that run's.
-        ``ran``: this delivery's run ended without leaving `trial_running` (its pool process
-        was killed), so it no longer counts as one.
+        and the next task tries at once, unless a run of it is still going on (this was a
+        discarded, revoked or second delivery of the trial's id): the claim is that run's.
+        ``killed_pid``: the pool process that ran this delivery was killed, so a run of the
+        trial it was named for is gone with it.
         """
         key = token_key(token)
         changes: Transitions = []
 
         def drop(f: BreakerFields) -> None:
-            if f.trial_key == key and f.trial_runs:
-                if ran:
-                    f.trial_runs -= 1
-                if f.trial_runs:
-                    return
+            if killed_pid is not None and f.runner_pid == killed_pid:
+                _clear_runners(f)
+            if f.trial_key == key and _running(f):
+                return
             _forget_claim(f, key)
             if f.state == State.HALF_OPEN and f.trial_key == key:
                 changes.append((State.HALF_OPEN, State.OPEN))
@@ -616,7 +634,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     @staticmethod
     def _forget_trials(f: BreakerFields) -> None:
         f.trial_key = 0
-        f.trial_runs = 0
+        _clear_runners(f)
         f.trial_id = b""
         f.claims = 0
         for slot in range(CLAIMS_KEPT):
@@ -845,7 +863,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
                 changes.append((State(f.state), State.HALF_OPEN))
                 f.state = State.HALF_OPEN
                 f.trial_key = 0
-                f.trial_runs = 0
+                _clear_runners(f)
                 f.trial_id = b""
                 f.open_until = self._clock()
                 f.probe_due = f.probe_until = 0.0  # by hand: no probe first
@@ -861,6 +879,16 @@ def _period_end(snapshot: BreakerSnapshot) -> float:
 
 def _count_refused(f: BreakerFields) -> None:
     f.refused_total += 1
+
+
+def _running(f: BreakerFields) -> bool:
+    """Whether a run of the trial holds its claim (inside `trial_running`)."""
+    return f.runner_pid != 0
+
+
+def _clear_runners(f: BreakerFields) -> None:
+    f.runner_pid = 0
+    f.runner_thread = 0
 
 
 def _remember_claim(f: BreakerFields, key: int) -> None:

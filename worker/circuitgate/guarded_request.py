@@ -65,9 +65,10 @@ def guard_outcomes_in_main(task: Task, breakers: BreakerSet) -> None:
                     return None
                 if _settled_lost_child(self, breaker, exc):
                     return None
-            if lost or ended_on_purpose or isinstance(exc, (Terminated, TimeLimitExceeded)):
-                # A pool process that was killed mid-run never left `trial_running`.
-                breaker.release(self.id, ran=self.time_start is not None)
+            killed = lost or isinstance(exc, (Terminated, TimeLimitExceeded))
+            if killed or ended_on_purpose:
+                # A pool process killed mid-run never left `trial_running`: its run goes.
+                breaker.release(self.id, killed_pid=self.worker_pid if killed else None)
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
         def revoked(self) -> bool:
@@ -160,7 +161,7 @@ def _stopped_with_its_worker() -> bool:
 def _requeue_unjudged(request: Any, breaker: SharedCircuitBreaker) -> None:
     """Give the original message back, counted nowhere: no failure, no delivery on record
     (a task cut short by rollouts must never run out of deliveries and turn poison)."""
-    breaker.release(request.id, ran=True)
+    breaker.release(request.id, killed_pid=request.worker_pid)
     logger.warning("task %s was stopped with its worker; requeued", request.id)
     worker_state.task_ready(request)
     request.reject(requeue=True)
@@ -177,7 +178,7 @@ def _settled_lost_child(request: Any, breaker: SharedCircuitBreaker, exc: BaseEx
     context = request._context
     record = DeliveryRecord.from_request(context)
     if record.is_poison(breaker.settings.max_deliveries):
-        breaker.release(request.id, ran=True)
+        breaker.release(request.id, killed_pid=request.worker_pid)
         log_poison(request.id, record)
         return False
     breaker.record_failure(request.id, exc)

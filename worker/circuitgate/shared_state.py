@@ -77,9 +77,12 @@ def token_key(token: str) -> int:
     """A task's identity on the page: a 64-bit digest, so any id of any length fits.
 
     Tokens are only compared, never read back, so a digest serves where a prefix of a long
-    id would make two tasks one. Never 0, which marks an empty slot.
+    id would make two tasks one. Never 0, which marks an empty slot. An id that is no
+    string (Celery runs an integer one) is read as `token_of` reads it, on every path.
     """
-    digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    digest = hashlib.blake2b(
+        token_of(token).encode("utf-8", "surrogatepass"), digest_size=8
+    ).digest()
     return int.from_bytes(digest, "little") or 1
 
 
@@ -92,7 +95,7 @@ def cut_label(text: str, size: int) -> bytes:
 
 def token_label(token: str) -> bytes:
     """The token as people see it in a snapshot: at most 64 bytes, cut between characters."""
-    return cut_label(token, _TRIAL_ID_SIZE)
+    return cut_label(token_of(token), _TRIAL_ID_SIZE)
 
 
 class State(enum.IntEnum):
@@ -144,9 +147,11 @@ class BreakerFields(ctypes.Structure):
         ("open_until", ctypes.c_double),
         ("trial_id", ctypes.c_char * _TRIAL_ID_SIZE),  # for people: `token_label`
         ("trial_key", ctypes.c_uint64),  # the trial's `token_key`; 0: none
-        # Runs of the trial's token going on now (inside `trial_running`): while one runs, its
-        # claim is its own, and another delivery of that id neither runs nor gives it back.
-        ("trial_runs", ctypes.c_uint32),
+        # Who runs the trial now (inside `trial_running`), by process and thread; 0: no one.
+        # While it runs, the claim is its own: another delivery of that id neither runs nor
+        # gives it back, and the main process clears a killed process's run by its pid.
+        ("runner_pid", ctypes.c_int64),
+        ("runner_thread", ctypes.c_uint64),
         # Every `token_key` claimed as the trial since the last trip (a ring of CLAIMS_KEPT).
         ("claimed", ctypes.c_uint64 * CLAIMS_KEPT),
         ("claims", ctypes.c_uint32),  # claims since the last trip
@@ -190,7 +195,8 @@ class BreakerFields(ctypes.Structure):
     open_until: float
     trial_id: bytes
     trial_key: int
-    trial_runs: int
+    runner_pid: int
+    runner_thread: int
     claimed: ctypes.Array[ctypes.c_uint64]
     claims: int
     window_len: int
@@ -252,8 +258,8 @@ class BreakerSnapshot:
     trial_id: str | None
     trial_claims: int
     """Trials claimed since the last trip: more than one only when one was given up on."""
-    trial_runs: int
-    """Runs of the trial's task going on now (one, unless two deliveries of its id raced)."""
+    trial_runner: int | None
+    """The pid of the process running the trial now (inside `trial_running`), if any."""
     window_calls: int
     window_failures: int
     window_slow_calls: int
@@ -361,7 +367,7 @@ def _snapshot(f: BreakerFields) -> BreakerSnapshot:
         open_until=f.open_until,
         trial_id=f.trial_id.decode("utf-8", "replace") or None,
         trial_claims=f.claims,
-        trial_runs=f.trial_runs,
+        trial_runner=f.runner_pid or None,
         window_calls=f.window_len,
         window_failures=f.window_failures,
         window_slow_calls=f.window_slow,

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
 
-from .breaker import Admission, SharedCircuitBreaker
+from .breaker import Admission, SharedCircuitBreaker, TrialTaken
 from .breaker_set import BreakerSet, queue_of
 from .broker_deliveries import BROKER_HEADERS, delivered_by_broker, delivery_tag
 from .shared_state import token_of
@@ -133,9 +133,13 @@ def _execute(
     token = token_of(request.id)
     if breaker.admit(token) is Admission.REFUSE:
         raise Reject(f"circuit {breaker.name} is open; handing {token} back", requeue=True)
+    try:
+        running = breaker.trial_running(token)
+    except TrialTaken:  # a second delivery of the trial's id, admitted at the same moment
+        raise Reject(f"trial {token} runs elsewhere; handing it back", requeue=True) from None
     started = breaker.clock()
     try:
-        with breaker.trial_running(token):
+        with running:
             result = run(*args, **kwargs)
     except BaseException as exc:
         if isinstance(exc, STOPPED) or not breaker.counts(exc):

@@ -21,6 +21,7 @@ import fcntl
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -37,7 +38,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from circuitgate.breaker import Admission, SharedCircuitBreaker
+from circuitgate.breaker import Admission, SharedCircuitBreaker, TrialTaken
 from circuitgate.gate import CLAIMED_HERE, _gate_strategy
 from circuitgate.settings import Settings
 from circuitgate.shared_state import CLAIMS_KEPT, BreakerFields, Hint, SharedBreakerState, State
@@ -119,10 +120,16 @@ def _serve(breaker: SharedCircuitBreaker, conn: multiprocessing.connection.Conne
         elif command == "release":
             conn.send(breaker.release(token))
         elif command == "start":
+            try:
+                context = breaker.trial_running(token)
+            except TrialTaken:  # handed back: another run of the trial holds the claim
+                conn.send(False)
+                continue
             running = contextlib.ExitStack()
-            context = breaker.trial_running(token)
             running.enter_context(context)
             conn.send(not isinstance(context, contextlib.nullcontext))
+        elif command == "pid":
+            conn.send(os.getpid())
         elif command == "finish":
             if running is not None:
                 running.close()
@@ -308,8 +315,10 @@ class BreakerMachine(RuleBasedStateMachine):
         worker = self._worker(index)
         if worker.trial == token:
             self.finish_running(index)
-        run_elsewhere = any(w.trial == token for w in self.pool)
         before = self.breaker.snapshot()
+        # A run the page names as the trial's, in another process (a run of an earlier
+        # claim of the same id, since given up on, is no longer named).
+        run_elsewhere = before.trial_runner not in (None, worker.process.pid)
         worker.ask("release", token)
         after = self.breaker.snapshot()
         assert (after.fail_counter, after.trips, after.successes_total, after.failures_total) == (
@@ -399,25 +408,36 @@ class BreakerMachine(RuleBasedStateMachine):
                     # Only a verdict or a release moves the claim on from a running trial.
                     assert worker.trial != self.trial, "a running trial lost its claim"
 
-    @rule(index=st.integers(0, WORKERS - 1), counted=st.booleans())
-    def killed_idle(self, index: int, counted: bool) -> None:
+    @rule(
+        index=st.integers(0, WORKERS - 1),
+        settled=st.sampled_from(["counted", "released", "never"]),
+        token=TOKENS,
+    )
+    def killed_idle(self, index: int, settled: str, token: str) -> None:
         """The OOM killer: whatever the process ran, its heartbeat stops with it. The main
-        process then settles a trial it ran: a counted failure, or (stopped, revoked) none."""
+        process then settles the delivery it ran (the trial, or any other, maybe one of the
+        trial's id that never started as the trial): a counted failure, a release naming
+        the dead pid (stopped, revoked, poison), or nothing ever (a leak)."""
         worker = self._worker(index)
+        token = worker.trial or token
+        pid = worker.process.pid
         worker.process.kill()
         worker.process.join(10)
         self.pool.remove(worker)
         self._spawn()
-        if worker.trial is None:
-            return
-        if counted:
-            self.breaker.record_failure(worker.trial, DeviceFault())
-        else:
-            run_elsewhere = any(w.trial == worker.trial for w in self.pool)
-            self.breaker.release(worker.trial, ran=True)
-            if not run_elsewhere:
-                self.claims = [None if c == worker.trial else c for c in self.claims]
-                if self.trial == worker.trial:
+        if settled == "counted":
+            self.breaker.record_failure(token, DeviceFault())
+        elif settled == "released":
+            before = self.breaker.snapshot()
+            self.breaker.release(token, killed_pid=pid)
+            after = self.breaker.snapshot()
+            if before.trial_runner not in (None, pid):
+                assert (after.state, after.trial_id) == (before.state, before.trial_id), (
+                    "a killed process's settle dropped a live run's claim"
+                )
+            elif after.trial_id is None:
+                self.claims = [None if c == token else c for c in self.claims]
+                if self.trial == token:
                     self.trial = None
 
     @rule(
@@ -513,11 +533,17 @@ class BreakerMachine(RuleBasedStateMachine):
         )
         healer = SharedCircuitBreaker(SETTINGS, shared=copy, clock=lambda: clock[0])
         try:
-            for attempt in range(10):
-                if healer.admit(f"heal-{attempt}") is Admission.REFUSE:
+            # The trial's own message comes back first (a visibility timeout), then others.
+            tokens = [self.trial] if self.trial is not None else []
+            tokens += [f"heal-{attempt}" for attempt in range(10)]
+            for heal in tokens:
+                if healer.admit(heal) is Admission.REFUSE:
                     clock[0] = max(clock[0], healer.snapshot().open_until)
-                    continue
-                healer.record_success(f"heal-{attempt}")
+                    if heal == self.trial and healer.admit(heal) is Admission.REFUSE:
+                        continue  # its claim is live past its deadline: the others try
+                    elif heal != self.trial:
+                        continue
+                healer.record_success(heal)
                 if healer.snapshot().state is State.CLOSED:
                     break
             assert healer.snapshot().state is State.CLOSED, "stuck"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import threading
 import time
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from celery.exceptions import Ignore, Reject, Retry
 from hypothesis import strategies as st
 
-from circuitgate.breaker import Admission, SharedCircuitBreaker, open_period
+from circuitgate.breaker import Admission, SharedCircuitBreaker, TrialTaken, open_period
 from circuitgate.settings import Settings
 from circuitgate.shared_state import CLAIMS_KEPT, HANDED_BACK_KEPT, State
 from circuitgate_devkit.waiting import eventually
@@ -429,11 +430,54 @@ def test_a_trial_whose_pool_process_was_killed_mid_run_gives_its_claim_back() ->
     running = breaker.trial_running("T")
     running.__enter__()  # and never left: the process is gone
     try:
-        breaker.release("T", ran=True)  # the main process settles the lost child
+        breaker.release("T", killed_pid=os.getpid() + 1)  # another process, not the run
+        assert breaker.admit("U") is Admission.REFUSE
+        breaker.release("T", killed_pid=os.getpid())  # the main process settles the lost child
         assert breaker.admit("U") is Admission.TRIAL
     finally:
         running.__exit__(None, None, None)
     assert breaker.snapshot().trial_id == "U"  # the dead run's end takes nothing from U
+
+
+def test_two_runs_of_the_trial_admitted_at_once_run_once() -> None:
+    """Both deliveries of one id were admitted before either started: the second one to
+    start is handed back, not run beside the first as a second trial."""
+    clock = FakeClock()
+    breaker = make(clock)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("T") is Admission.TRIAL
+    assert breaker.admit("T") is Admission.TRIAL
+    with breaker.trial_running("T"), pytest.raises(TrialTaken):
+        breaker.trial_running("T")
+    assert breaker.snapshot().trial_runner is None
+
+
+def test_a_run_gone_silent_lets_a_redelivery_of_its_id_take_the_claim_anew() -> None:
+    """A trial hung past max_trial_seconds stops beating and its claim lapses. Its message
+    comes back (a visibility timeout): taken anew, not refused for as long as the hung run
+    lasts, which would hand it back and forth with the circuit never closing."""
+    clock = FakeClock()
+    breaker = make(clock, trial_timeout=30, max_trial_seconds=60)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit("T") is Admission.TRIAL
+    with breaker.trial_running("T"):  # hung: no verdict comes
+        clock.now += 200  # past max_trial_seconds and the last deadline it pushed
+        assert breaker.fetch_allowed()
+        assert breaker.admit("T") is Admission.TRIAL  # its redelivery
+        breaker.record_success("T")
+    assert breaker.snapshot().state is State.CLOSED
+
+
+def test_a_task_id_that_is_no_string_is_a_token_on_every_path() -> None:
+    """The main process settles requests by their raw id: an integer one must not raise."""
+    clock = FakeClock()
+    breaker = make(clock)
+    trip_and_wait(breaker, clock)
+    assert breaker.admit(5) is Admission.TRIAL  # type: ignore[arg-type]
+    breaker.release(5, killed_pid=1)  # type: ignore[arg-type]
+    assert breaker.admit(6) is Admission.TRIAL  # type: ignore[arg-type]
+    breaker.record_failure(6, DeviceFault())  # type: ignore[arg-type]
+    assert breaker.snapshot().state is State.OPEN
 
 
 def test_a_trial_whose_process_stopped_beating_is_replaced() -> None:
