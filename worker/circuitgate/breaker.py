@@ -389,8 +389,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         def start(f: BreakerFields) -> bool:
             if f.state != State.HALF_OPEN or f.trial_key != key or now >= not_after:
                 return False
-            if _running(f):
-                f.refused_total += 1
+            if _running(f):  # raised inside: the page stays as it was
                 raise TrialTaken(f"circuit {self.name}: trial {token} runs elsewhere")
             f.runner_pid, f.runner_thread = me
             f.open_until = max(f.open_until, min(now + self.settings.trial_timeout, not_after))
