@@ -321,7 +321,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             return _RUN
         key = token_key(token)
         if f.state == State.HALF_OPEN and f.trial_key == key:
-            if _running(f) and now < f.open_until:  # another delivery of it runs as the trial
+            if _run_named(f) and now < f.open_until:  # another delivery of it runs as the trial
                 f.refused_total += 1
                 return _REFUSE
             _clear_runners(f)  # a run gone silent (hung past max_trial_seconds) holds nothing
@@ -368,10 +368,10 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
             interval,
             name=f"circuitgate-trial-{self.name}",
         )
-        return self._running(token, beat)
+        return self._held_while_running(token, beat)
 
     @contextlib.contextmanager
-    def _running(self, token: str, beat: Heartbeat) -> Iterator[None]:
+    def _held_while_running(self, token: str, beat: Heartbeat) -> Iterator[None]:
         try:
             with beat:
                 yield
@@ -389,7 +389,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         def start(f: BreakerFields) -> bool:
             if f.state != State.HALF_OPEN or f.trial_key != key or now >= not_after:
                 return False
-            if _running(f):  # raised inside: the page stays as it was
+            if _run_named(f):  # raised inside: the page stays as it was
                 raise TrialTaken(f"circuit {self.name}: trial {token} runs elsewhere")
             f.runner_pid, f.runner_thread = me
             f.open_until = max(f.open_until, min(now + self.settings.trial_timeout, not_after))
@@ -517,7 +517,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         def drop(f: BreakerFields) -> None:
             if killed_pid is not None and f.runner_pid == killed_pid:
                 _clear_runners(f)
-            if f.trial_key == key and _running(f):
+            if f.trial_key == key and _run_named(f):
                 return
             _forget_claim(f, key)
             if f.state == State.HALF_OPEN and f.trial_key == key:
@@ -880,7 +880,7 @@ def _count_refused(f: BreakerFields) -> None:
     f.refused_total += 1
 
 
-def _running(f: BreakerFields) -> bool:
+def _run_named(f: BreakerFields) -> bool:
     """Whether a run of the trial holds its claim (inside `trial_running`)."""
     return f.runner_pid != 0
 

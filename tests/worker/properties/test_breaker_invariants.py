@@ -522,6 +522,13 @@ class BreakerMachine(RuleBasedStateMachine):
         started (its heartbeat stops then: `test_breaker`'s hung-trial test), so from any
         state the breaker closes within max_trial_seconds + max_reset_timeout +
         trial_timeout."""
+        # Fresh messages; and, with a trial claimed, only its own message, come back again
+        # and again (a visibility timeout), as when it is the last one in the queue.
+        self._closes_with([f"heal-{attempt}" for attempt in range(10)])
+        if self.trial is not None:
+            self._closes_with([self.trial] * 10)
+
+    def _closes_with(self, messages: list[str]) -> None:
         start = self._clock()
         clock = [start]
         copy = SharedBreakerState()
@@ -533,20 +540,14 @@ class BreakerMachine(RuleBasedStateMachine):
         )
         healer = SharedCircuitBreaker(SETTINGS, shared=copy, clock=lambda: clock[0])
         try:
-            # The trial's own message comes back first (a visibility timeout), then others.
-            tokens = [self.trial] if self.trial is not None else []
-            tokens += [f"heal-{attempt}" for attempt in range(10)]
-            for heal in tokens:
-                if healer.admit(heal) is Admission.REFUSE:
+            for message in messages:
+                if healer.admit(message) is Admission.REFUSE:
                     clock[0] = max(clock[0], healer.snapshot().open_until)
-                    if heal == self.trial and healer.admit(heal) is Admission.REFUSE:
-                        continue  # its claim is live past its deadline: the others try
-                    elif heal != self.trial:
-                        continue
-                healer.record_success(heal)
+                    continue
+                healer.record_success(message)
                 if healer.snapshot().state is State.CLOSED:
                     break
-            assert healer.snapshot().state is State.CLOSED, "stuck"
+            assert healer.snapshot().state is State.CLOSED, f"stuck, healed with {messages[0]}"
             assert clock[0] - start <= SETTINGS.max_reset_timeout + SETTINGS.trial_timeout
         finally:
             copy.close()
