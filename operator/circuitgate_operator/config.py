@@ -36,6 +36,9 @@ class OperatorConfig:
     peering_name: str = "circuitgate"
     max_document_bytes: int = 256 * 1024
     api_threads: int = 16
+    # Endpoint streams opening at once (connecting until their first event): ten thousand
+    # opened together would time out on each other.
+    stream_openings: int = 64
     resync_seconds: float = 30.0
 
     @classmethod
@@ -58,5 +61,6 @@ class OperatorConfig:
                 env.get("CIRCUITGATE_MAX_DOCUMENT_BYTES", default.max_document_bytes)
             ),
             api_threads=int(env.get("CIRCUITGATE_API_THREADS", default.api_threads)),
+            stream_openings=int(env.get("CIRCUITGATE_STREAM_OPENINGS", default.stream_openings)),
             resync_seconds=float(env.get("CIRCUITGATE_RESYNC_SECONDS", default.resync_seconds)),
         )

@@ -20,6 +20,7 @@ from .act.listing import Lister
 from .config import OperatorConfig
 from .contract import BreakerState
 from .decide.ledger import TripLedger
+from .heap import keep_old_objects_frozen
 from .metrics import Metrics, serve_metrics
 from .reconcile import TAKEOVER_HOLD_SECONDS, PolicyLoop
 from .view import ClusterView
@@ -47,6 +48,7 @@ class Operator:
         self.loops: dict[str, PolicyLoop] = {}
         # Cordons sent and not yet answered (node -> policy keys), counted by every policy's cap.
         self.cordons_in_flight: dict[str, set[str]] = {}
+        self.stream_openings = asyncio.Semaphore(self.config.stream_openings)
         self._api: KubeApi | None = None
         self._session: aiohttp.ClientSession | None = None
         self._recorder: EventRecorder | None = None
@@ -71,6 +73,7 @@ class Operator:
             on_unready=self.metrics.trip_to_condition.observe,
         )
         self._tasks.append(asyncio.create_task(self._recorder.run(), name="circuitgate events"))
+        self._tasks.append(asyncio.create_task(keep_old_objects_frozen(), name="circuitgate heap"))
         if self.config.metrics_address:
             host, _, port = self.config.metrics_address.rpartition(":")
             self._metrics_runner = await serve_metrics(self.metrics, host or "0.0.0.0", int(port))

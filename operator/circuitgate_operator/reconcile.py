@@ -86,10 +86,10 @@ class PolicyLoop:
             self._on_reading,
             max_bytes=operator.config.max_document_bytes,
             name=self.key,
+            openings=operator.stream_openings,
         )
         self._reconciles = operator.metrics.reconciles.labels(policy=self.key)
         self._posted: set[str] = set()
-        self._watch_started: dict[str, float] = {}
         self._evicted: dict[str, float] = {}
         self._unmarked: dict[str, Eviction] = {}  # granted, our mark not landed yet
         self._failures = 0
@@ -251,11 +251,8 @@ class PolicyLoop:
                 if key != self.key
                 for pod in watched
             ),
-            first_read_pending=frozenset(
-                uid
-                for uid, started in self._watch_started.items()
-                if uid not in self.readings and now - started < policy.spec.watch.timeout
-            ),
+            # Every watcher hands over a Reading within its timeout of its turn to open.
+            first_read_pending=frozenset(self.pods_by_uid.keys() - self.readings.keys()),
             cordons_in_flight={
                 node: frozenset(owners) for node, owners in self.operator.cordons_in_flight.items()
             },
@@ -383,11 +380,6 @@ class PolicyLoop:
                 due = sustained_at(state.status, policy.spec.outliers) if state else None
                 if due is not None and due > now:
                     deadlines.append(due)
-        deadlines += [
-            started + policy.spec.watch.timeout
-            for uid, started in self._watch_started.items()
-            if uid not in self.readings
-        ]
         return min(deadlines) if deadlines else None
 
     async def _sync_watchers(self, policy: PolicyView, selected: list[PodView]) -> None:
@@ -401,12 +393,7 @@ class PolicyLoop:
                 targets[pod.uid] = Target(url, policy.spec.watch)
                 pods[pod.uid] = pod
         self.pods_by_uid = pods
-        before = self.pool.keys
         await self.pool.sync(targets)
-        now = time.time()
-        self._watch_started = {
-            uid: self._watch_started.get(uid, now) if uid in before else now for uid in targets
-        }
         for uid in set(self.readings) - set(targets):
             del self.readings[uid]
 

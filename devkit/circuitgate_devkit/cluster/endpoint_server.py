@@ -37,7 +37,10 @@ MODES = (
     # Hostile: a new sequence on every answer, at once; JSON nested past Python's recursion
     # limit; a time that overflows once in UTC.
     "instant_change", "nested", "year_one",
+    # A loaded server: streams of this mode open one at a time, QUEUED_SECONDS each.
+    "queued",
 )  # fmt: skip
+QUEUED_SECONDS = 0.25
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Fleet:
     def __init__(self, port: int) -> None:
         self.port = port
         self.endpoints: dict[str, Endpoint] = {}
+        self.turns = asyncio.Lock()  # the "queued" streams' one opening at a time
         self.app = web.Application()
         self.app.router.add_get("/circuit", self.circuit)
         self.app.router.add_get("/circuit/stream", self.stream)
@@ -193,6 +197,9 @@ class Fleet:
             return web.Response(status=500, text="boom")
         if endpoint.mode == "no_stream":
             raise web.HTTPNotFound(text="not found: try /circuit\n")
+        if endpoint.mode == "queued":
+            async with self.turns:
+                await asyncio.sleep(QUEUED_SECONDS)
         keepalive = min(max(float(request.query.get("keepalive", "15")), 1.0), endpoint.max_wait)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
@@ -98,10 +99,12 @@ class EndpointWatcher:
     read): one connection, one Reading per event, a keep-alive comment every ``long_poll``
     seconds. A stream whose first event takes longer than ``timeout``, or that completes no
     event or keep-alive for ``long_poll + timeout`` seconds after it (bytes trickling in do
-    not count), is unknown. The socket is read ``BURST`` times at once and once per
-    ``MIN_GAP`` after that; what arrives meanwhile waits in the socket and only its latest
-    event is read. An endpoint that serves no stream is followed by long-poll, as in longPoll
-    mode.
+    not count), is unknown. ``openings`` bounds the streams opening at once (connecting until
+    the first event); that timeout counts from this one's turn, so streams waiting behind a
+    loaded server's queue do not time out on each other. The socket is read ``BURST`` times
+    at once and once per ``MIN_GAP`` after that; what arrives meanwhile waits in the socket
+    and only its latest event is read. An endpoint that serves no stream is followed by
+    long-poll, as in longPoll mode.
 
     The first request (and the first after a failure) is a plain GET. Then, in longPoll mode,
     every request asks ``?since=SEQ&wait=S``. A long-poll answered at once without a new
@@ -127,12 +130,14 @@ class EndpointWatcher:
         spec: WatchSpec,
         on_reading: Callable[[Reading], None],
         max_bytes: int = DEFAULT_MAX_BYTES,
+        openings: AbstractAsyncContextManager[object] | None = None,
     ) -> None:
         self.session = session
         self.url = url
         self.spec = spec
         self.on_reading = on_reading
         self.max_bytes = max_bytes
+        self.openings = openings if openings is not None else contextlib.nullcontext()
         # Whether the last round polled: always in poll mode, after an early answer otherwise.
         self.polling = spec.mode == "poll"
 
@@ -143,9 +148,12 @@ class EndpointWatcher:
             if self.spec.mode == "stream" and since is None:
                 served = False
                 async with contextlib.aclosing(self._stream()) as stream:
-                    async for reading in stream:
+                    async with self.openings:
+                        reading = await anext(stream, None)
+                    while reading is not None:
                         served = True
                         self.on_reading(reading)
+                        reading = await anext(stream, None)
                 if served:  # it ended on an unknown Reading
                     await asyncio.sleep(self.spec.poll_interval)
                     continue

@@ -41,7 +41,8 @@ def new_session() -> aiohttp.ClientSession:
 
 
 class WatcherPool:
-    """Runs an EndpointWatcher per key; ``sync`` starts, restarts and stops them at once."""
+    """Runs an EndpointWatcher per key; ``sync`` starts, restarts and stops them at once.
+    ``openings``, shared by the pools of one operator, bounds the streams opening at once."""
 
     def __init__(
         self,
@@ -50,11 +51,13 @@ class WatcherPool:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         name: str = "",
+        openings: asyncio.Semaphore | None = None,
     ) -> None:
         self.session = session
         self.on_reading = on_reading
         self.max_bytes = max_bytes
         self.name = name
+        self.openings = openings
         self._tasks: dict[str, tuple[Target, asyncio.Task[None]]] = {}
         # Whether a watcher ended by itself since the last ``sync`` (which starts it again).
         self.ended = False
@@ -89,6 +92,7 @@ class WatcherPool:
             spec=target.spec,
             on_reading=lambda reading: self.on_reading(key, reading),
             max_bytes=self.max_bytes,
+            openings=self.openings,
         )
         task = asyncio.create_task(watcher.run(), name=f"circuitgate watcher {self.name} {key}")
         task.add_done_callback(lambda done: self._report(key, target, done))

@@ -3,9 +3,12 @@ conditions and Events follow the breakers, and a steady cluster costs no writes.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
+from kubernetes import watch
 
 from circuitgate_devkit.cluster.objects import Cluster, OperatorProcess
 from circuitgate_devkit.waiting import eventually
@@ -95,6 +98,44 @@ def test_a_steady_cluster_makes_no_writes(cluster: Cluster, operator: OperatorPr
     reads = operator.metrics()
     assert reads["circuitgate_operator_watched_pods"] == 3
     assert reads['circuitgate_operator_circuits{state="closed"}'] == 3
+
+
+def test_endpoints_that_answer_one_at_a_time_are_each_written_once(
+    cluster: Cluster, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    """A start where the endpoints open one at a time, the last after three times its timeout
+    (a loaded node; ten thousand pods read at once): each CircuitState is written once, as
+    closed, never first as unknown for a stream still waiting for its turn."""
+    node = cluster.node("n1")
+    hosts = [cluster.worker_pod(f"w{i}", node=node) for i in range(12)]
+    cluster.workers.bulk(hosts, mode="queued")  # 0.25 s each, one after the other
+    cluster.policy(watch={"timeoutSeconds": 1})
+    seen: list[tuple[str, str | None]] = []
+    follow = watch.Watch()
+
+    def record() -> None:
+        for event in follow.stream(
+            cluster.custom.list_namespaced_custom_object,
+            "circuitgate.io",
+            "v1alpha1",
+            cluster.namespace,
+            "circuitstates",
+        ):
+            state = event["object"]
+            seen.append((state["metadata"]["name"], (state.get("status") or {}).get("state")))
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    operator = start_operator(env={"CIRCUITGATE_STREAM_OPENINGS": "1"})
+    eventually(
+        lambda: all(cluster.condition_status(f"w{i}") == "True" for i in range(12)), timeout=30
+    )
+    operator.settle(f"{cluster.namespace}/workers")
+    follow.stop()
+    # Created without a status (a subresource), then the status: closed.
+    assert sorted(seen, key=str) == sorted(
+        [(f"w{i}", None) for i in range(12)] + [(f"w{i}", "closed") for i in range(12)], key=str
+    )
 
 
 @pytest.mark.parametrize(

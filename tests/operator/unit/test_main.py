@@ -13,6 +13,7 @@ def test_the_environment_alone_configures_it() -> None:
         "CIRCUITGATE_RESYNC_SECONDS": "5",
         "CIRCUITGATE_WEBHOOK_PORT": "8443",
         "CIRCUITGATE_WEBHOOK_SECRET": "circuitgate/webhook-certificate",
+        "CIRCUITGATE_STREAM_OPENINGS": "16",
     }
     config = configure(parse_args([]), env)
     assert config == OperatorConfig(
@@ -20,6 +21,7 @@ def test_the_environment_alone_configures_it() -> None:
         resync_seconds=5.0,
         webhook_port=8443,
         webhook_secret="circuitgate/webhook-certificate",
+        stream_openings=16,
     )
 
 

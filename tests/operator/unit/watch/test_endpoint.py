@@ -307,6 +307,32 @@ def test_a_failed_endpoint_is_retried_after_the_interval_and_recovers(
     assert fake_workers.show(host)["total_requests"] <= 4
 
 
+def test_streams_open_a_few_at_a_time_each_timed_from_its_own_turn(
+    fake_workers: FakeWorkers,
+) -> None:
+    """A server that opens one stream at a time (a loaded node; ten thousand endpoints read
+    at once) answers the last of eight after 2 s: with openings limited, each stream's 1 s for
+    its first event counts from its own turn, so every first reading is the document and
+    no endpoint is read twice."""
+    hosts = [fake_workers.add() for _ in range(8)]
+    fake_workers.bulk(hosts, mode="queued")
+    heard: dict[str, list[Reading]] = {h: [] for h in hosts}
+
+    async def scenario() -> None:
+        async with new_session() as session:
+            openings = asyncio.Semaphore(2)
+            pool = WatcherPool(session, lambda h, r: heard[h].append(r), openings=openings)
+            spec = WatchSpec(long_poll=30, timeout=1.0, poll_interval=10)
+            await pool.sync({h: Target(fake_workers.url(h), spec) for h in hosts})
+            await eventually_async(lambda: all(heard.values()), timeout=30)
+            await pool.close()
+
+    asyncio.run(scenario())
+    assert {h: [r.state for r in readings] for h, readings in heard.items()} == {
+        h: ["closed"] for h in hosts
+    }
+
+
 def test_stopped_watchers_leave_no_task_and_no_connection(fake_workers: FakeWorkers) -> None:
     hosts = [fake_workers.add() for _ in range(20)]
 
