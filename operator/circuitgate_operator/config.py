@@ -45,6 +45,9 @@ class OperatorConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         default = cls()
+        openings = int(env.get("CIRCUITGATE_STREAM_OPENINGS", default.stream_openings))
+        if openings < 1:  # none would ever open: every pod unread for good
+            raise ValueError(f"CIRCUITGATE_STREAM_OPENINGS must be at least 1, not {openings}")
         return cls(
             metrics_address=env.get("CIRCUITGATE_METRICS", default.metrics_address),
             webhook=_flag(env.get("CIRCUITGATE_WEBHOOK"), default.webhook),
@@ -61,6 +64,6 @@ class OperatorConfig:
                 env.get("CIRCUITGATE_MAX_DOCUMENT_BYTES", default.max_document_bytes)
             ),
             api_threads=int(env.get("CIRCUITGATE_API_THREADS", default.api_threads)),
-            stream_openings=int(env.get("CIRCUITGATE_STREAM_OPENINGS", default.stream_openings)),
+            stream_openings=openings,
             resync_seconds=float(env.get("CIRCUITGATE_RESYNC_SECONDS", default.resync_seconds)),
         )

@@ -52,6 +52,10 @@ __all__ = ("PolicyLoop", "clean_up_policy")
 logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.02
+# How soon after a pass that wrote the loop looks at what its writes did (a restore lets the
+# state go, a freed cap lets a mark through), unless something else wakes it first: a trip
+# arriving meanwhile is then decided in one pass, not after a pass begun for nothing new.
+FOLLOW_UP_SECONDS = 0.5
 EVICTION_RETRY_SECONDS = 5.0
 _MAX_RETRY_SECONDS = 30.0
 # How long a stopping loop waits for the answers to writes it has sent (kopf cancels the
@@ -342,9 +346,11 @@ class PolicyLoop:
         trips: Mapping[str, list[Trip]],
         now: float,
     ) -> float | None:
-        if result.writes or result.conflicts:
-            self.wake.set()  # see our own writes' consequences (and re-read on conflict)
+        if result.conflicts:
+            self.wake.set()  # read again at once
         deadlines: list[float] = []
+        if result.writes:
+            deadlines.append(time.time() + FOLLOW_UP_SECONDS)
         if result.failures:
             self._failures += 1
             deadlines.append(now + min(2.0**self._failures, _MAX_RETRY_SECONDS))

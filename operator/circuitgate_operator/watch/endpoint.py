@@ -17,7 +17,7 @@ import aiohttp
 
 from ..contract import Reading, parse_document, unknown
 from ..model import WatchSpec
-from .sse import EventParser, EventTooLarge
+from .sse import Event, EventParser, EventTooLarge
 
 __all__ = ("DEFAULT_MAX_BYTES", "EndpointWatcher", "fetch_reading")
 
@@ -209,21 +209,27 @@ class EndpointWatcher:
             pace = _Pace(self.MIN_GAP, self.BURST, loop.time())
             heard = False
             while True:
-                try:  # not across the yield: a deadline armed there would cancel our consumer
+                chunk: bytes | None = None
+                # Not across the yield: a deadline armed there would cancel our consumer.
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(deadline):
                         chunk = await response.content.readany()
-                except TimeoutError:
+                if chunk == b"":
+                    break
+                events: list[Event] = []
+                if chunk is not None:
+                    blocks = parser.blocks
+                    events = [e for e in parser.feed(chunk) if e.event == "circuit"]
+                    heard = heard or bool(events)
+                    if heard and parser.blocks > blocks:  # a whole event or keep-alive
+                        deadline = loop.time() + quiet
+                # Checked after a read too: bytes that never stop (held back by the pace)
+                # are always waiting, and such a read never waits out its deadline.
+                if chunk is None or loop.time() >= deadline:
                     wait = quiet if heard else self.spec.timeout
                     what = "event or keep-alive" if heard else "event"
                     yield unknown(self.url, "timeout", f"no {what} within {wait:g}s")
                     return
-                if not chunk:
-                    break
-                blocks = parser.blocks
-                events = [e for e in parser.feed(chunk) if e.event == "circuit"]
-                heard = heard or bool(events)
-                if heard and parser.blocks > blocks:  # a whole event or keep-alive, not a byte
-                    deadline = loop.time() + quiet
                 if events:
                     reading = parse_document(self.url, events[-1].data)
                     yield reading

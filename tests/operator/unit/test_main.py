@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from circuitgate_operator.__main__ import configure, parse_args
 from circuitgate_operator.config import OperatorConfig
 
@@ -23,6 +25,11 @@ def test_the_environment_alone_configures_it() -> None:
         webhook_secret="circuitgate/webhook-certificate",
         stream_openings=16,
     )
+
+
+def test_no_stream_may_open_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="CIRCUITGATE_STREAM_OPENINGS must be at least 1, not 0"):
+        configure(parse_args([]), {"CIRCUITGATE_STREAM_OPENINGS": "0"})
 
 
 def test_options_win_over_the_environment() -> None:

@@ -160,6 +160,41 @@ def test_a_bad_stream_is_unknown_with_a_kind_and_a_reason(
     assert fake_workers.show(host)["total_requests"] <= 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "reason", "within"),
+    [("no_event", "no event within 5s", 5.0), ("trickle", "no event or keep-alive within 6s", 6.0)],
+)
+def test_bytes_that_never_stop_do_not_outlast_the_deadline(
+    fake_workers: FakeWorkers, mode: str, reason: str, within: float
+) -> None:
+    """Keep-alives every 0.2 s and never an event, or a byte every 0.2 s and never an event's
+    end: once the pace holds reads back, bytes are always waiting and no read ever waits out
+    the deadline, so it is checked after every read too (found in review: a stream like that
+    held its opening for ever, and its pod stayed unread)."""
+    host = fake_workers.add()
+    fake_workers.trip(host, trips=1)
+    if mode == "no_event":
+        fake_workers.set(host, mode=mode)
+    readings: list[Reading] = []
+
+    async def scenario() -> float:
+        spec = WatchSpec(long_poll=1, timeout=5, poll_interval=30)
+        watcher, task = await follow(fake_workers, host, spec, readings)
+        if mode == "trickle":
+            await eventually_async(lambda: len(readings) == 1)
+            await asyncio.to_thread(fake_workers.set, host, mode=mode)
+        started = time.monotonic()
+        await eventually_async(lambda: any(r.state == "unknown" for r in readings), timeout=20)
+        took = time.monotonic() - started
+        await stop(watcher, task)
+        return took
+
+    took = asyncio.run(scenario())
+    assert [r.state for r in readings][-1] == "unknown"
+    assert readings[-1].error == "timeout" and readings[-1].reason.startswith(reason)
+    assert took < within + 1.0
+
+
 def test_a_stream_flooding_comments_is_read_at_a_bounded_pace(
     fake_workers: FakeWorkers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
