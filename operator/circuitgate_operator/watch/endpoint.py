@@ -101,7 +101,8 @@ class EndpointWatcher:
     event or keep-alive for ``long_poll + timeout`` seconds after it (bytes trickling in do
     not count), is unknown. ``openings`` bounds the streams opening at once (connecting until
     the first event); that timeout counts from this one's turn, so streams waiting behind a
-    loaded server's queue do not time out on each other. The socket is read ``BURST`` times
+    loaded server's queue do not time out on each other. Only a watcher's first read waits
+    for a turn. The socket is read ``BURST`` times
     at once and once per ``MIN_GAP`` after that; what arrives meanwhile waits in the socket
     and only its latest event is read. An endpoint that serves no stream is followed by
     long-poll, as in longPoll mode.
@@ -138,6 +139,7 @@ class EndpointWatcher:
         self.on_reading = on_reading
         self.max_bytes = max_bytes
         self.openings = openings if openings is not None else contextlib.nullcontext()
+        self.heard = False  # any Reading handed over yet
         # Whether the last round polled: always in poll mode, after an early answer otherwise.
         self.polling = spec.mode == "poll"
 
@@ -147,11 +149,14 @@ class EndpointWatcher:
         while True:
             if self.spec.mode == "stream" and since is None:
                 served = False
+                # Only a first read waits for a turn: endpoints that never answer, holding
+                # the turns, must not keep a worker that restarted from being read again.
+                turn = self.openings if not self.heard else contextlib.nullcontext()
                 async with contextlib.aclosing(self._stream()) as stream:
-                    async with self.openings:
+                    async with turn:
                         reading = await anext(stream, None)
                     while reading is not None:
-                        served = True
+                        served = self.heard = True
                         self.on_reading(reading)
                         reading = await anext(stream, None)
                 if served:  # it ended on an unknown Reading
@@ -161,6 +166,7 @@ class EndpointWatcher:
             wait = self.spec.long_poll if long_poll else 0.0
             started = loop.time()
             reading = await self._fetch(since if long_poll else None, wait)
+            self.heard = True
             self.on_reading(reading)
             elapsed = loop.time() - started
             if not reading.reachable or reading.sequence is None:

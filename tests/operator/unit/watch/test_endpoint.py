@@ -368,6 +368,36 @@ def test_streams_open_a_few_at_a_time_each_timed_from_its_own_turn(
     }
 
 
+def test_only_a_first_read_waits_for_a_turn(fake_workers: FakeWorkers) -> None:
+    """A worker that restarted (its stream cut, then refused, then served again) is read again
+    at once even while every turn to open is taken, by endpoints that never answer, say: they
+    would keep it unread for as long as they hold the turns (found in review)."""
+    host = fake_workers.add()
+    readings: list[Reading] = []
+
+    async def scenario() -> None:
+        openings = asyncio.Semaphore(1)
+        async with new_session() as session:
+            watcher = EndpointWatcher(
+                session=session,
+                url=fake_workers.url(host),
+                spec=WatchSpec(long_poll=30, timeout=1, poll_interval=0.5),
+                on_reading=readings.append,
+                openings=openings,
+            )
+            task = asyncio.create_task(watcher.run())
+            await eventually_async(lambda: len(readings) == 1)
+            await openings.acquire()  # every turn taken from now on
+            await asyncio.to_thread(fake_workers.set, host, listening=False)
+            await eventually_async(lambda: readings[-1].state == "unknown")
+            await asyncio.to_thread(fake_workers.set, host, listening=True)
+            await eventually_async(lambda: readings[-1].state == "closed", timeout=10)
+            await stop(watcher, task)
+
+    asyncio.run(scenario())
+    assert [r.state for r in readings][:2] == ["closed", "unknown"]
+
+
 def test_stopped_watchers_leave_no_task_and_no_connection(fake_workers: FakeWorkers) -> None:
     hosts = [fake_workers.add() for _ in range(20)]
 
