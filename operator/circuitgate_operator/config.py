@@ -36,8 +36,8 @@ class OperatorConfig:
     peering_name: str = "circuitgate"
     max_document_bytes: int = 256 * 1024
     api_threads: int = 16
-    # Endpoint streams opening at once (connecting until their first event): ten thousand
-    # opened together would time out on each other.
+    # Endpoint watchers reading for the first time at once (connecting until their first
+    # event): ten thousand opened together would time out on each other.
     stream_openings: int = 64
     resync_seconds: float = 30.0
 

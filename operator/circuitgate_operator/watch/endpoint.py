@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import random
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -99,13 +100,13 @@ class EndpointWatcher:
     read): one connection, one Reading per event, a keep-alive comment every ``long_poll``
     seconds. A stream whose first event takes longer than ``timeout``, or that completes no
     event or keep-alive for ``long_poll + timeout`` seconds after it (bytes trickling in do
-    not count), is unknown. ``openings`` bounds the streams opening at once (connecting until
-    the first event); that timeout counts from this one's turn, so streams waiting behind a
-    loaded server's queue do not time out on each other. Only a watcher's first read waits
-    for a turn. The socket is read ``BURST`` times
-    at once and once per ``MIN_GAP`` after that; what arrives meanwhile waits in the socket
-    and only its latest event is read. An endpoint that serves no stream is followed by
-    long-poll, as in longPoll mode.
+    not count), is unknown. ``openings`` bounds the watchers reading for the first time at
+    once (connecting until the first event); that timeout counts from this one's turn, so
+    streams waiting behind a loaded server's queue do not time out on each other. A stream
+    opened again (after one that broke, 1 to 1.5 ``poll_interval`` later) takes no turn.
+    The socket is read ``BURST`` times at once and once per ``MIN_GAP`` after that; what
+    arrives meanwhile waits in the socket and only its latest event is read. An endpoint that
+    serves no stream is followed by long-poll, as in longPoll mode.
 
     The first request (and the first after a failure) is a plain GET. Then, in longPoll mode,
     every request asks ``?since=SEQ&wait=S``. A long-poll answered at once without a new
@@ -160,7 +161,9 @@ class EndpointWatcher:
                         self.on_reading(reading)
                         reading = await anext(stream, None)
                 if served:  # it ended on an unknown Reading
-                    await asyncio.sleep(self.spec.poll_interval)
+                    # Jittered: streams that all broke at once (our network blipped) must
+                    # not all open again at once, outside the turns, and time out on each other.
+                    await asyncio.sleep(self.spec.poll_interval * random.uniform(1.0, 1.5))
                     continue
             long_poll = self.spec.mode != "poll" and since is not None
             wait = self.spec.long_poll if long_poll else 0.0

@@ -398,6 +398,41 @@ def test_only_a_first_read_waits_for_a_turn(fake_workers: FakeWorkers) -> None:
     assert [r.state for r in readings][:2] == ["closed", "unknown"]
 
 
+def test_streams_broken_at_once_open_again_spread_over_half_an_interval(
+    fake_workers: FakeWorkers,
+) -> None:
+    """Twenty streams cut at the same moment (the operator's network blipped) open again 1 to
+    1.5 poll intervals later, jittered, not all at once: they take no turn, and ten thousand
+    at once would time out on each other (found in review)."""
+    hosts = [fake_workers.add() for _ in range(20)]
+    back: dict[str, float] = {}
+    heard: dict[str, list[Reading]] = {h: [] for h in hosts}
+
+    def on_reading(host: str, reading: Reading) -> None:
+        heard[host].append(reading)
+        if reading.state == "closed" and len(heard[host]) > 1:
+            back.setdefault(host, time.monotonic())
+
+    async def scenario() -> float:
+        async with new_session() as session:
+            pool = WatcherPool(session, on_reading, openings=asyncio.Semaphore(64))
+            spec = WatchSpec(long_poll=30, timeout=1, poll_interval=2)
+            await pool.sync({h: Target(fake_workers.url(h), spec) for h in hosts})
+            await eventually_async(lambda: all(heard.values()))
+            await asyncio.to_thread(fake_workers.bulk, hosts, mode="http500")  # all cut
+            await eventually_async(lambda: all(r[-1].state == "unknown" for r in heard.values()))
+            cut = time.monotonic()
+            await asyncio.to_thread(fake_workers.bulk, hosts, mode="normal")
+            await eventually_async(lambda: len(back) == len(hosts), timeout=10)
+            await pool.close()
+            return cut
+
+    cut = asyncio.run(scenario())
+    after = sorted(t - cut for t in back.values())
+    assert after[0] >= 2.0 - 0.2 and after[-1] <= 3.0 + 0.5
+    assert after[-1] - after[0] >= 0.2  # spread, not at one moment
+
+
 def test_stopped_watchers_leave_no_task_and_no_connection(fake_workers: FakeWorkers) -> None:
     hosts = [fake_workers.add() for _ in range(20)]
 
