@@ -59,15 +59,27 @@ def endpoint(breakers: BreakerSet) -> Iterator[BreakerEndpoint]:
     server.stop()
 
 
-def get(endpoint: BreakerEndpoint, path: str, timeout: float = 10) -> tuple[int, bytes]:
+def get(
+    endpoint: BreakerEndpoint, path: str, timeout: float = 10, *, wait_for_a_slot: bool = True
+) -> tuple[int, bytes]:
+    """``GET path``: status and body. The bound's refusal (503, ``Retry-After``, no body) is
+    asked again while ``wait_for_a_slot``, as a client honouring it would: a handler thread
+    frees its slot only once it has seen our last connection close, which a loaded machine
+    delays past our next request (one of two slots: a JSON error in a full run)."""
     host, port = endpoint.address
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            status, body = response.status, response.read()
+            refused = status == 503 and not body and response.getheader("Retry-After")
+        finally:
+            connection.close()
+        if not (wait_for_a_slot and refused) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.01)
 
 
 def raw(endpoint: BreakerEndpoint, request: bytes) -> bytes:
@@ -270,7 +282,7 @@ def hold_every_slot(endpoint: BreakerEndpoint, stack: contextlib.ExitStack, head
     def full() -> bool:
         slow = stack.enter_context(socket.create_connection(endpoint.address, timeout=5))
         slow.sendall(head)
-        return get(endpoint, "/circuit")[0] == 503
+        return get(endpoint, "/circuit", wait_for_a_slot=False)[0] == 503
 
     eventually(full, timeout=10, interval=0.05, what="every slot held")
 
