@@ -93,9 +93,13 @@ class FakeWorkers:
 
     def trip(self, host: str, *, trips: int, open_for: float = 300.0) -> float:
         """Open the host's breaker now (its ``trips``-th trip); returns when it opened."""
+        return self.trip_all([host], trips=trips, open_for=open_for)
+
+    def trip_all(self, hosts: list[str], *, trips: int, open_for: float = 300.0) -> float:
+        """Open the hosts' breakers in one change, as one shared cause would."""
         now = time.time()
-        self.set(
-            host,
+        self.bulk(
+            hosts,
             breaker={
                 "state": "open",
                 "trips": trips,
