@@ -1,7 +1,7 @@
 """The operator's planner alone: one policy pass over N pods, steady and on a trip.
 
 No API server and no endpoints: an observation of N running, read, marked pods (built with
-the unit tests' builders), settled until nothing is left to write, then planned again with
+the dev kit's plan builders), settled until nothing is left to write, then planned again with
 the plan memo kept across passes, as the operator's loop does. A trip changes one pod's
 reading; its pass is timed, its writes land, and the pass after it is timed too. This is
 the CPU floor of a trip's latency in ``bench/operator_scale.py``, without the event loop,
@@ -18,17 +18,13 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the unit tests' builders
-
+from circuitgate_devkit.cluster.plan_builders import node, observe, pod, policy, reading, settle
 from circuitgate_operator.contract import BreakerState
 from circuitgate_operator.decide.memo import PlanMemo
 from circuitgate_operator.decide.observation import PolicyObservation
 from circuitgate_operator.decide.plan import plan_policy
-from tests.operator.unit.decide.builders import node, observe, pod, policy, reading, settle
 
 NODES = 20
 

@@ -17,13 +17,13 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from circuitgate_devkit.cluster.plan_builders import NOW, node, observe, pod, policy, settle
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.contract import BreakerState, CallEvidence, Reading
 from circuitgate_operator.decide.memo import PlanMemo
 from circuitgate_operator.decide.plan import plan_policy
 from circuitgate_operator.model import Condition, PodView
 from circuitgate_operator.names import CONDITION_TYPE
-from tests.operator.unit.decide.builders import NOW, node, observe, pod, policy, settle
 from tests.profiles import property_settings
 
 PODS = ("w0", "w1", "w2", "w3")

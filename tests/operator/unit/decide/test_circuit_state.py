@@ -5,6 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from circuitgate_devkit.cluster.plan_builders import (
+    NOW,
+    circuit_state,
+    observe,
+    pod,
+    policy,
+    reading,
+    settle,
+)
 from circuitgate_operator.clock import parse_time, rfc3339
 from circuitgate_operator.contract import unknown
 from circuitgate_operator.decide.circuit_state import (
@@ -18,8 +27,6 @@ from circuitgate_operator.decide.circuit_state import (
 from circuitgate_operator.decide.intents import EventIntent, Plan
 from circuitgate_operator.decide.plan import plan_policy
 from circuitgate_operator.model import PodView, parse_pod
-
-from .builders import NOW, circuit_state, observe, pod, policy, reading, settle
 
 
 def test_an_unreachable_endpoint_keeps_the_last_known_counts_and_says_why() -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from circuitgate_devkit.cluster.plan_builders import policy
 from circuitgate_operator.decide.injection import readiness_gates_with_ours
 from circuitgate_operator.names import CONDITION_TYPE
-
-from .builders import policy
 
 GATE = {"conditionType": CONDITION_TYPE}
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circuitgate_devkit.cluster.plan_builders import NOW
 from circuitgate_operator.clock import parse_time, rfc3339
 from circuitgate_operator.contract import BreakerState, Reading
 from circuitgate_operator.decide.ledger import TripLedger
 from circuitgate_operator.decide.nodes import Trip
-
-from .builders import NOW
 
 URL = "http://10.0.0.1:8000/circuit"
 STAMP = "2027-01-15T08:00:00Z"

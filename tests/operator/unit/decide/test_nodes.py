@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from circuitgate_devkit.cluster.plan_builders import NOW, node, pod
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.decide.nodes import (
     CORDONED_AT,
@@ -19,8 +20,6 @@ from circuitgate_operator.decide.nodes import (
 )
 from circuitgate_operator.model import Condition, NodeRemediation, NodeView, PodView, Taint
 from circuitgate_operator.names import EVICTED_CONDITION_TYPE
-
-from .builders import NOW, node, pod
 
 SPEC = NodeRemediation(
     enabled=True,

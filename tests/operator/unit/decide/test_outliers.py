@@ -10,6 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circuitgate_devkit.cluster.plan_builders import NOW, observe, pod, policy, reading, settle
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.contract import CallEvidence
 from circuitgate_operator.decide.intents import Plan
@@ -24,8 +25,6 @@ from circuitgate_operator.decide.outliers import (
 )
 from circuitgate_operator.decide.plan import plan_policy
 from circuitgate_operator.model import OutlierDetection, PodView, parse_outlier_detection
-
-from .builders import NOW, observe, pod, policy, reading, settle
 
 DETECTION = OutlierDetection(enabled=True, min_peers=3, min_calls=20, sustain=60.0)
 

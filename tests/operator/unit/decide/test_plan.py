@@ -6,6 +6,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from circuitgate_devkit.cluster.plan_builders import (
+    NOW,
+    circuit_state,
+    node,
+    observe,
+    pod,
+    policy,
+    reading,
+    settle,
+)
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.decide.cleanup import plan_cleanup
 from circuitgate_operator.decide.intents import Plan
@@ -18,8 +28,6 @@ from circuitgate_operator.decide.nodes import (
 )
 from circuitgate_operator.decide.plan import plan_policy
 from circuitgate_operator.model import Condition, PodView
-
-from .builders import NOW, circuit_state, node, observe, pod, policy, reading, settle
 
 
 def unready(plan: Plan) -> list[str]:

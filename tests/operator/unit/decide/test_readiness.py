@@ -6,6 +6,14 @@ import dataclasses
 
 import pytest
 
+from circuitgate_devkit.cluster.plan_builders import (
+    NOW,
+    circuit_state,
+    observe,
+    pod,
+    policy,
+    reading,
+)
 from circuitgate_operator.clock import rfc3339
 from circuitgate_operator.contract import unknown
 from circuitgate_operator.decide.intents import Plan
@@ -16,8 +24,6 @@ from circuitgate_operator.decide.readiness import (
     open_evidence_ends,
     same_condition,
 )
-
-from .builders import NOW, circuit_state, observe, pod, policy, reading
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from circuitgate_devkit.cluster.plan_builders import pod, policy
 from circuitgate_operator.decide.selection import endpoint_url, resolve_port, select_pods
 from circuitgate_operator.model import LabelSelector, PodView
-
-from .builders import pod, policy
 
 
 def test_label_selector_expressions() -> None:

@@ -1,4 +1,4 @@
-"""Small builders of observed objects for the decide layer's unit tests."""
+"""Small builders of observed objects for the decide layer: its unit tests and its bench."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from circuitgate_operator.contract import CallEvidence, Reading
+from circuitgate_operator.contract import BreakerState, CallEvidence, Reading
 from circuitgate_operator.decide.intents import Plan
 from circuitgate_operator.decide.nodes import Trip
 from circuitgate_operator.decide.observation import PolicyObservation
@@ -84,7 +84,9 @@ def reading(
 ) -> Reading:
     url = f"http://{p.pod_ip}:8000/circuit"
     if state == "unknown":
-        return Reading(url=url, state="unknown", reachable=False, reason="connection refused")
+        return Reading(
+            url=url, state=BreakerState.UNKNOWN, reachable=False, reason="connection refused"
+        )
     opened = (
         opened_at
         if opened_at is not None
@@ -92,7 +94,7 @@ def reading(
     )
     return Reading(
         url=url,
-        state=state,
+        state=BreakerState(state),
         reachable=True,
         breaker="default",
         failures=5 if state == "open" else 0,
