@@ -142,16 +142,8 @@ def test_a_bad_stream_is_unknown_with_a_kind_and_a_reason(
         fake_workers.set(host, mode=mode)
     readings: list[Reading] = []
 
-    async def scenario() -> float:
-        spec = WatchSpec(long_poll=1, timeout=1, poll_interval=10)
-        watcher, task = await follow(fake_workers, host, spec, readings)
-        started = time.monotonic()
-        await eventually_async(lambda: any(r.state == "unknown" for r in readings), timeout=10)
-        took = time.monotonic() - started
-        await stop(watcher, task)
-        return took
-
-    took = asyncio.run(scenario())
+    spec = WatchSpec(long_poll=1, timeout=1, poll_interval=10)
+    took = asyncio.run(seconds_until_unknown(fake_workers, host, spec, readings, within=10))
     reading = next(r for r in readings if r.state == "unknown")
     assert all(r.state == "open" for r in readings[: readings.index(reading)])
     assert not reading.reachable and reading.error == kind
@@ -177,19 +169,9 @@ def test_bytes_that_never_stop_do_not_outlast_the_deadline(
         fake_workers.set(host, mode=mode)
     readings: list[Reading] = []
 
-    async def scenario() -> float:
-        spec = WatchSpec(long_poll=1, timeout=5, poll_interval=30)
-        watcher, task = await follow(fake_workers, host, spec, readings)
-        if mode == "trickle":
-            await eventually_async(lambda: len(readings) == 1)
-            await asyncio.to_thread(fake_workers.set, host, mode=mode)
-        started = time.monotonic()
-        await eventually_async(lambda: any(r.state == "unknown" for r in readings), timeout=20)
-        took = time.monotonic() - started
-        await stop(watcher, task)
-        return took
-
-    took = asyncio.run(scenario())
+    spec = WatchSpec(long_poll=1, timeout=5, poll_interval=30)
+    then = mode if mode == "trickle" else None
+    took = asyncio.run(seconds_until_unknown(fake_workers, host, spec, readings, 20, then))
     assert [r.state for r in readings][-1] == "unknown"
     assert readings[-1].error == "timeout" and readings[-1].reason.startswith(reason)
     assert took < within + 1.0
@@ -480,6 +462,27 @@ async def follow(
         session=new_session(), url=fake_workers.url(host), spec=spec, on_reading=readings.append
     )
     return watcher, asyncio.create_task(watcher.run())
+
+
+async def seconds_until_unknown(
+    fake_workers: FakeWorkers,
+    host: str,
+    spec: WatchSpec,
+    readings: list[Reading],
+    within: float,
+    then: str | None = None,
+) -> float:
+    """Follow host (switched to mode ``then`` after its first reading) until a reading is
+    unknown; the seconds that took, from the start or from the switch."""
+    watcher, task = await follow(fake_workers, host, spec, readings)
+    if then is not None:
+        await eventually_async(lambda: len(readings) == 1)
+        await asyncio.to_thread(fake_workers.set, host, mode=then)
+    started = time.monotonic()
+    await eventually_async(lambda: any(r.state == "unknown" for r in readings), timeout=within)
+    took = time.monotonic() - started
+    await stop(watcher, task)
+    return took
 
 
 async def stop(watcher: EndpointWatcher, task: asyncio.Task[None]) -> None:
